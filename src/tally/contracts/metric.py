@@ -1,0 +1,302 @@
+"""The usage metric definition (DESIGN 1.2), as operators and the API write it.
+
+Field names follow Sequence's UsageMetric API (camelCase on the wire); `uid`
+and the immutability rules follow Exante's metric definitions. Every refusal
+names the field and the reason (`MetricDefinitionError`).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from tally.core.events import parse_timestamp
+from tally.core.periods import TimeUnit
+from tally.core.values import number_text
+
+UID_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
+MAX_FILTER_VALUES = 1000
+
+
+class AggregationType(enum.StrEnum):
+    COUNT = "COUNT"
+    UNIQUE = "UNIQUE"
+    SUM = "SUM"
+
+
+class MetricType(enum.StrEnum):
+    SIMPLE = "SIMPLE"
+    GROUPED = "GROUPED"
+
+
+Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+# A filter value is a typed JSON scalar; null is refused (a missing or null
+# property already fails IN and passes NOT IN, so null in a list means nothing).
+def _filter_value(value: object) -> str | int | float | bool:
+    if isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    raise PydanticCustomError(
+        "filter_value",
+        "must be a string, number or boolean (null and objects are not filter values)",
+    )
+
+
+FilterValue = Annotated[
+    str | int | float | bool,
+    PlainValidator(_filter_value, json_schema_input_type=str | int | float | bool),
+]
+
+
+def _rule(field: str, reason: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "metric_rule", "{field}: {reason}", {"field": field, "reason": reason}
+    )
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+class UsageMetricDefinition(BaseModel):
+    """What an operator writes: a file entry or an API body."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        # Only the wire names: a snake_case key in a file is an unknown field,
+        # exactly as the JSON Schema says.
+        validate_by_alias=True,
+        validate_by_name=False,
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=False,
+    )
+
+    uid: Annotated[StrictStr, Field(pattern=UID_PATTERN)]
+    name: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    description: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    unit: Annotated[StrictStr, Field(max_length=64)] | None = None
+    event_type: Text256
+    aggregation_type: AggregationType
+    aggregation_property: PropertyName | None = None
+    metric_type: MetricType = MetricType.SIMPLE
+    grouping_property: PropertyName | None = None
+    property_filters: dict[
+        PropertyName,
+        Annotated[list[FilterValue], Field(min_length=1, max_length=MAX_FILTER_VALUES)],
+    ] = Field(default_factory=dict)
+    properties_to_negate: list[PropertyName] = Field(default_factory=list)
+    case_sensitive: StrictBool = True
+    time_units: Annotated[list[TimeUnit], Field(min_length=1)] = Field(
+        default_factory=lambda: [TimeUnit.DAY, TimeUnit.MONTH]
+    )
+    timezone: StrictStr = "UTC"
+    deleted_at: AwareDatetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("blank", "must not be blank")
+        return value
+
+    @field_validator("time_units")
+    @classmethod
+    def _units_unique(cls, value: list[TimeUnit]) -> list[TimeUnit]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("duplicate", "each time unit may appear once")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value not in _zone_names():
+            raise PydanticCustomError(
+                "unknown_timezone", "{value!r} is not an IANA time zone name", {"value": value}
+            )
+        return value
+
+    @field_validator("properties_to_negate")
+    @classmethod
+    def _negate_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("duplicate", "each property may appear once")
+        return value
+
+    @field_validator("deleted_at", mode="before")
+    @classmethod
+    def _deleted_at_is_a_date_time(cls, value: object) -> object:
+        # Lax pydantic would take a number of seconds; the contract says date-time.
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str) or parse_timestamp(value) is None:
+            raise PydanticCustomError("date_time", "must be an RFC 3339 date-time with an offset")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> UsageMetricDefinition:
+        needs_property = self.aggregation_type is not AggregationType.COUNT
+        if needs_property and self.aggregation_property is None:
+            raise _rule("aggregationProperty", f"required for {self.aggregation_type.value}")
+        if not needs_property and self.aggregation_property is not None:
+            raise _rule("aggregationProperty", "not allowed for COUNT (it counts events)")
+        grouped = self.metric_type is MetricType.GROUPED
+        if grouped and self.grouping_property is None:
+            raise _rule("groupingProperty", "required when metricType is GROUPED")
+        if not grouped and self.grouping_property is not None:
+            raise _rule("groupingProperty", "only allowed when metricType is GROUPED")
+        for key in self.properties_to_negate:
+            if key not in self.property_filters:
+                raise _rule("propertiesToNegate", f"{key!r} is not a key of propertyFilters")
+        return self
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    def to_document(self) -> dict[str, Any]:
+        """The wire form: camelCase, JSON types, nulls left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class UsageMetric(UsageMetricDefinition):
+    """A stored definition, as the API returns it."""
+
+    id: StrictStr
+    created_at: datetime
+    updated_at: datetime
+
+
+IMMUTABLE_FIELDS: tuple[str, ...] = (
+    "uid",
+    "event_type",
+    "aggregation_type",
+    "aggregation_property",
+    "metric_type",
+    "grouping_property",
+    "property_filters",
+    "properties_to_negate",
+    "case_sensitive",
+    "time_units",
+    "timezone",
+)
+MUTABLE_FIELDS: tuple[str, ...] = ("name", "description", "unit", "deleted_at")
+
+
+def _typed(value: object) -> tuple[str, str]:
+    # bool before int: True must not compare equal to 1.
+    if isinstance(value, bool):
+        return ("b", str(value))
+    if isinstance(value, int | float):
+        return ("n", number_text(value))
+    return ("s", str(value))
+
+
+def _comparable(definition: UsageMetricDefinition, field: str) -> object:
+    """A field's meaning, so that reordering a list is not a change."""
+    value = getattr(definition, field)
+    if field == "property_filters":
+        return {key: frozenset(map(_typed, values)) for key, values in value.items()}
+    if field in ("properties_to_negate", "time_units"):
+        return frozenset(value)
+    return value
+
+
+def field_alias(field: str) -> str:
+    return to_camel(field)
+
+
+def changed_fields(old: UsageMetricDefinition, new: UsageMetricDefinition) -> list[str]:
+    """The wire names of the fields whose meaning differs, immutable ones first."""
+    fields = IMMUTABLE_FIELDS + MUTABLE_FIELDS
+    return [field_alias(f) for f in fields if _comparable(old, f) != _comparable(new, f)]
+
+
+def immutable_changes(old: UsageMetricDefinition, new: UsageMetricDefinition) -> list[str]:
+    return [field_alias(f) for f in IMMUTABLE_FIELDS if _comparable(old, f) != _comparable(new, f)]
+
+
+class FieldError:
+    __slots__ = ("field", "reason", "type")
+
+    def __init__(self, field: str, reason: str, type: str = "value_error") -> None:
+        self.field = field
+        self.reason = reason
+        self.type = type
+
+    def __repr__(self) -> str:
+        return f"FieldError({self.field!r}, {self.reason!r})"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class MetricDefinitionError(ValueError):
+    """A definition was refused; `errors` names each field and why."""
+
+    def __init__(self, errors: Iterable[FieldError], uid: str | None = None) -> None:
+        self.errors = list(errors)
+        self.uid = uid
+        where = f"metric {uid!r}" if uid else "metric definition"
+        super().__init__(f"{where} refused: " + "; ".join(map(str, self.errors)))
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        ctx = error.get("ctx") or {}
+        if error["type"] == "metric_rule":
+            errors.append(FieldError(str(ctx["field"]), str(ctx["reason"]), "metric_rule"))
+            continue
+        parts = [str(part) for part in error["loc"]]
+        message = error["msg"]
+        if parts[-1:] == ["[key]"]:  # a bad key of a mapping: name the mapping
+            message = f"key {parts[-2]!r}: {message}"
+            parts = parts[:-2]
+        loc = ".".join(parts) or "(definition)"
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "missing":
+            message = "required"
+        errors.append(FieldError(loc, message, error["type"]))
+    return errors
+
+
+def parse_metric(data: object) -> UsageMetricDefinition:
+    """Validate one definition from a file or request body."""
+    if not isinstance(data, Mapping):
+        raise MetricDefinitionError([FieldError("(definition)", "must be an object")])
+    try:
+        return UsageMetricDefinition.model_validate(data)
+    except ValidationError as exc:
+        uid = data.get("uid")
+        raise MetricDefinitionError(
+            _field_errors(exc), uid if isinstance(uid, str) else None
+        ) from None
