@@ -1,0 +1,237 @@
+"""The dedup window of one partition: exact, compact, and persisted per flush.
+
+Each event id is remembered as a 128-bit BLAKE2b hash (two uint64 words), so
+a false "duplicate" needs a 128-bit collision. Remembered hashes live in
+sorted numpy arrays, looked up a whole batch at a time:
+
+- `closed`: every hash of the finished hours in the window, one sorted array,
+  with the hour ("bucket") each came in, so an hour can expire as a whole;
+- `open`: the current hour's hashes, a few sorted arrays merged by size;
+- `pending`: a set of hashes accepted since the last flush.
+
+A flush persists `pending` as one sorted blob (`FlushPlan.blob`) in the same
+transaction as the offsets it covers; after an hour has passed, its blobs
+are merged into one row, and an hour older than the window is deleted. The
+database rows and these arrays always describe the same set of ids.
+
+Cost: 16 bytes of hash + 4 bytes of bucket = 20 bytes per remembered id
+(closed), 16 (open); `pending` costs ~90 bytes per id until the next flush.
+Ids are remembered for at least the window and at most one hour more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+BUCKET_SECONDS = 3600
+_RECORD = np.dtype(
+    [("hi", ">u8"), ("lo", ">u8")]
+)  # blob layout: big-endian, byte order = sort order
+
+U64 = npt.NDArray[np.uint64]
+
+
+def digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _words(blob: bytes) -> tuple[U64, U64]:
+    records = np.frombuffer(blob, dtype=_RECORD)
+    return records["hi"].astype(np.uint64), records["lo"].astype(np.uint64)
+
+
+def _blob(hi: U64, lo: U64) -> bytes:
+    records = np.empty(len(hi), dtype=_RECORD)
+    records["hi"] = hi
+    records["lo"] = lo
+    return records.tobytes()
+
+
+def _order(hi: U64, lo: U64) -> npt.NDArray[np.intp]:
+    """The permutation that sorts (hi, lo) pairs."""
+    return np.lexsort((lo, hi))
+
+
+def _contains(hi: U64, lo: U64, q_hi: U64, q_lo: U64) -> npt.NDArray[np.bool_]:
+    """For each query (q_hi, q_lo), whether it is in the sorted (hi, lo) set."""
+    found = np.zeros(len(q_hi), dtype=bool)
+    if len(hi) == 0 or len(q_hi) == 0:
+        return found
+    left = np.searchsorted(hi, q_hi, side="left")
+    right = np.searchsorted(hi, q_hi, side="right")
+    candidates = np.nonzero(right > left)[0]
+    # Almost always one row per matching hi; equal hi with another lo is a
+    # 64-bit collision between different ids, checked exactly here.
+    for i in candidates.tolist():
+        found[i] = bool(np.any(lo[left[i] : right[i]] == q_lo[i]))
+    return found
+
+
+@dataclass(slots=True)
+class _Run:
+    """Sorted hashes of the open hour (not yet compacted in memory)."""
+
+    hi: U64
+    lo: U64
+
+
+def _merge_runs(runs: Sequence[_Run]) -> _Run:
+    if not runs:
+        return _Run(np.empty(0, np.uint64), np.empty(0, np.uint64))
+    hi = np.concatenate([r.hi for r in runs])
+    lo = np.concatenate([r.lo for r in runs])
+    order = _order(hi, lo)
+    return _Run(hi[order], lo[order])
+
+
+@dataclass(frozen=True, slots=True)
+class FlushPlan:
+    """What one flush writes for this partition's window (`tally.dedup_segments`)."""
+
+    bucket: int
+    blob: bytes  # the new ids, sorted; empty if none
+    count: int
+    # (bucket, row ids to replace, merged blob, count): an hour that is over.
+    compaction: tuple[int, tuple[int, ...], bytes, int] | None
+    expire_before: int  # delete rows of buckets below this
+
+
+@dataclass(slots=True)
+class DedupWindow:
+    window_seconds: float
+    closed_hi: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
+    closed_lo: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
+    closed_bucket: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    open_bucket: int = -1
+    open_runs: list[_Run] = field(default_factory=list)
+    pending: set[bytes] = field(default_factory=set)
+    # Database rows per bucket, so an hour's rows can be merged into one.
+    rows: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def held(self) -> int:
+        """Ids remembered (persisted plus pending)."""
+        return len(self.closed_hi) + sum(len(r.hi) for r in self.open_runs) + len(self.pending)
+
+    def load(self, rows: Iterable[tuple[int, int, bytes]], now: float) -> None:
+        """Rebuild from `(segment_id, bucket, blob)` rows, dropping expired hours."""
+        current = int(now // BUCKET_SECONDS)
+        cutoff = self._expire_before(now)
+        closed: list[tuple[U64, U64, npt.NDArray[np.int64]]] = []
+        self.open_runs = []
+        self.rows = {}
+        self.pending = set()
+        self.open_bucket = current
+        for segment_id, bucket, blob in rows:
+            if bucket < cutoff:
+                continue
+            self.rows.setdefault(bucket, []).append(segment_id)
+            hi, lo = _words(blob)
+            if bucket >= current:
+                self.open_runs.append(_Run(hi, lo))
+            else:
+                closed.append((hi, lo, np.full(len(hi), bucket, np.int64)))
+        self._set_closed(closed)
+        self._compact_open()
+
+    def _expire_before(self, now: float) -> int:
+        return int((now - self.window_seconds) // BUCKET_SECONDS)
+
+    def _set_closed(self, parts: Sequence[tuple[U64, U64, npt.NDArray[np.int64]]]) -> None:
+        if not parts:
+            self.closed_hi = np.empty(0, np.uint64)
+            self.closed_lo = np.empty(0, np.uint64)
+            self.closed_bucket = np.empty(0, np.int64)
+            return
+        hi = np.concatenate([p[0] for p in parts])
+        lo = np.concatenate([p[1] for p in parts])
+        bucket = np.concatenate([p[2] for p in parts])
+        order = _order(hi, lo)
+        self.closed_hi, self.closed_lo, self.closed_bucket = hi[order], lo[order], bucket[order]
+
+    def _compact_open(self) -> None:
+        # Merge the newest run into the one before while it is at least half
+        # as big: a binary counter, so the open hour has O(log n) runs.
+        runs = self.open_runs
+        while len(runs) >= 2 and len(runs[-1].hi) * 2 >= len(runs[-2].hi):
+            last, before = runs.pop(), runs.pop()
+            runs.append(_merge_runs([before, last]))
+
+    def check(self, digests: Sequence[bytes]) -> list[bool]:
+        """Duplicate flags for a batch in arrival order; new ids become pending."""
+        if not digests:
+            return []
+        words = np.frombuffer(b"".join(digests), dtype=_RECORD)
+        q_hi = words["hi"].astype(np.uint64)
+        q_lo = words["lo"].astype(np.uint64)
+        seen = _contains(self.closed_hi, self.closed_lo, q_hi, q_lo)
+        for run in self.open_runs:
+            seen |= _contains(run.hi, run.lo, q_hi, q_lo)
+        pending = self.pending
+        flags: list[bool] = seen.tolist()
+        for i, key in enumerate(digests):
+            if flags[i]:
+                continue
+            if key in pending:
+                flags[i] = True
+            else:
+                pending.add(key)
+        return flags
+
+    def plan_flush(self, now: float) -> FlushPlan:
+        bucket = max(int(now // BUCKET_SECONDS), self.open_bucket)
+        if self.pending:
+            records = np.frombuffer(b"".join(sorted(self.pending)), dtype=_RECORD)
+            blob, count = records.tobytes(), len(records)
+        else:
+            blob, count = b"", 0
+        compaction = None
+        for old in sorted(self.rows):
+            ids = self.rows[old]
+            if old < bucket and len(ids) > 1 and old >= self._expire_before(now):
+                mask = self.closed_bucket == old
+                if old == self.open_bucket:
+                    run = _merge_runs(self.open_runs)
+                    hi, lo = run.hi, run.lo
+                else:
+                    hi, lo = self.closed_hi[mask], self.closed_lo[mask]
+                compaction = (old, tuple(ids), _blob(hi, lo), len(hi))
+                break  # one hour per flush keeps each flush short
+        return FlushPlan(bucket, blob, count, compaction, self._expire_before(now))
+
+    def commit(self, plan: FlushPlan, new_row: int | None, merged_row: int | None) -> None:
+        """The flush's transaction committed: make memory match the rows."""
+        if plan.bucket != self.open_bucket:
+            self._close_open_hour()
+            self.open_bucket = plan.bucket
+        if new_row is not None and plan.count:
+            hi, lo = _words(plan.blob)
+            self.open_runs.append(_Run(hi, lo))
+            self.rows.setdefault(plan.bucket, []).append(new_row)
+            self._compact_open()
+        self.pending = set()
+        if plan.compaction is not None and merged_row is not None:
+            self.rows[plan.compaction[0]] = [merged_row]
+        expired = [b for b in self.rows if b < plan.expire_before]
+        for bucket in expired:
+            del self.rows[bucket]
+        if expired and len(self.closed_bucket):
+            keep = self.closed_bucket >= plan.expire_before
+            self.closed_hi = self.closed_hi[keep]
+            self.closed_lo = self.closed_lo[keep]
+            self.closed_bucket = self.closed_bucket[keep]
+
+    def _close_open_hour(self) -> None:
+        if not self.open_runs:
+            return
+        parts = [(self.closed_hi, self.closed_lo, self.closed_bucket)]
+        parts += [
+            (r.hi, r.lo, np.full(len(r.hi), self.open_bucket, np.int64)) for r in self.open_runs
+        ]
+        self._set_closed(parts)
+        self.open_runs = []

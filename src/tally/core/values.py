@@ -1,0 +1,140 @@
+"""Typed property values: exact decimals and their canonical text form.
+
+Property values arrive as JSON scalars: str, bool, int, float (from orjson) or
+Decimal (from the exact fallback parser, see `events.py`). Billing must never
+see binary floating-point error, so every number is turned into a `Decimal`
+from its shortest round-trip text, which equals the JSON literal whenever the
+literal has at most 15 significant digits (IEEE 754 double's DBL_DIG). Events
+whose literals carry more digits are re-parsed exactly before use.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
+
+# Wide enough for any sum billing can meet; Inexact/Rounded are trapped, so an
+# addition that would have to round raises instead of silently losing digits.
+EXACT = Context(
+    prec=200,
+    Emax=999_999,
+    Emin=-999_999,
+    traps=[Inexact, Rounded, Overflow, InvalidOperation],
+)
+
+# Accepted magnitude of one SUM value: |v| < 10**MAX_ADJUSTED_EXPONENT+1 and at
+# most MAX_FRACTION_DIGITS decimals. PostgreSQL's numeric holds far more; the
+# bound keeps a single bad event from turning a rollup into a 1000-digit number.
+MAX_ADJUSTED_EXPONENT = 30
+MAX_FRACTION_DIGITS = 30
+_INT_LIMIT = 10 ** (MAX_ADJUSTED_EXPONENT + 1)
+
+_DECIMAL_STRING = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+
+# A JSON literal with 16 or more significant digits may not survive a trip
+# through a double; such a run of digits (with an optional point) in the raw
+# bytes sends the event to the exact parser. False positives only cost time.
+LOSSY_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
+
+TRUE_TEXT = "true"
+FALSE_TEXT = "false"
+
+
+class SkipReason:
+    """Why a matching event did not count for one metric (a Prometheus label)."""
+
+    MISSING_VALUE = "missing_value"
+    NOT_A_NUMBER = "not_a_number"
+    OUT_OF_RANGE = "out_of_range"
+
+
+def float_to_decimal(value: float) -> Decimal:
+    """The exact decimal a <=15-significant-digit JSON literal stood for."""
+    if value.is_integer():
+        return Decimal(int(value))
+    return Decimal(repr(value))
+
+
+def number_to_decimal(value: int | float | Decimal) -> Decimal:
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is float:
+        return float_to_decimal(value)
+    assert isinstance(value, Decimal)
+    return value
+
+
+def decimal_text(value: Decimal) -> str:
+    """Canonical decimal text: no exponent, no trailing zeros, `-0` is `0`."""
+    if not value:
+        return "0"
+    text = format(value.normalize(EXACT), "f")
+    return text
+
+
+def number_text(value: int | float | Decimal) -> str:
+    """Canonical text of a JSON number: `1.0` and `1` are both `"1"`."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and value.is_integer() and -(2**53) <= value <= 2**53:
+        return str(int(value))
+    return decimal_text(number_to_decimal(value))
+
+
+def scalar_text(value: object) -> str | None:
+    """Text form of a property value for group keys and UNIQUE members.
+
+    Strings as given, numbers canonical, booleans `true`/`false`, null -> None.
+    """
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[return-value]
+    if kind is bool:
+        return TRUE_TEXT if value else FALSE_TEXT
+    if kind is int or kind is float or kind is Decimal:
+        return number_text(value)  # type: ignore[arg-type]
+    return None
+
+
+def _in_range(value: Decimal) -> bool:
+    if not value.is_finite():
+        return False
+    if not value:
+        return True
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return value.adjusted() <= MAX_ADJUSTED_EXPONENT and -exponent <= MAX_FRACTION_DIGITS
+
+
+def parse_decimal_string(text: str) -> Decimal | str:
+    """A decimal from a string like `"12.50"`, or a SkipReason.
+
+    NaN, Infinity, hex, blanks and anything else that is not a plain decimal
+    literal is refused: a metering value must be a number a person can read.
+    """
+    if len(text) > 100 or _DECIMAL_STRING.fullmatch(text) is None:
+        return SkipReason.NOT_A_NUMBER
+    value = Decimal(text)
+    if not _in_range(value):
+        return SkipReason.OUT_OF_RANGE
+    return value
+
+
+def sum_operand(value: object) -> int | Decimal | str:
+    """The amount one event adds to a SUM: an int, a Decimal, or a SkipReason.
+
+    Integers stay Python ints (the common case, and much cheaper to add).
+    """
+    kind = type(value)
+    if kind is int:
+        if -_INT_LIMIT < value < _INT_LIMIT:
+            return value  # type: ignore[return-value]
+        return SkipReason.OUT_OF_RANGE
+    if kind is float or kind is Decimal:
+        number = number_to_decimal(value)  # type: ignore[arg-type]
+        return number if _in_range(number) else SkipReason.OUT_OF_RANGE
+    if kind is str:
+        return parse_decimal_string(value)  # type: ignore[arg-type]
+    if value is None:
+        return SkipReason.MISSING_VALUE
+    return SkipReason.NOT_A_NUMBER  # booleans

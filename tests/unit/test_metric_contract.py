@@ -1,0 +1,235 @@
+"""The usage metric definition contract: every refusal names the field and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tally.contracts.metric import (
+    MetricDefinitionError,
+    changed_fields,
+    immutable_changes,
+    parse_metric,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "schemas" / "usage-metric.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+EXAMPLES = json.loads((ROOT / "schemas" / "examples" / "metrics.json").read_text())["metrics"]
+
+BASE: dict[str, Any] = {
+    "uid": "api_calls",
+    "name": "API calls",
+    "eventType": "api_call",
+    "aggregationType": "COUNT",
+}
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    doc = {**BASE, **changes}
+    return {k: v for k, v in doc.items() if v is not ...}
+
+
+# (definition, field named in the error, words the reason must contain)
+INVALID: list[tuple[dict[str, Any], str, str]] = [
+    (with_(uid=...), "uid", "required"),
+    (with_(uid="API_calls"), "uid", "pattern"),
+    (with_(uid="1calls"), "uid", "pattern"),
+    (with_(uid="a" * 129), "uid", "pattern"),
+    (with_(uid="api-calls"), "uid", "pattern"),
+    (with_(uid=7), "uid", "string"),
+    (with_(name=...), "name", "required"),
+    (with_(name=""), "name", "at least 1"),
+    (with_(name="   "), "name", "blank"),
+    (with_(eventType=...), "eventType", "required"),
+    (with_(eventType=""), "eventType", "at least 1"),
+    (with_(eventType="e" * 257), "eventType", "at most 256"),
+    (with_(aggregationType="AVG"), "aggregationType", "COUNT"),
+    (with_(aggregationType="count"), "aggregationType", "COUNT"),
+    (with_(aggregationType="SUM"), "aggregationProperty", "required for SUM"),
+    (with_(aggregationType="UNIQUE"), "aggregationProperty", "required for UNIQUE"),
+    (with_(aggregationProperty="bytes"), "aggregationProperty", "not allowed for COUNT"),
+    (with_(aggregationType="SUM", aggregationProperty=""), "aggregationProperty", "at least 1"),
+    (with_(metricType="TIERED"), "metricType", "SIMPLE"),
+    (with_(metricType="GROUPED"), "groupingProperty", "required when metricType is GROUPED"),
+    (
+        with_(groupingProperty="endpoint"),
+        "groupingProperty",
+        "only allowed when metricType is GROUPED",
+    ),
+    (with_(propertyFilters={"status": 200}), "propertyFilters.status", "list"),
+    (with_(propertyFilters={"status": []}), "propertyFilters.status", "at least 1"),
+    (with_(propertyFilters={"status": [None]}), "propertyFilters.status.0", "null"),
+    (
+        with_(propertyFilters={"status": [{"gt": 1}]}),
+        "propertyFilters.status.0",
+        "string, number or boolean",
+    ),
+    (with_(propertyFilters={"": ["x"]}), "propertyFilters", "at least 1"),
+    (with_(propertyFilters={"s": [float("nan")]}), "propertyFilters.s.0", "finite"),
+    (with_(propertyFilters={"s": list(range(1001))}), "propertyFilters.s", "at most 1000"),
+    (
+        with_(propertyFilters={"a": ["x"]}, propertiesToNegate=["b"]),
+        "propertiesToNegate",
+        "not a key of propertyFilters",
+    ),
+    (
+        with_(propertyFilters={"a": ["x"]}, propertiesToNegate=["a", "a"]),
+        "propertiesToNegate",
+        "once",
+    ),
+    (with_(propertiesToNegate="a"), "propertiesToNegate", "list"),
+    (with_(caseSensitive="no"), "caseSensitive", "boolean"),
+    (with_(caseSensitive=0), "caseSensitive", "boolean"),
+    (with_(timeUnits=[]), "timeUnits", "at least 1"),
+    (with_(timeUnits=["minute"]), "timeUnits.0", "hour"),
+    (with_(timeUnits=["day", "day"]), "timeUnits", "once"),
+    (with_(timeUnits="day"), "timeUnits", "list"),
+    (with_(timezone="Mars/Olympus_Mons"), "timezone", "not an IANA time zone"),
+    (with_(timezone="utc+2"), "timezone", "not an IANA time zone"),
+    (with_(deletedAt="yesterday"), "deletedAt", "RFC 3339"),
+    (with_(deletedAt=1700000000), "deletedAt", "RFC 3339"),
+    (with_(deletedAt="2026-01-01T00:00:00"), "deletedAt", "RFC 3339"),
+    (with_(aggregation_type="COUNT"), "aggregation_type", "unknown field"),
+    (with_(filters={"a": ["x"]}), "filters", "unknown field"),
+    (with_(description="d" * 4097), "description", "at most 4096"),
+    (with_(unit="u" * 65), "unit", "at most 64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "reason"), INVALID, ids=[f"{i}-{c[1]}" for i, c in enumerate(INVALID)]
+)
+def test_invalid_definition_is_refused_naming_field_and_reason(
+    doc: dict[str, Any], field: str, reason: str
+) -> None:
+    with pytest.raises(MetricDefinitionError) as caught:
+        parse_metric(doc)
+    errors = caught.value.errors
+    assert any(e.field == field for e in errors), errors
+    named = next(e for e in errors if e.field == field)
+    assert reason.lower() in named.reason.lower(), named
+    assert field in str(caught.value)
+
+
+def test_at_least_25_invalid_cases() -> None:
+    assert len(INVALID) >= 25
+
+
+def test_a_non_object_is_refused() -> None:
+    with pytest.raises(MetricDefinitionError, match="must be an object"):
+        parse_metric(["not", "a", "definition"])
+
+
+@pytest.mark.parametrize("doc", EXAMPLES, ids=[d["uid"] for d in EXAMPLES])
+def test_examples_are_valid_for_model_and_schema(doc: dict[str, Any]) -> None:
+    parsed = parse_metric(doc)
+    assert parsed.uid == doc["uid"]
+    VALIDATOR.validate(doc)
+    assert parse_metric(parsed.to_document()) == parsed
+
+
+def test_defaults() -> None:
+    parsed = parse_metric(BASE)
+    assert parsed.metric_type == "SIMPLE"
+    assert parsed.case_sensitive is True
+    assert [u.value for u in parsed.time_units] == ["day", "month"]
+    assert parsed.timezone == "UTC"
+    assert parsed.property_filters == {}
+
+
+# Rules only the model can check (the schema's $comment says so): JSON Schema
+# accepts these documents, the model refuses them.
+MODEL_ONLY_FIELDS = {"propertiesToNegate": "not a key", "timezone": "IANA"}
+
+
+def model_only(field: str, reason: str) -> bool:
+    return field in MODEL_ONLY_FIELDS and MODEL_ONLY_FIELDS[field] in reason
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "reason"), INVALID, ids=[f"{i}-{c[1]}" for i, c in enumerate(INVALID)]
+)
+def test_schema_refuses_what_the_model_refuses(
+    doc: dict[str, Any], field: str, reason: str
+) -> None:
+    try:
+        document = json.loads(json.dumps(doc, allow_nan=False))  # as a JSON file carries it
+    except ValueError:
+        assert field.startswith("propertyFilters"), "only NaN cannot be written as JSON"
+        return
+    if model_only(field, reason):
+        assert VALIDATOR.is_valid(document), "the schema learned a rule: update MODEL_ONLY_FIELDS"
+    else:
+        assert not VALIDATOR.is_valid(document), f"schema accepted what the model refuses: {doc}"
+
+
+@st.composite
+def near_valid(draw: st.DrawFn) -> dict[str, Any]:
+    """Definitions assembled field by field from valid and invalid choices."""
+    choices: dict[str, list[Any]] = {
+        "uid": ["m", "api_calls", "Bad", ...],
+        "name": ["n", "", ...],
+        "eventType": ["e", "", ...],
+        "aggregationType": ["COUNT", "SUM", "UNIQUE", "MAX", ...],
+        "aggregationProperty": ["v", None, "", ...],
+        "metricType": ["SIMPLE", "GROUPED", None, "X", ...],
+        "groupingProperty": ["g", None, ...],
+        "propertyFilters": [{}, {"p": ["x", 1, True]}, {"p": []}, {"p": "x"}, ...],
+        "caseSensitive": [True, False, "yes", ...],
+        "timeUnits": [["hour"], ["day", "month"], [], ["day", "day"], ["minute"], ...],
+        "timezone": ["UTC", "Asia/Kathmandu", ...],
+        "deletedAt": [None, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00+05:45", ...],
+        "extra": [1, ...],
+    }
+    doc = {}
+    for key, options in choices.items():
+        value = draw(st.sampled_from(options))
+        if value is not ...:
+            doc[key] = value
+    return doc
+
+
+@settings(max_examples=500, deadline=None)
+@given(doc=near_valid())
+def test_model_and_schema_agree(doc: dict[str, Any]) -> None:
+    try:
+        parse_metric(doc)
+        model_ok = True
+    except MetricDefinitionError:
+        model_ok = False
+    schema_ok = VALIDATOR.is_valid(doc)
+    assert model_ok == schema_ok, doc
+
+
+def test_schema_names_exactly_the_model_fields() -> None:
+    from tally.contracts.metric import UsageMetricDefinition
+
+    aliases = {f.alias for f in UsageMetricDefinition.model_fields.values()}
+    assert aliases == set(SCHEMA["properties"])
+    required = {f.alias for f in UsageMetricDefinition.model_fields.values() if f.is_required()}
+    assert required == set(SCHEMA["required"])
+
+
+def test_immutable_changes_are_named_and_reordering_is_not_a_change() -> None:
+    old = parse_metric(with_(propertyFilters={"s": [1, "a"]}, timeUnits=["day", "month"]))
+    same = parse_metric(
+        with_(propertyFilters={"s": ["a", 1.0]}, timeUnits=["month", "day"], name="Renamed")
+    )
+    assert immutable_changes(old, same) == []
+    assert changed_fields(old, same) == ["name"]
+    changed = parse_metric(with_(eventType="other", caseSensitive=False, timezone="Europe/Berlin"))
+    assert immutable_changes(old, changed) == [
+        "eventType",
+        "propertyFilters",
+        "caseSensitive",
+        "timezone",
+    ]
+    typed = parse_metric(with_(propertyFilters={"s": [True, "a"]}, timeUnits=["day", "month"]))
+    assert immutable_changes(old, typed) == ["propertyFilters"]  # true is not 1
