@@ -106,7 +106,7 @@ class DedupWindow:
     window_seconds: float
     closed_hi: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
     closed_lo: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
-    closed_bucket: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    closed_bucket: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     open_bucket: int = -1
     open_runs: list[_Run] = field(default_factory=list)
     pending: set[bytes] = field(default_factory=set)
@@ -122,7 +122,7 @@ class DedupWindow:
         """Rebuild from `(segment_id, bucket, blob)` rows, dropping expired hours."""
         current = int(now // BUCKET_SECONDS)
         cutoff = self._expire_before(now)
-        closed: list[tuple[U64, U64, npt.NDArray[np.int64]]] = []
+        closed: list[tuple[U64, U64, npt.NDArray[np.int32]]] = []
         self.open_runs = []
         self.rows = {}
         self.pending = set()
@@ -135,18 +135,18 @@ class DedupWindow:
             if bucket >= current:
                 self.open_runs.append(_Run(hi, lo))
             else:
-                closed.append((hi, lo, np.full(len(hi), bucket, np.int64)))
+                closed.append((hi, lo, np.full(len(hi), bucket, np.int32)))
         self._set_closed(closed)
         self._compact_open()
 
     def _expire_before(self, now: float) -> int:
         return int((now - self.window_seconds) // BUCKET_SECONDS)
 
-    def _set_closed(self, parts: Sequence[tuple[U64, U64, npt.NDArray[np.int64]]]) -> None:
+    def _set_closed(self, parts: Sequence[tuple[U64, U64, npt.NDArray[np.int32]]]) -> None:
         if not parts:
             self.closed_hi = np.empty(0, np.uint64)
             self.closed_lo = np.empty(0, np.uint64)
-            self.closed_bucket = np.empty(0, np.int64)
+            self.closed_bucket = np.empty(0, np.int32)
             return
         hi = np.concatenate([p[0] for p in parts])
         lo = np.concatenate([p[1] for p in parts])
@@ -231,7 +231,7 @@ class DedupWindow:
             return
         parts = [(self.closed_hi, self.closed_lo, self.closed_bucket)]
         parts += [
-            (r.hi, r.lo, np.full(len(r.hi), self.open_bucket, np.int64)) for r in self.open_runs
+            (r.hi, r.lo, np.full(len(r.hi), self.open_bucket, np.int32)) for r in self.open_runs
         ]
         self._set_closed(parts)
         self.open_runs = []
