@@ -52,23 +52,34 @@ def _blob(hi: U64, lo: U64) -> bytes:
     return records.tobytes()
 
 
-def _order(hi: U64, lo: U64) -> npt.NDArray[np.intp]:
-    """The permutation that sorts (hi, lo) pairs."""
-    return np.lexsort((lo, hi))
+def _order(hi: U64) -> npt.NDArray[np.intp]:
+    """The permutation that sorts by the high word.
+
+    Stable sort (timsort) finds the sorted runs that concatenated arrays are
+    made of, so merging sorted arrays costs about n, not n log n. The low
+    word's order does not matter: a lookup scans every entry sharing a high word.
+    """
+    return np.argsort(hi, kind="stable")
 
 
 def _contains(hi: U64, lo: U64, q_hi: U64, q_lo: U64) -> npt.NDArray[np.bool_]:
-    """For each query (q_hi, q_lo), whether it is in the sorted (hi, lo) set."""
+    """For each query (q_hi, q_lo), whether it is in the set sorted by hi."""
     found = np.zeros(len(q_hi), dtype=bool)
     if len(hi) == 0 or len(q_hi) == 0:
         return found
     left = np.searchsorted(hi, q_hi, side="left")
-    right = np.searchsorted(hi, q_hi, side="right")
-    candidates = np.nonzero(right > left)[0]
-    # Almost always one row per matching hi; equal hi with another lo is a
-    # 64-bit collision between different ids, checked exactly here.
+    inside = left < len(hi)
+    candidates = np.nonzero(inside)[0]
+    candidates = candidates[hi[left[candidates]] == q_hi[candidates]]
+    # Almost always a single entry per matching high word; more is a 64-bit
+    # collision between different ids, resolved exactly by the scan.
     for i in candidates.tolist():
-        found[i] = bool(np.any(lo[left[i] : right[i]] == q_lo[i]))
+        at = int(left[i])
+        while at < len(hi) and hi[at] == q_hi[i]:
+            if lo[at] == q_lo[i]:
+                found[i] = True
+                break
+            at += 1
     return found
 
 
@@ -85,7 +96,7 @@ def _merge_runs(runs: Sequence[_Run]) -> _Run:
         return _Run(np.empty(0, np.uint64), np.empty(0, np.uint64))
     hi = np.concatenate([r.hi for r in runs])
     lo = np.concatenate([r.lo for r in runs])
-    order = _order(hi, lo)
+    order = _order(hi)
     return _Run(hi[order], lo[order])
 
 
@@ -151,7 +162,7 @@ class DedupWindow:
         hi = np.concatenate([p[0] for p in parts])
         lo = np.concatenate([p[1] for p in parts])
         bucket = np.concatenate([p[2] for p in parts])
-        order = _order(hi, lo)
+        order = _order(hi)
         self.closed_hi, self.closed_lo, self.closed_bucket = hi[order], lo[order], bucket[order]
 
     def _compact_open(self) -> None:
