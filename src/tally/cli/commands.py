@@ -1,0 +1,246 @@
+"""What each `tally` subcommand does; thin, over the store, Kafka and worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from tally.cli.main import UserError, settings_from
+from tally.config import Settings
+from tally.contracts.metric import (
+    FieldError,
+    MetricDefinitionError,
+    UsageMetricDefinition,
+    parse_metric,
+)
+from tally.store import definitions as store
+from tally.store.migrate import migrate as run_migrations
+from tally.store.pool import connect, create_pool
+from tally.synthetic import Workload, events
+from tally.telemetry import logs
+
+
+def _setup_logs(settings: Settings) -> None:
+    logs.setup(settings.log_level, settings.log_format == "json")
+
+
+async def migrate(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    _setup_logs(settings)
+    connection = await connect(settings.database_url)
+    try:
+        applied = await run_migrations(connection)
+    finally:
+        await connection.close()
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.version:04d}_{migration.name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+def read_definitions(path: str) -> list[UsageMetricDefinition]:
+    """Definitions from a YAML or JSON file: one, a list, or {metrics: [...]}."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        document = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}"
+        ) from None
+    if isinstance(document, dict) and "metrics" in document:
+        extra = sorted(set(document) - {"metrics"})
+        if extra:
+            raise UserError(
+                f"{path}: unknown top-level field(s) {', '.join(extra)}; expected only 'metrics'"
+            )
+        document = document["metrics"]
+    items = document if isinstance(document, list) else [document]
+    if not items:
+        raise UserError(f"{path} holds no metric definitions")
+    parsed, errors = [], []
+    for number, item in enumerate(items, start=1):
+        try:
+            parsed.append(parse_metric(item))
+        except MetricDefinitionError as exc:
+            uid = f" ({exc.uid})" if exc.uid else ""
+            errors += [FieldError(f"#{number}{uid} {e.field}", e.reason) for e in exc.errors]
+    if errors:
+        raise MetricDefinitionError(errors)
+    return parsed
+
+
+async def metrics_apply(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    _setup_logs(settings)
+    definitions = read_definitions(args.file)
+    connection = await connect(settings.database_url)
+    try:
+        await run_migrations(connection)
+        changes = await store.apply_definitions(connection, definitions, dry_run=args.dry_run)
+    finally:
+        await connection.close()
+    prefix = "would " if args.dry_run else ""
+    for change in changes:
+        print(prefix + change.describe())
+    return 0
+
+
+async def metrics_list(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    _setup_logs(settings)
+    connection = await connect(settings.database_url)
+    try:
+        metrics = await store.list_metrics(connection, include_deleted=args.deleted)
+    finally:
+        await connection.close()
+    if args.format == "json":
+        print(
+            json.dumps(
+                [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in metrics],
+                indent=2,
+            )
+        )
+        return 0
+    rows = [
+        (
+            m.uid,
+            m.aggregation_type.value,
+            m.event_type,
+            m.grouping_property or "-",
+            ",".join(u.value for u in m.time_units),
+            m.timezone,
+            "deleted" if m.is_deleted else "live",
+        )
+        for m in metrics
+    ]
+    print_table(
+        ("uid", "aggregation", "eventType", "group by", "time units", "timezone", "state"), rows
+    )
+    return 0
+
+
+async def metrics_delete(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    _setup_logs(settings)
+    connection = await connect(settings.database_url)
+    try:
+        deleted = await store.delete_metric(connection, args.uid)
+    finally:
+        await connection.close()
+    if not deleted:
+        raise UserError(f"no live metric with uid {args.uid!r}")
+    print(f"deleted {args.uid} (its values are kept)")
+    return 0
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    cells = [header, *[tuple(str(c) for c in row) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+async def run(args: argparse.Namespace) -> int:
+    from tally.kafka.clients import ensure_topics, missing_topics
+    from tally.worker.runner import Worker
+
+    settings = settings_from(args)
+    _setup_logs(settings)
+    # Handlers first: a SIGTERM during start-up must end in a clean exit too.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    connection = await connect(settings.database_url)
+    try:
+        await run_migrations(connection)
+    finally:
+        await connection.close()
+    if settings.create_topics:
+        await ensure_topics(
+            settings.kafka_bootstrap, {t: settings.topic_partitions for t in settings.topic}
+        )
+    else:
+        missing = await missing_topics(settings.kafka_bootstrap, list(settings.topic))
+        if missing:
+            raise UserError(
+                f"topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap}: "
+                "create them, fix TALLY_TOPIC, or pass --create-topics"
+            )
+    await ensure_topics(settings.kafka_bootstrap, {settings.dead_letter_topic: 1})
+    pool = await create_pool(settings.database_url, min_size=2, max_size=4)
+    try:
+        worker = Worker(settings=settings, pool=pool, registry=CollectorRegistry())
+        await worker.run(stop)
+    finally:
+        await pool.close()
+    return 0
+
+
+def _key(line: bytes) -> bytes | None:
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    customer = document.get("customerId") or document.get("customerAlias")
+    return customer.encode() if isinstance(customer, str) else None
+
+
+async def send(args: argparse.Namespace) -> int:
+    from tally.kafka.clients import missing_topics
+
+    settings = settings_from(args)
+    _setup_logs(settings)
+    topic = settings.topic[0]
+    if await missing_topics(settings.kafka_bootstrap, [topic]):
+        raise UserError(
+            f"topic {topic} does not exist on {settings.kafka_bootstrap}: create it or fix TALLY_TOPIC"
+        )
+    if args.synthetic is not None:
+        workload = Workload(seed=args.seed, end=time.time(), duplicate_ratio=args.duplicates)
+        lines = (orjson.dumps(doc) for doc in events(workload, args.synthetic))
+    else:
+        source = sys.stdin.buffer if args.file in (None, "-") else Path(args.file).open("rb")  # noqa: SIM115, ASYNC230 - read line by line as we send
+        lines = (line.rstrip(b"\r\n") for line in source if line.strip())
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=20,
+        enable_idempotence=True,
+    )
+    await producer.start()
+    sent = 0
+    started = time.monotonic()
+    try:
+        for line in lines:
+            await producer.send(topic, value=line, key=_key(line))
+            sent += 1
+            if args.rate > 0:
+                ahead = sent / args.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    print(f"sent {sent} events to {topic} in {time.monotonic() - started:.1f} s")
+    return 0

@@ -1,0 +1,179 @@
+"""The `tally` command: parsing, settings, and errors a person understands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from tally import __version__
+from tally.config import ConfigError, add_arguments, load_settings
+
+KAFKA = ["kafka_bootstrap"]
+DATABASE = ["database_url"]
+LOGGING = ["log_format", "log_level"]
+WORKER = [
+    "topic",
+    "group",
+    "dlq_topic",
+    "create_topics",
+    "topic_partitions",
+    "flush_interval",
+    "max_batch",
+    "max_pending_events",
+    "max_pending_rollups",
+    "dedup_window",
+    "max_lateness",
+    "max_future_skew",
+    "max_event_bytes",
+    "session_timeout",
+    "revoke_policy",
+    "metrics_poll_interval",
+    "metrics_host",
+    "metrics_port",
+    "ready_flush_age",
+    "retry_max_backoff",
+    "shutdown_timeout",
+    "worker_id",
+]
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit status 2."""
+
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _command(
+    sub: Any, name: str, help_text: str, handler: Handler, fields: Sequence[str]
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    add_arguments(parser, fields)
+    parser.set_defaults(handler=handler, fields=list(fields))
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tally.cli import commands
+
+    parser = argparse.ArgumentParser(
+        prog="tally",
+        description="Exact usage metering: Kafka usage events to per-period rollups in PostgreSQL.",
+        epilog="Every --flag also reads TALLY_FLAG from the environment (e.g. TALLY_DATABASE_URL).",
+    )
+    parser.add_argument("--version", action="version", version=f"tally {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _command(
+        sub,
+        "migrate",
+        "create or upgrade the tally schema in PostgreSQL",
+        commands.migrate,
+        DATABASE + LOGGING,
+    )
+
+    metrics = sub.add_parser("metrics", help="create, change, list and delete metric definitions")
+    msub = metrics.add_subparsers(dest="metrics_command", metavar="ACTION")
+    apply = _command(
+        msub,
+        "apply",
+        "create metrics from a YAML or JSON file, or update their mutable fields",
+        commands.metrics_apply,
+        DATABASE + LOGGING,
+    )
+    apply.add_argument(
+        "file", help="a file with one definition, a list, or {metrics: [...]}; - for stdin"
+    )
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print what would change, change nothing"
+    )
+    listing = _command(
+        msub, "list", "list metric definitions", commands.metrics_list, DATABASE + LOGGING
+    )
+    listing.add_argument("--deleted", action="store_true", help="include deleted metrics")
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    delete = _command(
+        msub,
+        "delete",
+        "delete a metric (it stops aggregating; values stay)",
+        commands.metrics_delete,
+        DATABASE + LOGGING,
+    )
+    delete.add_argument("uid")
+    metrics.set_defaults(handler=None, parser=metrics)
+
+    _command(
+        sub,
+        "run",
+        "run a worker: consume, aggregate, flush",
+        commands.run,
+        KAFKA + DATABASE + LOGGING + WORKER,
+    )
+
+    send = _command(
+        sub,
+        "send",
+        "publish usage events (JSONL file, stdin, or synthetic)",
+        commands.send,
+        [*KAFKA, "topic", *LOGGING],
+    )
+    send.add_argument("file", nargs="?", help="JSON Lines file of events; - or nothing for stdin")
+    send.add_argument("--synthetic", type=int, metavar="N", help="send N generated events instead")
+    send.add_argument("--seed", type=int, default=42, help="seed of the synthetic workload")
+    send.add_argument(
+        "--duplicates",
+        type=float,
+        default=0.0,
+        help="share of synthetic events re-sent with the same id",
+    )
+    send.add_argument(
+        "--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        (getattr(args, "parser", None) or parser).print_help()
+        return 2
+    try:
+        return asyncio.run(handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"tally: {describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, UserError | ConfigError) or _is_user_error(exc) else 1
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from tally.contracts.metric import MetricDefinitionError
+    from tally.store.pool import DatabaseUnavailable
+
+    return isinstance(exc, MetricDefinitionError | DatabaseUnavailable)
+
+
+def describe(exc: BaseException) -> str:
+    """One line (or a short block) that says what went wrong and what to check."""
+    from aiokafka.errors import KafkaConnectionError
+
+    if isinstance(exc, KafkaConnectionError):
+        return f"cannot reach Kafka ({exc}): is the broker running, and is TALLY_KAFKA_BOOTSTRAP right?"
+    return str(exc) or type(exc).__name__
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    return load_settings(args, fields=args.fields)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Configuration: one pydantic model, the same names for flags and environment.
+
+Every setting `foo_bar` is the flag `--foo-bar` and the variable
+`TALLY_FOO_BAR`; a flag wins over the environment, which wins over the
+default. A bad value stops the process at start with a message naming the
+flag, the variable and what was wrong (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `2.5`, `"500ms"`, `"30s"`, `"5m"`, `"24h"` or `"35d"`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 24h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"{value!r} is not a duration (examples: 2.5, 500ms, 30s, 5m, 24h, 35d)")
+
+
+Seconds = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+def env_name(field: str) -> str:
+    return "TALLY_" + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+class Settings(BaseModel):
+    """Everything a Tally process reads from its flags and environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kafka_bootstrap: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    database_url: str = Field("postgresql://localhost:5432/tally", description="PostgreSQL DSN")
+    topic: tuple[str, ...] = Field(
+        ("usage-events",), description="topic(s) to consume, comma-separated"
+    )
+    group: str = Field("tally", description="Kafka consumer group of the worker fleet")
+    dlq_topic: str = Field("", description="dead-letter topic; empty means <first topic>.dlq")
+    create_topics: bool = Field(
+        False, description="create missing topics (and the DLQ topic) at start"
+    )
+    topic_partitions: int = Field(
+        4, ge=1, description="partitions for topics created with --create-topics"
+    )
+    flush_interval: Positive = Field(2.0, description="seconds between flushes (also 500ms, 5s...)")
+    max_batch: int = Field(5000, ge=1, description="records per Kafka fetch")
+    max_pending_events: int = Field(
+        200_000, ge=1, description="flush when this many events are pending"
+    )
+    max_pending_rollups: int = Field(
+        100_000, ge=1, description="flush when this many rollups are pending"
+    )
+    dedup_window: Seconds = Field(
+        86400.0, description="how long event ids are remembered; 0 turns dedup off"
+    )
+    max_lateness: Seconds = Field(
+        35 * 86400.0, description="oldest accepted event time, before now"
+    )
+    max_future_skew: Seconds = Field(300.0, description="furthest accepted event time, after now")
+    max_event_bytes: int = Field(64 * 1024, ge=64, description="largest accepted message value")
+    session_timeout: Positive = Field(10.0, description="Kafka consumer session timeout")
+    revoke_policy: Literal["flush", "drop"] = Field(
+        "flush",
+        description="on partition revocation: flush pending work, or drop it (the next owner re-reads)",
+    )
+    metrics_poll_interval: Positive = Field(
+        2.0, description="how often definitions are re-read from PostgreSQL"
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", description="address of the /metrics, /healthz, /readyz server"
+    )
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="port of that server; 0 picks a free one"
+    )
+    ready_flush_age: Positive = Field(
+        60.0, description="/readyz fails when the last flush is older than this"
+    )
+    retry_max_backoff: Positive = Field(
+        30.0, description="cap of the retry backoff for database and Kafka errors"
+    )
+    shutdown_timeout: Positive = Field(
+        30.0, description="how long the final flush may keep retrying at exit"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as key=value text or JSON"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    worker_id: str = Field("", description="name in logs and tally status; default host:pid")
+
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(t.strip() for t in value.split(",") if t.strip())
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("at least one topic is needed")
+        return value
+
+    @field_validator(
+        "flush_interval",
+        "dedup_window",
+        "max_lateness",
+        "max_future_skew",
+        "session_timeout",
+        "metrics_poll_interval",
+        "ready_flush_age",
+        "retry_max_backoff",
+        "shutdown_timeout",
+        mode="before",
+    )
+    @classmethod
+    def _durations(cls, value: object) -> float:
+        return parse_duration(value)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (a libpq URI)")
+        return value
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic[0]}.dlq"
+
+    def redacted_database_url(self) -> str:
+        return redact_url(self.database_url)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and error messages."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+class ConfigError(Exception):
+    """A setting was refused; the message says which and why."""
+
+
+def _field_info(name: str) -> FieldInfo:
+    return Settings.model_fields[name]
+
+
+def add_arguments(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
+    """Flags for `fields`, defaulting to None so the environment can fill in."""
+    for name in fields:
+        info = _field_info(name)
+        help_text = f"{info.description or name} [env {env_name(name)}; default {info.default!r}]"
+        if info.annotation is bool:
+            parser.add_argument(
+                flag_name(name),
+                dest=name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                flag_name(name), dest=name, default=None, metavar=name.upper(), help=help_text
+            )
+
+
+def load_settings(
+    args: argparse.Namespace | Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    fields: Sequence[str] | None = None,
+) -> Settings:
+    """Settings from flags over environment over defaults; ConfigError if refused."""
+    environ = os.environ if environ is None else environ
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    names = list(fields) if fields is not None else list(Settings.model_fields)
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = given.get(name)
+        if value is not None and name in names:
+            raw[name], source[name] = value, flag_name(name)
+        elif env_name(name) in environ:
+            value = environ[env_name(name)]
+            if _field_info(name).annotation is bool:
+                value = value.strip().lower() in ("1", "true", "yes", "on")
+            raw[name], source[name] = value, env_name(name)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            where = source.get(name, f"{flag_name(name)} / {env_name(name)}")
+            shown = error.get("input")
+            if name == "database_url" and isinstance(shown, str):
+                shown = redact_url(shown)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{where}: {message} (got {shown!r})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

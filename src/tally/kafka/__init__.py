@@ -1,0 +1,1 @@
+"""The Kafka adapter: the consumer, the dead-letter producer, topic checks."""

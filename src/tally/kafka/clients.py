@@ -1,0 +1,89 @@
+"""Building aiokafka clients from Settings; tests inject their own factories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from tally.config import Settings
+
+ConsumerFactory = Callable[[Settings], AIOKafkaConsumer]
+ProducerFactory = Callable[[Settings], AIOKafkaProducer]
+
+
+def make_consumer(settings: Settings) -> AIOKafkaConsumer:
+    session_ms = int(settings.session_timeout * 1000)
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.group,
+        client_id=f"tally-{settings.worker_id}",
+        enable_auto_commit=False,  # offsets live in PostgreSQL; Kafka's are advisory
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # never bill an aborted producer transaction
+        max_poll_records=settings.max_batch,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(100, session_ms // 3),
+        rebalance_timeout_ms=max(session_ms, 30_000),
+        fetch_max_wait_ms=200,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        retry_backoff_ms=250,
+    )
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"tally-{settings.worker_id}-dlq",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        request_timeout_ms=30_000,
+    )
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
+    """Create the topics that do not exist (name -> partitions); returns those created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    created = []
+    try:
+        existing = set(await admin.list_topics())
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = max(1, min(3, brokers))
+        for name, partitions in topics.items():
+            if name in existing:
+                continue
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, num_partitions=partitions, replication_factor=replication)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    return created
+
+
+async def missing_topics(bootstrap: str, topics: list[str]) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return [t for t in topics if t not in existing]
+
+
+__all__ = [
+    "ConsumerFactory",
+    "KafkaError",
+    "ProducerFactory",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "missing_topics",
+]

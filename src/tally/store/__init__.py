@@ -1,0 +1,1 @@
+"""The PostgreSQL adapter: schema migrations, definitions, and the flush transaction."""

@@ -1,0 +1,166 @@
+"""Metric definitions in `tally.metrics`: apply (create or update mutable
+fields), list, and the revision a worker polls to pick up changes."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from tally.contracts.metric import (
+    FieldError,
+    MetricDefinitionError,
+    UsageMetric,
+    UsageMetricDefinition,
+    changed_fields,
+    immutable_changes,
+    parse_metric,
+)
+from tally.store.pool import Connection
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    uid: str
+    action: Action
+    fields: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.action is Action.UPDATE:
+            return f"update {self.uid}: {', '.join(self.fields)}"
+        return f"{self.action.value} {self.uid}"
+
+
+def _stored_document(definition: UsageMetricDefinition) -> dict[str, Any]:
+    document = definition.to_document()
+    document.pop("deletedAt", None)
+    return document
+
+
+def row_to_metric(row: asyncpg.Record) -> UsageMetric:
+    document = dict(row["definition"])
+    if row["deleted_at"] is not None:
+        document["deletedAt"] = row["deleted_at"]
+    return UsageMetric.model_validate(
+        {
+            **document,
+            "id": str(row["id"]),
+            "createdAt": row["created_at"],
+            "updatedAt": row["updated_at"],
+        }
+    )
+
+
+_SELECT = (
+    "SELECT id, uid, definition, created_at, updated_at, deleted_at, revision FROM tally.metrics"
+)
+
+
+async def list_metrics(connection: Connection, include_deleted: bool = True) -> list[UsageMetric]:
+    where = "" if include_deleted else " WHERE deleted_at IS NULL"
+    return [row_to_metric(row) for row in await connection.fetch(_SELECT + where + " ORDER BY uid")]
+
+
+async def revision(connection: Connection) -> tuple[int, int]:
+    """(highest revision, number of definitions): changes when anything changes."""
+    row = await connection.fetchrow(
+        "SELECT coalesce(max(revision), 0) AS r, count(*) AS n FROM tally.metrics"
+    )
+    assert row is not None
+    return int(row["r"]), int(row["n"])
+
+
+async def apply_definitions(
+    connection: Connection,
+    definitions: Sequence[UsageMetricDefinition],
+    dry_run: bool = False,
+) -> list[Change]:
+    """Create new definitions and update mutable fields of existing ones.
+
+    All or nothing: if any definition tries to change an immutable field,
+    nothing is written and `MetricDefinitionError` names every such field.
+    """
+    uids = [d.uid for d in definitions]
+    duplicates = sorted({uid for uid in uids if uids.count(uid) > 1})
+    if duplicates:
+        raise MetricDefinitionError(
+            [FieldError("uid", f"{uid!r} appears more than once") for uid in duplicates]
+        )
+    async with connection.transaction():
+        # Serialise appliers so two of them cannot both "create" one uid.
+        await connection.execute("LOCK TABLE tally.metrics IN SHARE ROW EXCLUSIVE MODE")
+        rows = await connection.fetch(_SELECT + " WHERE uid = ANY($1::text[])", uids)
+        existing = {row["uid"]: row_to_metric(row) for row in rows}
+        changes: list[Change] = []
+        refused: list[FieldError] = []
+        for definition in definitions:
+            old = existing.get(definition.uid)
+            if old is None:
+                changes.append(Change(definition.uid, Action.CREATE))
+                continue
+            old_definition = parse_metric(_definition_document(old))
+            frozen = immutable_changes(old_definition, definition)
+            if frozen:
+                refused += [
+                    FieldError(
+                        f"{definition.uid}.{name}",
+                        "is immutable after creation; create a new metric with a new uid",
+                    )
+                    for name in frozen
+                ]
+                continue
+            fields = changed_fields(old_definition, definition)
+            changes.append(
+                Change(definition.uid, Action.UPDATE if fields else Action.UNCHANGED, tuple(fields))
+            )
+        if refused:
+            raise MetricDefinitionError(refused)
+        if dry_run:
+            return changes
+        by_uid = {d.uid: d for d in definitions}
+        for change in changes:
+            definition = by_uid[change.uid]
+            if change.action is Action.CREATE:
+                await connection.execute(
+                    "INSERT INTO tally.metrics (uid, definition, deleted_at) VALUES ($1, $2, $3)",
+                    definition.uid,
+                    _stored_document(definition),
+                    definition.deleted_at,
+                )
+            elif change.action is Action.UPDATE:
+                await connection.execute(
+                    "UPDATE tally.metrics SET definition = $2, deleted_at = $3, updated_at = now(),"
+                    " revision = nextval('tally.metric_revision') WHERE uid = $1",
+                    definition.uid,
+                    _stored_document(definition),
+                    definition.deleted_at,
+                )
+    return changes
+
+
+def _definition_document(metric: UsageMetric) -> dict[str, Any]:
+    document = metric.to_document()
+    for server_field in ("id", "createdAt", "updatedAt"):
+        document.pop(server_field, None)
+    return document
+
+
+async def delete_metric(connection: Connection, uid: str, when: datetime | None = None) -> bool:
+    """Set deletedAt (values are kept); False if there is no such live metric."""
+    status = await connection.execute(
+        "UPDATE tally.metrics SET deleted_at = coalesce($2, now()), updated_at = now(),"
+        " revision = nextval('tally.metric_revision') WHERE uid = $1 AND deleted_at IS NULL",
+        uid,
+        when,
+    )
+    return str(status).endswith(" 1")

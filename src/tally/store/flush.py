@@ -1,0 +1,291 @@
+"""The flush transaction: offsets, dedup, members and rollups, all or nothing.
+
+The order inside the transaction is fixed (and is the one place it is
+written down; `tally.worker.checkpoint` decides when to call it):
+
+1. compare-and-set each partition's stored offset (fencing, DESIGN 3);
+   if any partition's offset moved, nothing else is written;
+2. the dedup window's new ids, merged and expired segments;
+3. UNIQUE members, inserted in key order; only new ones add to a value;
+4. rollup deltas, upserted in primary-key order (`value = value + delta`),
+   so concurrent flushes of other workers cannot deadlock on each other.
+
+The caller commits Kafka's advisory offsets only after this returns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from tally.core.aggregate import CountDelta, Deltas, SumDelta, UniqueDelta
+from tally.core.dedup import FlushPlan
+from tally.store.pool import Connection
+
+_CAS = """
+UPDATE tally.partition_offsets AS o
+   SET next_offset = c.next_offset, owner = $5, flushed_at = now(),
+       records_total = o.records_total + c.records,
+       duplicates_total = o.duplicates_total + c.duplicates,
+       dead_letters_total = o.dead_letters_total + c.dead_letters
+  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+       AS c(topic, partition, expected, next_offset, records, duplicates, dead_letters)
+ WHERE o.topic = c.topic AND o.partition = c.partition AND o.next_offset = c.expected
+RETURNING o.topic, o.partition
+"""
+
+_INSERT_SEGMENT = """
+INSERT INTO tally.dedup_segments (topic, partition, bucket, id_count, ids)
+VALUES ($1, $2, $3, $4, $5) RETURNING segment_id
+"""
+
+_DELETE_SEGMENTS = """
+DELETE FROM tally.dedup_segments WHERE topic = $1 AND partition = $2 AND segment_id = ANY($3::bigint[])
+"""
+
+_EXPIRE_SEGMENTS = """
+DELETE FROM tally.dedup_segments WHERE topic = $1 AND partition = $2 AND bucket < $3
+"""
+
+_INSERT_MEMBERS = """
+WITH inserted AS (
+    INSERT INTO tally.unique_members (metric_uid, customer_id, time_unit, period_start, group_key, member)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
+     ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT DO NOTHING
+    RETURNING metric_uid, customer_id, time_unit, period_start, group_key
+)
+SELECT metric_uid, customer_id, time_unit, period_start, group_key, count(*) AS added
+  FROM inserted GROUP BY 1, 2, 3, 4, 5
+"""
+
+_UPSERT_VALUES = """
+INSERT INTO tally.metric_values AS v
+       (metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count, updated_at)
+SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, u.period_start, u.period_end,
+       u.value, u.event_count, now()
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+              $7::numeric[], $8::bigint[])
+       AS u(metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count)
+ ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key
+ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPDATE
+   SET value = v.value + EXCLUDED.value,
+       event_count = v.event_count + EXCLUDED.event_count,
+       updated_at = EXCLUDED.updated_at
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFlush:
+    """One partition's part of a flush."""
+
+    topic: str
+    partition: int
+    expected_offset: int  # what this worker believes is stored (-1: nothing yet)
+    next_offset: int
+    dedup: FlushPlan | None
+    records: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DedupRows:
+    new_row: int | None
+    merged_row: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    rows_written: int
+    members_added: int
+    dedup_rows: dict[tuple[str, int], DedupRows]
+
+
+class Fenced(Exception):
+    """Another worker moved these partitions' offsets: this worker's pending
+    work for them is stale and must be dropped (nothing was written)."""
+
+    def __init__(self, partitions: Sequence[tuple[str, int]]) -> None:
+        self.partitions = list(partitions)
+        super().__init__(f"fenced on {', '.join(f'{t}[{p}]' for t, p in self.partitions)}")
+
+
+class _Instants:
+    """POSIX seconds to aware datetimes, converted once per flush."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, datetime] = {}
+
+    def __call__(self, seconds: int) -> datetime:
+        moment = self._cache.get(seconds)
+        if moment is None:
+            moment = self._cache[seconds] = datetime.fromtimestamp(seconds, UTC)
+        return moment
+
+
+async def write_flush(
+    connection: Connection,
+    partitions: Sequence[PartitionFlush],
+    deltas: Deltas,
+    owner: str,
+) -> FlushResult:
+    """Run the flush transaction; raises `Fenced` (after rolling back) if any
+    partition's stored offset is not the expected one."""
+    partitions = sorted(partitions, key=lambda p: (p.topic, p.partition))
+    async with connection.transaction():
+        if partitions:
+            moved = await connection.fetch(
+                _CAS,
+                [p.topic for p in partitions],
+                [p.partition for p in partitions],
+                [p.expected_offset for p in partitions],
+                [p.next_offset for p in partitions],
+                owner,
+                [p.records for p in partitions],
+                [p.duplicates for p in partitions],
+                [p.dead_letters for p in partitions],
+            )
+            if len(moved) != len(partitions):
+                kept = {(r["topic"], r["partition"]) for r in moved}
+                raise Fenced(
+                    [
+                        (p.topic, p.partition)
+                        for p in partitions
+                        if (p.topic, p.partition) not in kept
+                    ]
+                )
+        dedup_rows = {}
+        for p in partitions:
+            if p.dedup is not None:
+                dedup_rows[(p.topic, p.partition)] = await _write_dedup(connection, p, p.dedup)
+        instant = _Instants()
+        added = await _write_members(connection, deltas, instant)
+        rows = await _write_values(connection, deltas, added, instant)
+    return FlushResult(rows, sum(added.values()), dedup_rows)
+
+
+async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPlan) -> DedupRows:
+    new_row = merged_row = None
+    if plan.count:
+        new_row = await connection.fetchval(
+            _INSERT_SEGMENT, p.topic, p.partition, plan.bucket, plan.count, plan.blob
+        )
+    if plan.compaction is not None:
+        bucket, replaced, blob, count = plan.compaction
+        await connection.execute(_DELETE_SEGMENTS, p.topic, p.partition, list(replaced))
+        merged_row = await connection.fetchval(
+            _INSERT_SEGMENT, p.topic, p.partition, bucket, count, blob
+        )
+    await connection.execute(_EXPIRE_SEGMENTS, p.topic, p.partition, plan.expire_before)
+    return DedupRows(new_row, merged_row)
+
+
+MemberKey = tuple[str, str, str, datetime, str]
+
+
+async def _write_members(
+    connection: Connection, deltas: Deltas, instant: _Instants
+) -> Counter[MemberKey]:
+    columns: tuple[list[str], list[str], list[str], list[datetime], list[str], list[str]] = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
+    uids, customers, units, starts, groups, members = columns
+    for (uid, customer, group, unit, start), delta in deltas.rollups.items():
+        if type(delta) is not UniqueDelta:
+            continue
+        moment = instant(start)
+        for member in delta.members:
+            uids.append(uid)
+            customers.append(customer)
+            units.append(unit)
+            starts.append(moment)
+            groups.append(group)
+            members.append(member)
+    added: Counter[MemberKey] = Counter()
+    if not uids:
+        return added
+    for row in await connection.fetch(_INSERT_MEMBERS, *columns):
+        added[
+            (
+                row["metric_uid"],
+                row["customer_id"],
+                row["time_unit"],
+                row["period_start"],
+                row["group_key"],
+            )
+        ] = row["added"]
+    return added
+
+
+async def _write_values(
+    connection: Connection, deltas: Deltas, added: Counter[MemberKey], instant: _Instants
+) -> int:
+    uids: list[str] = []
+    customers: list[str] = []
+    groups: list[str] = []
+    units: list[str] = []
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    values: list[Decimal] = []
+    counts: list[int] = []
+    for (uid, customer, group, unit, start), delta in deltas.rollups.items():
+        moment = instant(start)
+        if type(delta) is UniqueDelta:
+            value = Decimal(added.get((uid, customer, unit, moment, group), 0))
+        else:
+            assert isinstance(delta, CountDelta | SumDelta)
+            value = delta.value()
+        uids.append(uid)
+        customers.append(customer)
+        groups.append(group)
+        units.append(unit)
+        starts.append(moment)
+        ends.append(instant(delta.end))
+        values.append(value)
+        counts.append(delta.events)
+    if uids:
+        await connection.execute(
+            _UPSERT_VALUES, uids, customers, groups, units, starts, ends, values, counts
+        )
+    return len(uids)
+
+
+async def load_partition(
+    connection: Connection, topic: str, partition: int, min_bucket: int | None
+) -> tuple[int, list[tuple[int, int, bytes]]]:
+    """The stored offset and dedup rows of a partition, from one snapshot.
+
+    Creates the offset row (at -1, "from the beginning") the first time a
+    partition is seen, so the first flush has something to compare with.
+    """
+    await connection.execute(
+        "INSERT INTO tally.partition_offsets (topic, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        topic,
+        partition,
+    )
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        offset = await connection.fetchval(
+            "SELECT next_offset FROM tally.partition_offsets WHERE topic = $1 AND partition = $2",
+            topic,
+            partition,
+        )
+        rows: list[tuple[int, int, bytes]] = []
+        if min_bucket is not None:
+            records = await connection.fetch(
+                "SELECT segment_id, bucket, ids FROM tally.dedup_segments"
+                " WHERE topic = $1 AND partition = $2 AND bucket >= $3 ORDER BY segment_id",
+                topic,
+                partition,
+                min_bucket,
+            )
+            rows = [(r["segment_id"], r["bucket"], r["ids"]) for r in records]
+    return int(offset), rows

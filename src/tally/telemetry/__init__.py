@@ -1,0 +1,1 @@
+"""Prometheus metrics, the /metrics /healthz /readyz server, and structured logs."""

@@ -1,0 +1,115 @@
+"""The worker's Prometheus metrics, on a registry passed in (a fresh one per test).
+
+Names follow Prometheus conventions: `tally_` prefix, base units (seconds,
+bytes), `_total` for counters. Event outcomes (applied, duplicate, dead
+lettered, skipped, unmatched) are counted when the flush that makes them
+durable commits, so they agree with the values table; `consumed` counts
+reads, so it also counts events read again after a crash or a rebalance.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.consumed = Counter(
+            "tally_events_consumed",
+            "Messages read from Kafka.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.applied = Counter(
+            "tally_events_applied",
+            "Events applied to a metric's rollups (committed).",
+            ["metric"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "tally_events_duplicate",
+            "Events dropped as repeats of an id inside the dedup window.",
+            ["topic"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "tally_events_dead_lettered",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "tally_events_skipped",
+            "Events that matched a metric but carried no usable value, by reason.",
+            ["metric", "reason"],
+            registry=registry,
+        )
+        self.unmatched = Counter(
+            "tally_events_unmatched", "Valid events that no live metric took.", registry=registry
+        )
+        self.flushes = Counter(
+            "tally_flushes",
+            "Flush transactions, by outcome (ok, fenced, error).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.flush_duration = Histogram(
+            "tally_flush_duration_seconds",
+            "Time of one flush, database transaction included.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.flush_rows = Histogram(
+            "tally_flush_rows",
+            "Rollup rows written by one flush.",
+            buckets=(1, 10, 100, 1000, 10_000, 100_000, 1_000_000),
+            registry=registry,
+        )
+        self.rows_written = Counter(
+            "tally_rollup_rows_written", "Rollup row upserts committed.", registry=registry
+        )
+        self.lag = Gauge(
+            "tally_consumer_lag_events",
+            "Messages between the consumed position and the partition end.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.pending_events = Gauge(
+            "tally_pending_events", "Events consumed but not yet flushed.", registry=registry
+        )
+        self.pending_rollups = Gauge(
+            "tally_pending_rollups", "Rollups changed but not yet flushed.", registry=registry
+        )
+        self.dedup_ids = Gauge(
+            "tally_dedup_ids", "Event ids held in the dedup windows.", registry=registry
+        )
+        self.last_flush = Gauge(
+            "tally_last_flush_timestamp_seconds",
+            "When the last successful flush committed (POSIX).",
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "tally_rebalances", "Partition assignments received.", registry=registry
+        )
+        self.partitions = Gauge(
+            "tally_partitions_assigned", "Partitions this worker owns.", registry=registry
+        )
+        self.fenced = Counter(
+            "tally_partitions_fenced",
+            "Times a flush found another worker had moved a partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "tally_errors",
+            "Errors talking to the parts around the worker, by component and kind.",
+            ["component", "kind"],
+            registry=registry,
+        )
+        self.metrics_defined = Gauge(
+            "tally_metrics_live", "Live (not deleted) metric definitions.", registry=registry
+        )
+        self.up_since = Gauge(
+            "tally_start_time_seconds", "When this worker started (POSIX).", registry=registry
+        )

@@ -1,0 +1,1 @@
+"""The worker: Kafka in, the pure core in the middle, PostgreSQL out."""

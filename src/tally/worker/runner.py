@@ -1,0 +1,479 @@
+"""`tally run`: one consumer in the group, the core, and the flush path.
+
+The loop: load state for newly assigned partitions and seek to their stored
+offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it;
+flush when the interval, the pending-events or pending-rollups limit says
+so. Errors from PostgreSQL or Kafka are retried with capped backoff while
+pending work stays in memory (fetching pauses when it is full); nothing is
+lost because nothing is acknowledged before the flush commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from tally.config import Settings
+from tally.core.dedup import BUCKET_SECONDS, digest
+from tally.core.events import DecodeLimits, Rejection, UsageEvent, decode_event
+from tally.core.metrics import MetricIndex
+from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
+from tally.kafka.dead_letters import DeadLetters
+from tally.store.flush import load_partition
+from tally.telemetry.http import TelemetryServer
+from tally.telemetry.logs import Log
+from tally.telemetry.metrics import Telemetry
+from tally.worker.checkpoint import Checkpointer
+from tally.worker.definitions import DefinitionWatcher
+from tally.worker.partition import PartitionState
+
+log = Log("tally.worker")
+
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+RETRYABLE = (*DATABASE_ERRORS, KafkaError)
+
+
+def error_kind(exc: BaseException) -> tuple[str, str]:
+    """(component, kind) labels for the errors counter."""
+    component = "kafka" if isinstance(exc, KafkaError) else "database"
+    return component, type(exc).__name__
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter."""
+
+    cap: float
+    base: float = 0.2
+    attempts: int = 0
+
+    def next_delay(self) -> float:
+        delay: float = min(self.cap, self.base * 2.0**self.attempts)
+        self.attempts += 1
+        jitter: float = random.uniform(0.5, 1.0)
+        return delay * jitter
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass(slots=True)
+class Clock:
+    """Injectable clocks: wall time decides event acceptance and dedup hours."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.worker.partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.worker.partitions_assigned(set(assigned))
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    pool: asyncpg.Pool
+    registry: CollectorRegistry
+    consumer_factory: ConsumerFactory = make_consumer
+    producer_factory: ProducerFactory = make_producer
+    clock: Clock = field(default_factory=Clock)
+    states: dict[TopicPartition, PartitionState] = field(default_factory=dict)
+    index: MetricIndex = field(default_factory=lambda: MetricIndex([]))
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.owner = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.telemetry = Telemetry(self.registry)
+        self.limits = DecodeLimits(
+            max_bytes=self.settings.max_event_bytes,
+            max_lateness_seconds=self.settings.max_lateness,
+            max_future_seconds=self.settings.max_future_skew,
+        )
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.checkpointer = Checkpointer(
+            self.pool, self.telemetry, self.owner, self.clock.wall, self._commit_kafka
+        )
+        self.watcher = DefinitionWatcher(self.pool, self._set_index)
+        self.backoff = Backoff(self.settings.retry_max_backoff)
+        self.paused_for_backpressure = False
+        self.joined = False
+        self.loading = asyncio.Lock()
+
+    # -- definitions -------------------------------------------------------
+
+    def _set_index(self, index: MetricIndex) -> None:
+        self.index = index
+        self.telemetry.metrics_defined.set(len(index))
+
+    # -- partition lifecycle ----------------------------------------------
+
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.telemetry.rebalances.inc()
+        leaving = [self.states[tp] for tp in revoked if tp in self.states]
+        if self.settings.revoke_policy == "flush" and leaving:
+            try:
+                await asyncio.wait_for(
+                    self.checkpointer.flush(leaving, "revoke"),
+                    timeout=self.settings.session_timeout,
+                )
+            except (TimeoutError, *RETRYABLE) as exc:
+                self.telemetry.errors.labels(*error_kind(exc)).inc()
+                log.warning(
+                    "flush on revocation failed; the next owner re-reads",
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+        for state in leaving:
+            if state.dirty:
+                log.info(
+                    "dropping pending work of a revoked partition",
+                    topic=state.topic,
+                    partition=state.partition,
+                    events=state.pending_events,
+                )
+            del self.states[state.tp]
+        self._update_gauges()
+
+    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+        for tp in assigned:
+            if tp not in self.states:
+                self.states[tp] = PartitionState(tp, self.settings.dedup_window)
+        if self.consumer is not None:
+            loading = [tp for tp, s in self.states.items() if not s.ready]
+            if loading:
+                self.consumer.pause(*loading)
+        try:
+            await self.load_partitions()
+        except RETRYABLE as exc:
+            self.telemetry.errors.labels(*error_kind(exc)).inc()
+            log.warning(
+                "partition state not loaded yet; will retry", reason=f"{type(exc).__name__}: {exc}"
+            )
+        self._update_gauges()
+        log.info(
+            "partitions assigned",
+            partitions=",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)),
+        )
+
+    async def load_partitions(self) -> None:
+        """Load stored offsets and dedup windows of partitions not ready yet, then seek."""
+        async with self.loading:  # the rebalance callback and the loop may both ask
+            pending = [s for s in self.states.values() if not s.ready]
+            if not pending:
+                return
+            now = self.clock.wall()
+            window = self.settings.dedup_window
+            min_bucket = int((now - window) // BUCKET_SECONDS) if window > 0 else None
+            async with self.pool.acquire() as connection:
+                loaded = [
+                    (
+                        state,
+                        await load_partition(connection, state.topic, state.partition, min_bucket),
+                    )
+                    for state in pending
+                ]
+            from_start = []
+            assignment = self.consumer.assignment() if self.consumer is not None else set()
+            for state, (offset, rows) in loaded:
+                if self.states.get(state.tp) is not state:
+                    continue  # revoked while we were loading
+                if state.dedup is not None:
+                    state.dedup.load(rows, now)
+                state.loaded(offset)
+                if self.consumer is not None and state.tp in assignment:
+                    if offset >= 0:
+                        self.consumer.seek(state.tp, offset)
+                    else:
+                        from_start.append(state.tp)
+                log.info(
+                    "partition ready",
+                    topic=state.topic,
+                    partition=state.partition,
+                    offset=offset,
+                    dedup_ids=state.dedup.held if state.dedup is not None else 0,
+                )
+            if self.consumer is not None:
+                if from_start:
+                    await self.consumer.seek_to_beginning(*from_start)
+                ready = [s.tp for s, _ in loaded if s.ready and s.tp in assignment]
+                if ready and not self.paused_for_backpressure:
+                    self.consumer.resume(*ready)
+
+    # -- consuming -----------------------------------------------------------
+
+    async def consume(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        state = self.states.get(tp)
+        if state is None or not state.ready:
+            return  # fetched before a revoke or a reload; re-read after the seek
+        self.telemetry.consumed.labels(tp.topic, str(tp.partition)).inc(len(records))
+        now = self.clock.wall()
+        limits = self.limits
+        accepted: list[UsageEvent] = []
+        for record in records:
+            if record.offset < state.next_offset:
+                continue
+            state.next_offset = record.offset + 1
+            result = decode_event(record.value, now, limits)
+            if type(result) is Rejection:
+                assert self.dead_letters is not None
+                state.dead_letters.append(await self.dead_letters.send(record, result))
+                state.rejected[result.reason.value] += 1
+            else:
+                accepted.append(result)  # type: ignore[arg-type]
+        if not accepted:
+            return
+        index = self.index
+        add = state.deltas.add
+        if state.dedup is None:
+            for event in accepted:
+                add(event, index)
+            return
+        flags = state.dedup.check([digest(event.id) for event in accepted])
+        for event, duplicate in zip(accepted, flags, strict=True):
+            if duplicate:
+                state.duplicates += 1
+            else:
+                add(event, index)
+
+    def pending(self) -> tuple[int, int]:
+        events = rollups = 0
+        for state in self.states.values():
+            events += state.pending_events
+            rollups += len(state.deltas)
+        return events, rollups
+
+    def _update_gauges(self) -> None:
+        events, rollups = self.pending()
+        t = self.telemetry
+        t.pending_events.set(events)
+        t.pending_rollups.set(rollups)
+        t.partitions.set(len(self.states))
+        t.dedup_ids.set(sum(s.dedup.held for s in self.states.values() if s.dedup is not None))
+        if self.consumer is not None:
+            for tp, state in self.states.items():
+                high = self.consumer.highwater(tp)
+                if high is not None and state.next_offset >= 0:
+                    t.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - state.next_offset))
+
+    # -- flushing ------------------------------------------------------------
+
+    async def _commit_kafka(self, offsets: dict[TopicPartition, object]) -> None:
+        if self.consumer is not None and offsets:
+            current = self.consumer.assignment()
+            mine = {tp: o for tp, o in offsets.items() if tp in current}
+            if mine:
+                await self.consumer.commit(mine)
+
+    async def flush(self, reason: str) -> None:
+        outcome = await self.checkpointer.flush(list(self.states.values()), reason)
+        if outcome.fenced:
+            await self._reload_after_fence()
+
+    async def _reload_after_fence(self) -> None:
+        if self.consumer is not None:
+            stale = [
+                s.tp
+                for s in self.states.values()
+                if not s.ready and s.tp in self.consumer.assignment()
+            ]
+            if stale:
+                self.consumer.pause(*stale)
+        await self.load_partitions()
+
+    def _flush_due(self, last_flush: float) -> str | None:
+        events, rollups = self.pending()
+        if events >= self.settings.max_pending_events:
+            return "pending_events"
+        if rollups >= self.settings.max_pending_rollups:
+            return "pending_rollups"
+        if self.clock.monotonic() - last_flush >= self.settings.flush_interval:
+            return "interval"
+        return None
+
+    def _set_backpressure(self, on: bool) -> None:
+        if self.consumer is None or on == self.paused_for_backpressure:
+            return
+        self.paused_for_backpressure = on
+        ready = [
+            tp for tp, s in self.states.items() if s.ready and tp in self.consumer.assignment()
+        ]
+        if on:
+            self.consumer.pause(*ready)
+            log.warning("pending work is full; fetching paused until a flush succeeds")
+        elif ready:
+            self.consumer.resume(*ready)
+
+    # -- the loop ------------------------------------------------------------
+
+    async def ready_check(self) -> tuple[bool, str]:
+        if not self.joined:
+            return False, "not yet in the consumer group"
+        if any(not s.ready for s in self.states.values()):
+            return False, "loading partition state"
+        age = self.clock.wall() - self.checkpointer.last_success
+        if (
+            self.checkpointer.last_success
+            and age > self.settings.ready_flush_age
+            and self.pending()[0]
+        ):
+            return False, f"last successful flush {age:.0f} s ago"
+        try:
+            async with self.pool.acquire(timeout=2) as connection:
+                await connection.fetchval("SELECT 1", timeout=2)
+        except (TimeoutError, *DATABASE_ERRORS) as exc:
+            return False, f"database unreachable: {type(exc).__name__}"
+        return True, f"ok: {len(self.states)} partitions"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        self.telemetry.up_since.set(self.clock.wall())
+        server = TelemetryServer(
+            self.registry, self.ready_check, settings.metrics_host, settings.metrics_port
+        )
+        self.metrics_port = await server.start()
+        log.info(
+            "telemetry listening", url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics"
+        )
+        await self._retry_until(stop, self.watcher.refresh, "load metric definitions")
+        self.producer = self.producer_factory(settings)
+        await self._retry_until(stop, self.producer.start, "start the dead-letter producer")
+        self.dead_letters = DeadLetters(self.producer, settings.dead_letter_topic)
+        self.consumer = self.consumer_factory(settings)
+        self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
+        await self._retry_until(stop, self.consumer.start, "join the consumer group")
+        watcher = asyncio.create_task(self.watcher.run(settings.metrics_poll_interval, stop))
+        log.info(
+            "worker started",
+            owner=self.owner,
+            topics=",".join(settings.topic),
+            group=settings.group,
+        )
+        try:
+            await self._loop(stop)
+        finally:
+            await self._shutdown(watcher, server)
+
+    async def _retry_until(
+        self, stop: asyncio.Event, action: Callable[[], object], what: str
+    ) -> None:
+        backoff = Backoff(self.settings.retry_max_backoff)
+        while not stop.is_set():
+            try:
+                result = action()
+                if asyncio.iscoroutine(result):
+                    await result
+                return
+            except RETRYABLE as exc:
+                self.telemetry.errors.labels(*error_kind(exc)).inc()
+                delay = backoff.next_delay()
+                log.warning(
+                    f"cannot {what} yet; retrying",
+                    reason=f"{type(exc).__name__}: {exc}",
+                    retry_in=round(delay, 2),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        last_flush = self.clock.monotonic()
+        retry_at = 0.0
+        while not stop.is_set():
+            if (
+                any(not s.ready for s in self.states.values())
+                and self.clock.monotonic() >= retry_at
+            ):
+                try:
+                    await self.load_partitions()
+                except RETRYABLE as exc:
+                    retry_at = self._failed(exc, "loading partition state")
+            timeout = max(
+                0.0,
+                min(0.5, settings_interval(self.settings) - (self.clock.monotonic() - last_flush)),
+            )
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=int(timeout * 1000), max_records=self.settings.max_batch
+                )
+            except KafkaError as exc:
+                self._failed(exc, "fetching")
+                await asyncio.sleep(self.backoff.next_delay())
+                continue
+            for tp, records in batch.items():
+                await self.consume(tp, records)
+            reason = self._flush_due(last_flush)
+            if reason is not None and self.clock.monotonic() >= retry_at:
+                try:
+                    await self.flush(reason)
+                except RETRYABLE as exc:
+                    retry_at = self._failed(exc, "flushing")
+                    if reason != "interval":
+                        self._set_backpressure(True)
+                else:
+                    last_flush = self.clock.monotonic()
+                    self.backoff.reset()
+                    self._set_backpressure(False)
+            self._update_gauges()
+
+    def _failed(self, exc: BaseException, doing: str) -> float:
+        self.telemetry.errors.labels(*error_kind(exc)).inc()
+        delay = self.backoff.next_delay()
+        events, _ = self.pending()
+        log.warning(
+            f"error while {doing}; pending work kept, retrying",
+            reason=f"{type(exc).__name__}: {exc}",
+            retry_in=round(delay, 2),
+            pending_events=events,
+        )
+        return self.clock.monotonic() + delay
+
+    async def _shutdown(self, watcher: asyncio.Task[None], server: TelemetryServer) -> None:
+        deadline = self.clock.monotonic() + self.settings.shutdown_timeout
+        backoff = Backoff(2.0)
+        while True:
+            try:
+                await self.flush("shutdown")
+                break
+            except RETRYABLE as exc:
+                self.telemetry.errors.labels(*error_kind(exc)).inc()
+                if self.clock.monotonic() + 0.5 >= deadline:
+                    log.warning(
+                        "final flush failed; the next owner re-reads the pending events",
+                        reason=f"{type(exc).__name__}: {exc}",
+                        pending_events=self.pending()[0],
+                    )
+                    break
+                await asyncio.sleep(backoff.next_delay())
+        watcher.cancel()
+        if self.consumer is not None:
+            await self.consumer.stop()  # leaves the group; the revoke callback finds nothing left
+        if self.producer is not None:
+            await self.producer.stop()
+        await server.stop()
+        log.info("worker stopped", owner=self.owner)
+
+
+def settings_interval(settings: Settings) -> float:
+    return settings.flush_interval
