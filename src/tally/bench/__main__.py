@@ -1,0 +1,24 @@
+"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `python -m tally.bench dedup [IDS]`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tally.bench import core, dedup
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["core"]:
+        core.main(int(argv[1]) if len(argv) > 1 else 200_000, int(argv[2]) if len(argv) > 2 else 5)
+        return 0
+    if argv[:1] == ["dedup"]:
+        dsn = os.environ.get("TALLY_DATABASE_URL", "postgresql://localhost:5432/tally")
+        dedup.main(dsn, int(argv[1]) if len(argv) > 1 else 200_000)
+        return 0
+    print("usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
