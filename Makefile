@@ -63,7 +63,8 @@ services-stop:
 
 run: $(INSTALLED)
 	@$(with_services); \
-	$(BIN)/tally run $(RUN_ARGS)
+	$(BIN)/tally metrics apply deploy/metrics.example.yaml; \
+	$(BIN)/tally run --create-topics $(RUN_ARGS)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage build dist
