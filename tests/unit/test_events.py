@@ -69,6 +69,7 @@ REJECTED: list[tuple[bytes | None, RejectReason, str]] = [
     (with_(properties=[1]), RejectReason.INVALID_FIELD, "properties must be an object"),
     (with_(properties={"a": {"b": 1}}), RejectReason.INVALID_FIELD, "properties.a"),
     (with_(properties={"a": [1]}), RejectReason.INVALID_FIELD, "properties.a"),
+    (with_(customerId="a\x00b"), RejectReason.INVALID_FIELD, "NUL"),
     (with_(properties={"a": 1}, eventProperties={"a": 2}), RejectReason.INVALID_FIELD, "differ"),
     (with_(timestamp=1795000000), RejectReason.BAD_TIMESTAMP, "string"),
     (with_(timestamp="2026-11-18T08:00:00"), RejectReason.BAD_TIMESTAMP, "offset"),

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tally.core.events import MAX_TEXT_LENGTH, parse_timestamp
+from tally.core.values import contains_nul
 
 # Sequence's names for the same fields; either may be used, not both differently.
 ALIASES: dict[str, str] = {
@@ -54,6 +55,9 @@ class UsageEventModel(BaseModel):
     def _fold_aliases(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        if contains_nul(data):
+            # The worker refuses NUL too: PostgreSQL text cannot hold it.
+            raise PydanticCustomError("nul", "must not contain the NUL character (\\u0000)")
         folded = dict(data)
         for alias, name in ALIASES.items():
             if alias not in folded:

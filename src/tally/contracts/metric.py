@@ -32,9 +32,11 @@ from pydantic_core import PydanticCustomError
 
 from tally.core.events import parse_timestamp
 from tally.core.periods import TimeUnit
-from tally.core.values import number_text
+from tally.core.values import contains_nul, number_text
 
 UID_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
+_EARLIEST = -62135596800.0  # 0001-01-01T00:00:00Z
+_LATEST = 253402300799.0  # 9999-12-31T23:59:59Z
 MAX_FILTER_VALUES = 1000
 
 
@@ -56,6 +58,10 @@ PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 # A filter value is a typed JSON scalar; null is refused (a missing or null
 # property already fails IN and passes NOT IN, so null in a list means nothing).
 def _filter_value(value: object) -> str | int | float | bool:
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise PydanticCustomError(
+            "int_range", "integers must fit in 64 bits; write larger numbers as decimals"
+        )
     if isinstance(value, str | int):  # bool is an int
         return value
     if isinstance(value, float):
@@ -120,6 +126,19 @@ class UsageMetricDefinition(BaseModel):
     timezone: StrictStr = "UTC"
     deleted_at: AwareDatetime | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        # PostgreSQL text and jsonb cannot hold NUL: refuse it here, naming the field.
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                if contains_nul(key) or contains_nul(value):
+                    raise _rule(
+                        str(key).replace("\x00", "\\u0000"),
+                        "must not contain the NUL character (\\u0000)",
+                    )
+        return data
+
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, value: str) -> str:
@@ -154,10 +173,18 @@ class UsageMetricDefinition(BaseModel):
     @classmethod
     def _deleted_at_is_a_date_time(cls, value: object) -> object:
         # Lax pydantic would take a number of seconds; the contract says date-time.
-        if value is None or isinstance(value, datetime):
+        if value is None:
             return value
-        if not isinstance(value, str) or parse_timestamp(value) is None:
+        if isinstance(value, datetime):
+            seconds = value.timestamp() if value.tzinfo is not None else None
+        elif isinstance(value, str):
+            seconds = parse_timestamp(value)
+        else:
+            seconds = None
+        if seconds is None:
             raise PydanticCustomError("date_time", "must be an RFC 3339 date-time with an offset")
+        if not _EARLIEST <= seconds <= _LATEST:  # PostgreSQL's timestamptz is held in UTC
+            raise PydanticCustomError("date_time", "must fall between the years 1 and 9999 in UTC")
         return value
 
     @model_validator(mode="after")

@@ -154,11 +154,11 @@ def parse_timestamp(text: str) -> float | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        if moment.tzinfo is None:  # pragma: no cover - the shape check requires an offset
+            return None
+        return moment.timestamp()
+    except (ValueError, OverflowError):  # also years 1 and 9999 shifted out of range by the offset
         return None
-    if moment.tzinfo is None:  # pragma: no cover - the shape check requires an offset
-        return None
-    return moment.timestamp()
 
 
 _SCALAR_TYPES = (str, int, float, bool, Decimal, type(None))
@@ -191,6 +191,9 @@ def decode_event(raw: bytes | None, now: float, limits: DecodeLimits) -> UsageEv
         return Rejection(
             RejectReason.OVERSIZED, f"{len(raw)} bytes, the limit is {limits.max_bytes}"
         )
+    if b"\\u0000" in raw:
+        # PostgreSQL text cannot hold NUL; better refused here than a flush that never succeeds.
+        return Rejection(RejectReason.INVALID_FIELD, "contains a NUL character (\\u0000)")
     parsed = _parse(raw)
     if parsed is None:
         return Rejection(RejectReason.NOT_JSON, "the value is not UTF-8 JSON")

@@ -138,3 +138,15 @@ def sum_operand(value: object) -> int | Decimal | str:
     if value is None:
         return SkipReason.MISSING_VALUE
     return SkipReason.NOT_A_NUMBER  # booleans
+
+
+def contains_nul(value: object) -> bool:
+    """Whether a JSON-like value holds the NUL character anywhere (PostgreSQL
+    text and jsonb cannot store it)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(v) for v in value)
+    return False
