@@ -185,6 +185,12 @@ shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
 full_page_writes = on
+# Flushes write tens of MB of WAL at a time; checkpoints every few flushes
+# would double that with full-page images.
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+wal_compression = on
+work_mem = 32MB
 
 timezone = 'UTC'
 log_timezone = 'UTC'

@@ -50,6 +50,9 @@ steps = st.lists(
     st.one_of(
         st.tuples(st.just("batch"), st.lists(st.integers(0, 400), max_size=30)),
         st.tuples(st.just("flush"), st.just(0)),
+        st.tuples(st.just("fly"), st.just(0)),
+        st.tuples(st.just("land"), st.just(0)),
+        st.tuples(st.just("fail"), st.just(0)),
         st.tuples(st.just("advance"), st.integers(1, 4 * 3600)),
         st.tuples(st.just("reload"), st.just(0)),
         st.tuples(st.just("crash"), st.just(0)),
@@ -66,7 +69,10 @@ def test_window_matches_first_seen_reference(steps: list[tuple[str, object]]) ->
     window = DedupWindow(WINDOW)
     window.load([], now)
     durable: dict[str, float] = {}  # id -> when its flush committed
-    pending: dict[str, float] = {}
+    pending: dict[str, float] = {}  # accepted, not yet durable (flying ones included)
+    plan: FlushPlan | None = None
+    flying: set[str] = set()
+    flown_at = now
     for action, arg in steps:
         if action == "batch":
             ids = [f"event-{n}" for n in arg]  # type: ignore[union-attr]
@@ -81,21 +87,32 @@ def test_window_matches_first_seen_reference(steps: list[tuple[str, object]]) ->
                     assert WINDOW <= age <= WINDOW + 2 * BUCKET_SECONDS, (event_id, age)
                 if not flag:
                     pending[event_id] = now
-        elif action == "flush":
-            plan = window.plan_flush(now)
+        elif action in ("flush", "fly") and plan is None:
+            # A flush begins: the pending ids fly; batches meanwhile see them.
+            plan, flying, flown_at = window.plan_flush(now), set(pending), now
+            if action == "flush":
+                action = "land"
+        if action == "land" and plan is not None:
             new_row, merged_row = rows.apply(plan)
             window.commit(plan, new_row, merged_row)
-            durable.update({i: now for i in pending})
-            pending = {}
+            durable.update({i: flown_at for i in flying})
+            pending = {i: t for i, t in pending.items() if i not in flying}
+            plan, flying = None, set()
+        elif action == "fail" and plan is not None:
+            window.abort()  # nothing was written; the ids are pending again
+            plan, flying = None, set()
         elif action == "advance":
             now += arg  # type: ignore[operator]
             # Forget what the window may forget; what it still remembers is checked above.
             durable = {i: t for i, t in durable.items() if now - t < WINDOW}
         elif action in ("reload", "crash"):
+            if plan is not None:  # the flush under way fails with the worker
+                window.abort()
+                plan, flying = None, set()
             if action == "reload":  # a clean hand-over: flush on revocation first
-                plan = window.plan_flush(now)
-                window.commit(plan, *rows.apply(plan))
-                durable.update({i: now for i in pending})
+                handover = window.plan_flush(now)
+                window.commit(handover, *rows.apply(handover))
+                durable.update(dict.fromkeys(pending, now))
             pending = {}  # a crash never flushed them: the next owner re-reads those events
             window = DedupWindow(WINDOW)
             window.load(rows.load(), now)

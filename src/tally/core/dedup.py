@@ -7,15 +7,18 @@ sorted numpy arrays, looked up a whole batch at a time:
 - `closed`: every hash of the finished hours in the window, one sorted array,
   with the hour ("bucket") each came in, so an hour can expire as a whole;
 - `open`: the current hour's hashes, a few sorted arrays merged by size;
-- `pending`: a set of hashes accepted since the last flush.
+- `pending`: a set of hashes accepted since the last flush began;
+- `flying`: the hashes of the flush under way (`plan_flush` moves `pending`
+  there; `commit` makes them durable, `abort` hands them back).
 
-A flush persists `pending` as one sorted blob (`FlushPlan.blob`) in the same
+A flush persists its ids as one sorted blob (`FlushPlan.blob`) in the same
 transaction as the offsets it covers; after an hour has passed, its blobs
 are merged into one row, and an hour older than the window is deleted. The
 database rows and these arrays always describe the same set of ids.
 
 Cost: 16 bytes of hash + 4 bytes of bucket = 20 bytes per remembered id
-(closed), 16 (open); `pending` costs ~90 bytes per id until the next flush.
+(closed), 16 (open); `pending` and `flying` cost ~90 bytes per id until
+their flush commits.
 Ids are remembered for at least the window and at most one hour more.
 """
 
@@ -121,13 +124,15 @@ class DedupWindow:
     open_bucket: int = -1
     open_runs: list[_Run] = field(default_factory=list)
     pending: set[bytes] = field(default_factory=set)
+    flying: set[bytes] = field(default_factory=set)
     # Database rows per bucket, so an hour's rows can be merged into one.
     rows: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def held(self) -> int:
-        """Ids remembered (persisted plus pending)."""
-        return len(self.closed_hi) + sum(len(r.hi) for r in self.open_runs) + len(self.pending)
+        """Ids remembered (persisted, in flight and pending)."""
+        persisted = len(self.closed_hi) + sum(len(r.hi) for r in self.open_runs)
+        return persisted + len(self.flying) + len(self.pending)
 
     def load(self, rows: Iterable[tuple[int, int, bytes]], now: float) -> None:
         """Rebuild from `(segment_id, bucket, blob)` rows, dropping expired hours."""
@@ -137,6 +142,7 @@ class DedupWindow:
         self.open_runs = []
         self.rows = {}
         self.pending = set()
+        self.flying = set()
         self.open_bucket = current
         for segment_id, bucket, blob in rows:
             if bucket < cutoff:
@@ -184,20 +190,24 @@ class DedupWindow:
         for run in self.open_runs:
             seen |= _contains(run.hi, run.lo, q_hi, q_lo)
         pending = self.pending
+        flying = self.flying
         flags: list[bool] = seen.tolist()
         for i, key in enumerate(digests):
             if flags[i]:
                 continue
-            if key in pending:
+            if key in pending or key in flying:
                 flags[i] = True
             else:
                 pending.add(key)
         return flags
 
     def plan_flush(self, now: float) -> FlushPlan:
+        """What the next flush writes; the pending ids become the flying ones."""
+        assert not self.flying, "one flush at a time"
+        self.flying, self.pending = self.pending, set()
         bucket = max(int(now // BUCKET_SECONDS), self.open_bucket)
-        if self.pending:
-            records = np.frombuffer(b"".join(sorted(self.pending)), dtype=_RECORD)
+        if self.flying:
+            records = np.frombuffer(b"".join(sorted(self.flying)), dtype=_RECORD)
             blob, count = records.tobytes(), len(records)
         else:
             blob, count = b"", 0
@@ -225,7 +235,7 @@ class DedupWindow:
             self.open_runs.append(_Run(hi, lo))
             self.rows.setdefault(plan.bucket, []).append(new_row)
             self._compact_open()
-        self.pending = set()
+        self.flying = set()
         if plan.compaction is not None and merged_row is not None:
             self.rows[plan.compaction[0]] = [merged_row]
         expired = [b for b in self.rows if b < plan.expire_before]
@@ -236,6 +246,11 @@ class DedupWindow:
             self.closed_hi = self.closed_hi[keep]
             self.closed_lo = self.closed_lo[keep]
             self.closed_bucket = self.closed_bucket[keep]
+
+    def abort(self) -> None:
+        """The flush failed: its ids are pending again, for the next one."""
+        self.pending |= self.flying
+        self.flying = set()
 
     def _close_open_hour(self) -> None:
         if not self.open_runs:

@@ -47,9 +47,9 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
 async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
     """Create the topics that do not exist (name -> partitions); returns those created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    await admin.start()
     created = []
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         brokers = len((await admin.describe_cluster())["brokers"])
         replication = max(1, min(3, brokers))
@@ -70,8 +70,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
 
 async def missing_topics(bootstrap: str, topics: list[str]) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
     finally:
         await admin.close()

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
 
-from tally.core.aggregate import CountDelta, Deltas, SumDelta, UniqueDelta
+from tally.core.aggregate import CountDelta, Deltas, UniqueDelta
 from tally.core.dedup import FlushPlan
+from tally.core.values import decimal_text
 from tally.store.pool import Connection
 
 _CAS = """
@@ -50,25 +49,29 @@ _EXPIRE_SEGMENTS = """
 DELETE FROM tally.dedup_segments WHERE topic = $1 AND partition = $2 AND bucket < $3
 """
 
+# Arrays of text and int8 (POSIX seconds) are much cheaper for the driver to
+# encode than numeric and timestamptz; PostgreSQL converts them server-side.
 _INSERT_MEMBERS = """
 WITH inserted AS (
     INSERT INTO tally.unique_members (metric_uid, customer_id, time_unit, period_start, group_key, member)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
+    SELECT u.metric_uid, u.customer_id, u.time_unit, to_timestamp(u.period_start), u.group_key, u.member
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[])
+           AS u(metric_uid, customer_id, time_unit, period_start, group_key, member)
      ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT DO NOTHING
     RETURNING metric_uid, customer_id, time_unit, period_start, group_key
 )
-SELECT metric_uid, customer_id, time_unit, period_start, group_key, count(*) AS added
+SELECT metric_uid, customer_id, time_unit, extract(epoch FROM period_start)::int8 AS period_start, group_key,
+       count(*) AS added
   FROM inserted GROUP BY 1, 2, 3, 4, 5
 """
 
 _UPSERT_VALUES = """
 INSERT INTO tally.metric_values AS v
        (metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count, updated_at)
-SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, u.period_start, u.period_end,
-       u.value, u.event_count, now()
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-              $7::numeric[], $8::bigint[])
+SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, to_timestamp(u.period_start),
+       to_timestamp(u.period_end), u.value::numeric, u.event_count, now()
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
        AS u(metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count)
  ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key
 ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPDATE
@@ -114,19 +117,6 @@ class Fenced(Exception):
         super().__init__(f"fenced on {', '.join(f'{t}[{p}]' for t, p in self.partitions)}")
 
 
-class _Instants:
-    """POSIX seconds to aware datetimes, converted once per flush."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, datetime] = {}
-
-    def __call__(self, seconds: int) -> datetime:
-        moment = self._cache.get(seconds)
-        if moment is None:
-            moment = self._cache[seconds] = datetime.fromtimestamp(seconds, UTC)
-        return moment
-
-
 async def write_flush(
     connection: Connection,
     partitions: Sequence[PartitionFlush],
@@ -162,9 +152,8 @@ async def write_flush(
         for p in partitions:
             if p.dedup is not None:
                 dedup_rows[(p.topic, p.partition)] = await _write_dedup(connection, p, p.dedup)
-        instant = _Instants()
-        added = await _write_members(connection, deltas, instant)
-        rows = await _write_values(connection, deltas, added, instant)
+        added = await _write_members(connection, deltas)
+        rows = await _write_values(connection, deltas, added)
     return FlushResult(rows, sum(added.values()), dedup_rows)
 
 
@@ -184,36 +173,33 @@ async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPla
     return DedupRows(new_row, merged_row)
 
 
-MemberKey = tuple[str, str, str, datetime, str]
+MemberKey = tuple[str, str, str, int, str]  # uid, customer, unit, period start, group
 
 
-async def _write_members(
-    connection: Connection, deltas: Deltas, instant: _Instants
-) -> Counter[MemberKey]:
-    columns: tuple[list[str], list[str], list[str], list[datetime], list[str], list[str]] = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
-    uids, customers, units, starts, groups, members = columns
+async def _write_members(connection: Connection, deltas: Deltas) -> Counter[MemberKey]:
+    """Insert UNIQUE members; how many of each rollup's were new."""
+    uids: list[str] = []
+    customers: list[str] = []
+    units: list[str] = []
+    starts: list[int] = []
+    groups: list[str] = []
+    members: list[str] = []
     for (uid, customer, group, unit, start), delta in deltas.rollups.items():
         if type(delta) is not UniqueDelta:
             continue
-        moment = instant(start)
-        for member in delta.members:
-            uids.append(uid)
-            customers.append(customer)
-            units.append(unit)
-            starts.append(moment)
-            groups.append(group)
-            members.append(member)
+        count = len(delta.members)
+        uids += [uid] * count
+        customers += [customer] * count
+        units += [unit] * count
+        starts += [start] * count
+        groups += [group] * count
+        members += delta.members
     added: Counter[MemberKey] = Counter()
     if not uids:
         return added
-    for row in await connection.fetch(_INSERT_MEMBERS, *columns):
+    for row in await connection.fetch(
+        _INSERT_MEMBERS, uids, customers, units, starts, groups, members
+    ):
         added[
             (
                 row["metric_uid"],
@@ -226,30 +212,29 @@ async def _write_members(
     return added
 
 
-async def _write_values(
-    connection: Connection, deltas: Deltas, added: Counter[MemberKey], instant: _Instants
-) -> int:
+async def _write_values(connection: Connection, deltas: Deltas, added: Counter[MemberKey]) -> int:
     uids: list[str] = []
     customers: list[str] = []
     groups: list[str] = []
     units: list[str] = []
-    starts: list[datetime] = []
-    ends: list[datetime] = []
-    values: list[Decimal] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    values: list[str] = []
     counts: list[int] = []
     for (uid, customer, group, unit, start), delta in deltas.rollups.items():
-        moment = instant(start)
-        if type(delta) is UniqueDelta:
-            value = Decimal(added.get((uid, customer, unit, moment, group), 0))
+        kind = type(delta)
+        if kind is CountDelta:
+            value = str(delta.events)
+        elif kind is UniqueDelta:
+            value = str(added.get((uid, customer, unit, start, group), 0))
         else:
-            assert isinstance(delta, CountDelta | SumDelta)
-            value = delta.value()
+            value = decimal_text(delta.value())
         uids.append(uid)
         customers.append(customer)
         groups.append(group)
         units.append(unit)
-        starts.append(moment)
-        ends.append(instant(delta.end))
+        starts.append(start)
+        ends.append(delta.end)
         values.append(value)
         counts.append(delta.events)
     if uids:

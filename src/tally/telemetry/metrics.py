@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tally.core.events import RejectReason
+
 
 class Telemetry:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -113,3 +115,8 @@ class Telemetry:
         self.up_since = Gauge(
             "tally_start_time_seconds", "When this worker started (POSIX).", registry=registry
         )
+        # Series that exist from the start at 0, so rate() sees their first increase.
+        for reason in RejectReason:
+            self.dead_lettered.labels(reason.value)
+        for outcome in ("ok", "fenced", "error"):
+            self.flushes.labels(outcome)

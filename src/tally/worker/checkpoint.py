@@ -2,45 +2,44 @@
 
 Commit order, written down once:
 
-1. wait until every dead letter of the flushed partitions is acknowledged
-   by Kafka (an event is never skipped before it is safe somewhere);
-2. one PostgreSQL transaction (`tally.store.flush.write_flush`): offsets
+1. the worker takes a `FlushBatch` (its pending deltas, each dirty
+   partition's target offset, new dedup ids and dead letters) and starts
+   a fresh one, so consuming goes on while the batch is written;
+2. every dead letter of the batch is acknowledged by Kafka (re-sent if a
+   send failed): an event is never skipped before it is safe somewhere;
+3. one PostgreSQL transaction (`tally.store.flush.write_flush`): offsets
    compare-and-set, dedup ids, UNIQUE members, rollup deltas;
-3. only then forget the pending work and count outcomes in Prometheus;
-4. last, commit Kafka's own offsets, for lag tooling only: a failure there
-   loses nothing, since on assignment the worker seeks to PostgreSQL's.
+4. only then are the outcomes counted in Prometheus and Kafka's own offsets
+   committed, for lag tooling only (a failure there loses nothing: on
+   assignment the worker seeks to PostgreSQL's offsets);
+5. the worker settles the batch: each partition's stored offset moves to the
+   batch's (`FlushBatch.committed`); a failed batch is given back whole to
+   the pending work (`FlushBatch.give_back`).
 
-A partition whose stored offset moved under us (a zombie worker, or a flush
-whose commit we never heard back from) is fenced: its pending work is
-dropped and it is reloaded from the database, which is the truth.
+One batch is in flight at a time. A partition whose stored offset moved
+under us (a zombie worker, or a commit we never heard back from) raises
+`Fenced`: nothing was written, and the worker drops all pending work and
+reloads every partition from the database, which is the truth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from tally.core.aggregate import merged
-from tally.core.dedup import FlushPlan
 from tally.kafka.dead_letters import DeadLetters
-from tally.store.flush import DedupRows, Fenced, PartitionFlush, write_flush
+from tally.store.flush import Fenced, FlushResult, PartitionFlush, write_flush
 from tally.telemetry.logs import Log
 from tally.telemetry.metrics import Telemetry
-from tally.worker.partition import PartitionState
+from tally.worker.partition import FlushBatch
 
 log = Log("tally.flush")
 
-
-@dataclass(frozen=True, slots=True)
-class FlushOutcome:
-    flushed: list[PartitionState]
-    fenced: list[PartitionState]
-    rows: int
+KafkaCommit = Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]]
 
 
 class Checkpointer:
@@ -50,138 +49,96 @@ class Checkpointer:
         telemetry: Telemetry,
         owner: str,
         clock: Callable[[], float],
-        commit_kafka: Callable[[dict[TopicPartition, OffsetAndMetadata]], object] | None = None,
+        commit_kafka: KafkaCommit | None = None,
     ) -> None:
         self.pool = pool
         self.telemetry = telemetry
         self.owner = owner
         self.clock = clock
         self.commit_kafka = commit_kafka
-        self.lock = asyncio.Lock()  # revocation and the main loop never flush at once
+        self.dead_letters: DeadLetters | None = None
         self.last_success = 0.0
 
-    async def flush(self, states: Sequence[PartitionState], reason: str) -> FlushOutcome:
-        """Flush the ready, dirty partitions among `states`.
-
-        Raises on database or Kafka errors with all pending work intact, so
-        the caller can retry. Fenced partitions are returned, already cleared
-        and marked not ready; the caller reloads them.
-        """
-        async with self.lock:
-            return await self._flush(states, reason)
-
-    async def _flush(self, states: Sequence[PartitionState], reason: str) -> FlushOutcome:
-        todo = [s for s in states if s.ready and s.dirty]
-        if not todo:
-            return FlushOutcome([], [], 0)
+    async def write(self, batch: FlushBatch) -> FlushResult:
+        """Make `batch` durable (steps 2 to 4). Raises `Fenced`, or a
+        database or Kafka error, with nothing written."""
         started = time.perf_counter()
-        log.debug("flush started", reason=reason, partitions=len(todo))
-        await DeadLetters.drain(f for s in todo for f in s.dead_letters)
-        fenced: list[PartitionState] = []
-        while todo:
-            now = self.clock()
-            plans = {s.tp: s.dedup.plan_flush(now) if s.dedup is not None else None for s in todo}
+        log.debug("flush started", reason=batch.reason, partitions=len(batch.parts))
+        try:
+            await self._deliver_dead_letters(batch)
             parts = [
                 PartitionFlush(
-                    s.topic,
-                    s.partition,
-                    s.stored_offset,
-                    s.next_offset,
-                    plans[s.tp],
-                    records=s.pending_events,
-                    duplicates=s.duplicates,
-                    dead_letters=sum(s.rejected.values()),
+                    p.state.topic,
+                    p.state.partition,
+                    p.expected,
+                    p.target,
+                    p.plan,
+                    records=p.records,
+                    duplicates=p.duplicates,
+                    dead_letters=sum(p.rejected.values()),
                 )
-                for s in todo
+                for p in batch.parts
             ]
-            deltas = merged(s.deltas for s in todo)
-            try:
-                async with self.pool.acquire() as connection:
-                    result = await write_flush(connection, parts, deltas, self.owner)
-            except Fenced as exc:
-                lost = {TopicPartition(t, p) for t, p in exc.partitions}
-                for state in todo:
-                    if state.tp in lost:
-                        self._fence(state)
-                        fenced.append(state)
-                todo = [s for s in todo if s.tp not in lost]
-                self.telemetry.flushes.labels("fenced").inc()
-                continue
-            except BaseException:
-                self.telemetry.flushes.labels("error").inc()
-                raise
-            self._committed(
-                todo, plans, result.dedup_rows, deltas.applied, deltas.skipped, deltas.unmatched
-            )
-            elapsed = time.perf_counter() - started
-            self.telemetry.flushes.labels("ok").inc()
-            self.telemetry.flush_duration.observe(elapsed)
-            self.telemetry.flush_rows.observe(result.rows_written)
-            self.telemetry.rows_written.inc(result.rows_written)
-            self.last_success = self.clock()
-            self.telemetry.last_flush.set(self.last_success)
-            log.debug(
-                "flushed",
-                reason=reason,
-                partitions=len(todo),
-                rows=result.rows_written,
-                events=deltas.events,
-                seconds=round(elapsed, 4),
-            )
-            await self._commit_kafka(todo)
-            return FlushOutcome(list(todo), fenced, result.rows_written)
-        return FlushOutcome([], fenced, 0)
-
-    def _fence(self, state: PartitionState) -> None:
-        self.telemetry.fenced.labels(state.topic, str(state.partition)).inc()
-        log.warning(
-            "partition fenced: another worker moved its offset; dropping pending work and reloading",
-            topic=state.topic,
-            partition=state.partition,
-            expected=state.stored_offset,
-            dropped_events=state.pending_events,
-        )
-        state.clear()
-        state.ready = False
-
-    def _committed(
-        self,
-        states: Sequence[PartitionState],
-        plans: dict[TopicPartition, FlushPlan | None],
-        dedup_rows: dict[tuple[str, int], DedupRows],
-        applied: dict[str, int],
-        skipped: dict[tuple[str, str], int],
-        unmatched: int,
-    ) -> None:
+            async with self.pool.acquire() as connection:
+                result = await write_flush(connection, parts, batch.deltas, self.owner)
+        except BaseException as exc:
+            self.telemetry.flushes.labels("fenced" if isinstance(exc, Fenced) else "error").inc()
+            raise
+        # Counted as soon as durable, from the batch alone (nothing else touches it now).
+        self.count(batch)
+        await self.commit_kafka_offsets(batch)
+        elapsed = time.perf_counter() - started
         t = self.telemetry
-        for state in states:
-            plan = plans[state.tp]
-            if state.dedup is not None and plan is not None:
-                rows = dedup_rows[(state.topic, state.partition)]
-                state.dedup.commit(plan, rows.new_row, rows.merged_row)
-            if state.duplicates:
-                t.duplicates.labels(state.topic).inc(state.duplicates)
-            for why, count in state.rejected.items():
-                t.dead_lettered.labels(why).inc(count)
-            state.stored_offset = state.next_offset
-            state.clear()
-        for uid, count in applied.items():
-            t.applied.labels(uid).inc(count)
-        for (uid, why), count in skipped.items():
-            t.skipped.labels(uid, why).inc(count)
-        if unmatched:
-            t.unmatched.inc(unmatched)
+        t.flushes.labels("ok").inc()
+        t.flush_duration.observe(elapsed)
+        t.flush_rows.observe(result.rows_written)
+        t.rows_written.inc(result.rows_written)
+        self.last_success = self.clock()
+        t.last_flush.set(self.last_success)
+        log.debug(
+            "flushed",
+            reason=batch.reason,
+            partitions=len(batch.parts),
+            rows=result.rows_written,
+            events=batch.deltas.events,
+            seconds=round(elapsed, 4),
+        )
+        return result
 
-    async def _commit_kafka(self, states: Sequence[PartitionState]) -> None:
+    async def _deliver_dead_letters(self, batch: FlushBatch) -> None:
+        futures = []
+        for part in batch.parts:
+            for n, (record, rejection, future) in enumerate(part.dead_letters):
+                if future.done() and (future.cancelled() or future.exception() is not None):
+                    assert self.dead_letters is not None
+                    future = await self.dead_letters.send(record, rejection)
+                    part.dead_letters[n] = (record, rejection, future)
+                futures.append(future)
+        await DeadLetters.drain(futures)
+
+    def count(self, batch: FlushBatch) -> None:
+        """Outcomes into Prometheus, once the batch is durable."""
+        t = self.telemetry
+        for part in batch.parts:
+            if part.duplicates:
+                t.duplicates.labels(part.state.topic).inc(part.duplicates)
+            for why, count in part.rejected.items():
+                t.dead_lettered.labels(why).inc(count)
+        for uid, count in batch.deltas.applied.items():
+            t.applied.labels(uid).inc(count)
+        for (uid, why), count in batch.deltas.skipped.items():
+            t.skipped.labels(uid, why).inc(count)
+        if batch.deltas.unmatched:
+            t.unmatched.inc(batch.deltas.unmatched)
+
+    async def commit_kafka_offsets(self, batch: FlushBatch) -> None:
         if self.commit_kafka is None:
             return
         offsets = {
-            s.tp: OffsetAndMetadata(s.stored_offset, "") for s in states if s.stored_offset >= 0
+            p.state.tp: OffsetAndMetadata(p.target, "") for p in batch.parts if p.target >= 0
         }
         try:
-            result = self.commit_kafka(offsets)
-            if asyncio.iscoroutine(result):
-                await result
+            await asyncio.wait_for(self.commit_kafka(offsets), timeout=10)
         except Exception as exc:  # advisory only: PostgreSQL holds the real offsets
             self.telemetry.errors.labels("kafka", "offset_commit").inc()
             log.debug("kafka offset commit skipped", reason=f"{type(exc).__name__}: {exc}")

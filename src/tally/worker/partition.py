@@ -1,32 +1,40 @@
-"""What a worker holds for one assigned partition between two flushes."""
+"""What a worker holds for one assigned partition, and the flush batch.
+
+Rollup deltas are shared by all partitions (one `Deltas` per worker); what
+is per partition is where it stands and what its records did since the
+last batch was taken: records read, duplicates, dead letters, new dedup ids
+(in its `DedupWindow`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from aiokafka.structs import RecordMetadata, TopicPartition
+from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
 
 from tally.core.aggregate import Deltas
-from tally.core.dedup import DedupWindow
+from tally.core.dedup import DedupWindow, FlushPlan
+from tally.core.events import Rejection
+from tally.store.flush import DedupRows
+
+DeadLetter = tuple[ConsumerRecord, Rejection, "asyncio.Future[RecordMetadata]"]
 
 
 class PartitionState:
-    """Pending work of one partition, and where it stands.
-
-    `stored_offset` is what PostgreSQL holds (the compare-and-set's expected
-    value, -1 before the first flush); `next_offset` is one past the last
-    record consumed. Everything between them is pending: `deltas`, the new
-    ids in `dedup.pending`, `duplicates`, and dead letters in flight.
-    """
+    """`stored_offset` is what PostgreSQL holds (-1 before the first flush):
+    the expected value of the next compare-and-set. `next_offset` is one
+    past the last record consumed."""
 
     __slots__ = (
         "dead_letters",
         "dedup",
-        "deltas",
         "duplicates",
         "next_offset",
         "ready",
+        "records",
         "rejected",
         "stored_offset",
         "tp",
@@ -37,11 +45,11 @@ class PartitionState:
         self.ready = False  # stored state loaded and the consumer seeked
         self.stored_offset = -1
         self.next_offset = -1
-        self.deltas = Deltas()
         self.dedup: DedupWindow | None = DedupWindow(window_seconds) if window_seconds > 0 else None
+        self.records = 0
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
-        self.dead_letters: list[asyncio.Future[RecordMetadata]] = []
+        self.dead_letters: list[DeadLetter] = []
 
     @property
     def topic(self) -> str:
@@ -58,10 +66,6 @@ class PartitionState:
         """Consumed past the stored offset (even if every record was a duplicate)."""
         return self.next_offset != self.stored_offset
 
-    @property
-    def pending_events(self) -> int:
-        return self.deltas.events + self.duplicates + sum(self.rejected.values())
-
     def loaded(self, stored_offset: int) -> None:
         self.stored_offset = stored_offset
         self.next_offset = stored_offset
@@ -69,8 +73,77 @@ class PartitionState:
         self.ready = True
 
     def clear(self) -> None:
-        """Forget pending work (after it was flushed, or to drop it)."""
-        self.deltas = Deltas()
+        """Forget what was counted since the last batch (dropped or taken)."""
+        self.records = 0
         self.duplicates = 0
         self.rejected = Counter()
         self.dead_letters = []
+
+
+@dataclass(slots=True)
+class PartitionPart:
+    """One partition's share of a flush batch."""
+
+    state: PartitionState
+    expected: int
+    target: int
+    plan: FlushPlan | None
+    records: int
+    duplicates: int
+    rejected: Counter[str]
+    dead_letters: list[DeadLetter]
+
+
+@dataclass(slots=True)
+class FlushBatch:
+    """Everything one flush makes durable, taken at once from the worker."""
+
+    deltas: Deltas
+    reason: str
+    parts: list[PartitionPart] = field(default_factory=list)
+
+    @classmethod
+    def take(
+        cls, states: list[PartitionState], deltas: Deltas, now: float, reason: str
+    ) -> FlushBatch:
+        """Move the pending work of ready, dirty partitions into a new batch."""
+        batch = cls(deltas, reason)
+        for state in states:
+            if not (state.ready and state.dirty):
+                continue
+            plan = state.dedup.plan_flush(now) if state.dedup is not None else None
+            batch.parts.append(
+                PartitionPart(
+                    state,
+                    state.stored_offset,
+                    state.next_offset,
+                    plan,
+                    state.records,
+                    state.duplicates,
+                    state.rejected,
+                    state.dead_letters,
+                )
+            )
+            state.clear()
+        return batch
+
+    def committed(self, dedup_rows: Mapping[tuple[str, int], DedupRows]) -> None:
+        """The transaction committed: the partitions now stand at the batch's offsets."""
+        for part in self.parts:
+            state = part.state
+            state.stored_offset = part.target
+            if state.dedup is not None and part.plan is not None:
+                rows = dedup_rows[(state.topic, state.partition)]
+                state.dedup.commit(part.plan, rows.new_row, rows.merged_row)
+
+    def give_back(self, current: Deltas) -> None:
+        """The flush failed (nothing was written): the work is pending again."""
+        current.merge(self.deltas)
+        for part in self.parts:
+            state = part.state
+            if state.dedup is not None:
+                state.dedup.abort()
+            state.records += part.records
+            state.duplicates += part.duplicates
+            state.rejected.update(part.rejected)
+            state.dead_letters[:0] = part.dead_letters

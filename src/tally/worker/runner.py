@@ -1,17 +1,19 @@
-"""`tally run`: one consumer in the group, the core, and the flush path.
+"""`tally run`: one consumer in the group, the core, and the flush pipeline.
 
 The loop: load state for newly assigned partitions and seek to their stored
 offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it;
-flush when the interval, the pending-events or pending-rollups limit says
-so. Errors from PostgreSQL or Kafka are retried with capped backoff while
-pending work stays in memory (fetching pauses when it is full); nothing is
-lost because nothing is acknowledged before the flush commits.
+when the interval or a pending-work limit says so, hand the pending work
+to the flush pipeline and go on consuming while it is written. Errors from
+PostgreSQL or Kafka are retried with capped backoff while the pending work
+stays in memory (fetching pauses when it is full); nothing is lost, since
+no offset is stored before the rollups it produced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import socket
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
@@ -31,13 +33,14 @@ from tally.core.events import DecodeLimits, Rejection, UsageEvent, decode_event
 from tally.core.metrics import MetricIndex
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
-from tally.store.flush import load_partition
+from tally.store.flush import Fenced, load_partition
 from tally.telemetry.http import TelemetryServer
 from tally.telemetry.logs import Log
 from tally.telemetry.metrics import Telemetry
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
 from tally.worker.partition import PartitionState
+from tally.worker.pipeline import FlushPipeline
 
 log = Log("tally.worker")
 
@@ -114,13 +117,13 @@ class Worker:
         self.checkpointer = Checkpointer(
             self.pool, self.telemetry, self.owner, self.clock.wall, self._commit_kafka
         )
+        self.pipeline = FlushPipeline(self.checkpointer, self.states.values, self.clock.wall)
         self.watcher = DefinitionWatcher(self.pool, self._set_index)
         self.backoff = Backoff(self.settings.retry_max_backoff)
         self.paused_for_backpressure = False
         self.joined = False
         self.loading = asyncio.Lock()
-
-    # -- definitions -------------------------------------------------------
+        self.retry_at = 0.0
 
     def _set_index(self, index: MetricIndex) -> None:
         self.index = index
@@ -131,28 +134,57 @@ class Worker:
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.telemetry.rebalances.inc()
         leaving = [self.states[tp] for tp in revoked if tp in self.states]
-        if self.settings.revoke_policy == "flush" and leaving:
-            try:
+        if not leaving:
+            return
+        try:
+            # Deltas are shared by all partitions: hand over everything pending.
+            if self.settings.revoke_policy == "flush":
                 await asyncio.wait_for(
-                    self.checkpointer.flush(leaving, "revoke"),
-                    timeout=self.settings.session_timeout,
+                    self.pipeline.flush("revoke"), timeout=self.settings.session_timeout
                 )
-            except (TimeoutError, *RETRYABLE) as exc:
-                self.telemetry.errors.labels(*error_kind(exc)).inc()
-                log.warning(
-                    "flush on revocation failed; the next owner re-reads",
-                    reason=f"{type(exc).__name__}: {exc}",
-                )
+            else:
+                await self.pipeline.settle()
+                self._drop_pending("revocation with revoke_policy=drop")
+        except Fenced as exc:
+            self._fenced(exc)
+        except (TimeoutError, *RETRYABLE) as exc:
+            self.telemetry.errors.labels(*error_kind(exc)).inc()
+            log.warning(
+                "flush on revocation failed; the next owner re-reads",
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+            with contextlib.suppress(BaseException):
+                await self.pipeline.settle()
+            self._drop_pending("failed flush on revocation")
         for state in leaving:
-            if state.dirty:
-                log.info(
-                    "dropping pending work of a revoked partition",
-                    topic=state.topic,
-                    partition=state.partition,
-                    events=state.pending_events,
-                )
-            del self.states[state.tp]
+            self.states.pop(state.tp, None)
+            with contextlib.suppress(KeyError):  # another worker reports its lag now
+                self.telemetry.lag.remove(state.topic, str(state.partition))
         self._update_gauges()
+
+    def _drop_pending(self, why: str) -> None:
+        """Forget all pending work and reload every partition (its events are re-read)."""
+        dropped = self.pipeline.deltas.events
+        self.pipeline.drop()
+        for state in self.states.values():
+            state.clear()
+            state.ready = False
+        if self.consumer is not None:
+            # Paused until reloaded and seeked: nothing fetched meanwhile is used.
+            stale = [tp for tp in self.states if tp in self.consumer.assignment()]
+            if stale:
+                self.consumer.pause(*stale)
+        if dropped:
+            log.info("pending work dropped; the events will be read again", why=why, events=dropped)
+
+    def _fenced(self, exc: Fenced) -> None:
+        for topic, partition in exc.partitions:
+            self.telemetry.fenced.labels(topic, str(partition)).inc()
+        log.warning(
+            "partition fenced: another worker moved its offset; dropping pending work and reloading",
+            partitions=",".join(f"{t}[{p}]" for t, p in exc.partitions),
+        )
+        self._drop_pending("fenced")
 
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
@@ -234,17 +266,19 @@ class Worker:
             if record.offset < state.next_offset:
                 continue
             state.next_offset = record.offset + 1
+            state.records += 1
             result = decode_event(record.value, now, limits)
             if type(result) is Rejection:
                 assert self.dead_letters is not None
-                state.dead_letters.append(await self.dead_letters.send(record, result))
+                future = await self.dead_letters.send(record, result)
+                state.dead_letters.append((record, result, future))
                 state.rejected[result.reason.value] += 1
             else:
                 accepted.append(result)  # type: ignore[arg-type]
         if not accepted:
             return
         index = self.index
-        add = state.deltas.add
+        add = self.pipeline.deltas.add
         if state.dedup is None:
             for event in accepted:
                 add(event, index)
@@ -257,11 +291,11 @@ class Worker:
                 add(event, index)
 
     def pending(self) -> tuple[int, int]:
-        events = rollups = 0
+        """(events, rollups) consumed but not yet flushed, the flush in flight excluded."""
+        events = self.pipeline.deltas.events
         for state in self.states.values():
-            events += state.pending_events
-            rollups += len(state.deltas)
-        return events, rollups
+            events += state.duplicates + sum(state.rejected.values())
+        return events, len(self.pipeline.deltas)
 
     def _update_gauges(self) -> None:
         events, rollups = self.pending()
@@ -278,28 +312,12 @@ class Worker:
 
     # -- flushing ------------------------------------------------------------
 
-    async def _commit_kafka(self, offsets: dict[TopicPartition, object]) -> None:
+    async def _commit_kafka(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         if self.consumer is not None and offsets:
             current = self.consumer.assignment()
             mine = {tp: o for tp, o in offsets.items() if tp in current}
             if mine:
                 await self.consumer.commit(mine)
-
-    async def flush(self, reason: str) -> None:
-        outcome = await self.checkpointer.flush(list(self.states.values()), reason)
-        if outcome.fenced:
-            await self._reload_after_fence()
-
-    async def _reload_after_fence(self) -> None:
-        if self.consumer is not None:
-            stale = [
-                s.tp
-                for s in self.states.values()
-                if not s.ready and s.tp in self.consumer.assignment()
-            ]
-            if stale:
-                self.consumer.pause(*stale)
-        await self.load_partitions()
 
     def _flush_due(self, last_flush: float) -> str | None:
         events, rollups = self.pending()
@@ -310,6 +328,22 @@ class Worker:
         if self.clock.monotonic() - last_flush >= self.settings.flush_interval:
             return "interval"
         return None
+
+    async def _settle(self) -> bool:
+        """Settle the flush in flight; False if it failed (and was dealt with)."""
+        try:
+            await self.pipeline.settle()
+        except Fenced as exc:
+            self._fenced(exc)
+            return False
+        except RETRYABLE as exc:
+            self._failed(exc, "flushing")
+            if self.pending()[0] >= self.settings.max_pending_events:
+                self._set_backpressure(True)
+            return False
+        self.backoff.reset()
+        self._set_backpressure(False)
+        return True
 
     def _set_backpressure(self, on: bool) -> None:
         if self.consumer is None or on == self.paused_for_backpressure:
@@ -323,6 +357,17 @@ class Worker:
             log.warning("pending work is full; fetching paused until a flush succeeds")
         elif ready:
             self.consumer.resume(*ready)
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        self.telemetry.errors.labels(*error_kind(exc)).inc()
+        delay = self.backoff.next_delay()
+        log.warning(
+            f"error while {doing}; pending work kept, retrying",
+            reason=f"{type(exc).__name__}: {exc}",
+            retry_in=round(delay, 2),
+            pending_events=self.pending()[0],
+        )
+        self.retry_at = self.clock.monotonic() + delay
 
     # -- the loop ------------------------------------------------------------
 
@@ -358,11 +403,17 @@ class Worker:
         await self._retry_until(stop, self.watcher.refresh, "load metric definitions")
         self.producer = self.producer_factory(settings)
         await self._retry_until(stop, self.producer.start, "start the dead-letter producer")
-        self.dead_letters = DeadLetters(self.producer, settings.dead_letter_topic)
+        self.dead_letters = self.checkpointer.dead_letters = DeadLetters(
+            self.producer, settings.dead_letter_topic
+        )
         self.consumer = self.consumer_factory(settings)
         self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
         await self._retry_until(stop, self.consumer.start, "join the consumer group")
         watcher = asyncio.create_task(self.watcher.run(settings.metrics_poll_interval, stop))
+        # Pending rollups are many long-lived small objects: full collections
+        # would scan them again and again for cycles they never form.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         log.info(
             "worker started",
             owner=self.owner,
@@ -399,20 +450,16 @@ class Worker:
         assert self.consumer is not None
         consumer = self.consumer
         last_flush = self.clock.monotonic()
-        retry_at = 0.0
         while not stop.is_set():
-            if (
-                any(not s.ready for s in self.states.values())
-                and self.clock.monotonic() >= retry_at
-            ):
+            now = self.clock.monotonic()
+            if now >= self.retry_at and any(not s.ready for s in self.states.values()):
                 try:
                     await self.load_partitions()
                 except RETRYABLE as exc:
-                    retry_at = self._failed(exc, "loading partition state")
-            timeout = max(
-                0.0,
-                min(0.5, settings_interval(self.settings) - (self.clock.monotonic() - last_flush)),
-            )
+                    self._failed(exc, "loading partition state")
+            # Never 0: a fetch that need not wait does not yield to the event loop,
+            # and the flush in flight only advances when the loop yields.
+            timeout = max(0.005, min(0.5, self.settings.flush_interval - (now - last_flush)))
             try:
                 batch = await consumer.getmany(
                     timeout_ms=int(timeout * 1000), max_records=self.settings.max_batch
@@ -423,38 +470,29 @@ class Worker:
                 continue
             for tp, records in batch.items():
                 await self.consume(tp, records)
+            await asyncio.sleep(0)  # let the flush in flight take its turn
+            if self.pipeline.landed:
+                await self._settle()
             reason = self._flush_due(last_flush)
-            if reason is not None and self.clock.monotonic() >= retry_at:
-                try:
-                    await self.flush(reason)
-                except RETRYABLE as exc:
-                    retry_at = self._failed(exc, "flushing")
-                    if reason != "interval":
-                        self._set_backpressure(True)
-                else:
+            if reason is not None and self.clock.monotonic() < self.retry_at:
+                if reason != "interval":
+                    self._set_backpressure(True)  # full, and the database is failing: stop reading
+            elif reason is not None:
+                if self.pipeline.busy and reason != "interval":
+                    await self._settle()  # a limit is reached: wait for the database
+                if not self.pipeline.busy and self.pipeline.start(reason):
                     last_flush = self.clock.monotonic()
-                    self.backoff.reset()
-                    self._set_backpressure(False)
             self._update_gauges()
-
-    def _failed(self, exc: BaseException, doing: str) -> float:
-        self.telemetry.errors.labels(*error_kind(exc)).inc()
-        delay = self.backoff.next_delay()
-        events, _ = self.pending()
-        log.warning(
-            f"error while {doing}; pending work kept, retrying",
-            reason=f"{type(exc).__name__}: {exc}",
-            retry_in=round(delay, 2),
-            pending_events=events,
-        )
-        return self.clock.monotonic() + delay
 
     async def _shutdown(self, watcher: asyncio.Task[None], server: TelemetryServer) -> None:
         deadline = self.clock.monotonic() + self.settings.shutdown_timeout
         backoff = Backoff(2.0)
         while True:
             try:
-                await self.flush("shutdown")
+                await self.pipeline.flush("shutdown")
+                break
+            except Fenced as exc:
+                self._fenced(exc)
                 break
             except RETRYABLE as exc:
                 self.telemetry.errors.labels(*error_kind(exc)).inc()
@@ -473,7 +511,3 @@ class Worker:
             await self.producer.stop()
         await server.stop()
         log.info("worker stopped", owner=self.owner)
-
-
-def settings_interval(settings: Settings) -> float:
-    return settings.flush_interval

@@ -30,7 +30,7 @@ CREATE TABLE tally.metric_values (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (metric_uid, customer_id, time_unit, period_start, group_key),
     CHECK (period_end > period_start)
-);
+) WITH (fillfactor = 70);  -- room on each page for HOT updates: flushes update rows in place
 
 -- Members of UNIQUE rollups: a member adds to the value only when its row
 -- is first inserted.
