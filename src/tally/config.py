@@ -110,6 +110,18 @@ class Settings(BaseModel):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     worker_id: str = Field("", description="name in logs and tally status; default host:pid")
+    api_host: str = Field(
+        "0.0.0.0", description="address of the HTTP API (tally api, run --with-api)"
+    )
+    api_port: int = Field(
+        8080, ge=0, le=65535, description="port of the HTTP API; 0 picks a free one"
+    )
+    api_tokens: str = Field(
+        "",
+        description="API bearer tokens, comma-separated NAME:SCOPE:SHA256HEX (scope read or admin); "
+        "only hashes are configured: `tally api hash-token` makes one",
+    )
+    with_api: bool = Field(False, description="also serve the HTTP API from this worker process")
 
     @field_validator("topic", mode="before")
     @classmethod

@@ -1,0 +1,82 @@
+"""The ASGI application: `create_app(settings, pool=None)`.
+
+With a pool (tests, `tally run --with-api`), the app uses it and leaves closing
+it to the caller; without one, the app's lifespan opens and closes its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic.alias_generators import to_camel
+
+from tally import __version__
+from tally.api import errors, openapi, routes_health, routes_metrics, routes_values
+from tally.api.auth import Authenticator, Reader
+from tally.api.deps import JSON
+from tally.config import Settings
+from tally.store.pool import create_pool
+from tally.telemetry.logs import Log
+
+log = Log("tally.api")
+
+
+def _operation_id(route: APIRoute) -> str:
+    return to_camel(route.name)  # createUsageMetric, listMetricValues, ...
+
+
+class TallyApi(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = openapi.build(self)
+        return self.openapi_schema
+
+
+def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
+    """The API over `settings.database_url` (or `pool`), with `settings.api_tokens`."""
+    authenticator = Authenticator(settings.api_tokens)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if len(authenticator) == 0:
+            log.warning(
+                "no API tokens configured: every endpoint but /healthz and /readyz answers 401",
+                hint="tally api hash-token NAME read|admin",
+            )
+        if pool is not None:
+            yield
+            return
+        own = await create_pool(settings.database_url, min_size=1, max_size=8)
+        app.state.pool = own
+        try:
+            yield
+        finally:
+            await own.close()
+
+    app = TallyApi(
+        title="Tally",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None,  # served below, behind a token
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.pool = pool
+    app.state.authenticator = authenticator
+    errors.install(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_metrics.router)
+    app.include_router(routes_values.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(request: Request, principal: Reader) -> Response:
+        return Response(openapi.render(app.openapi()), media_type=JSON)
+
+    return app

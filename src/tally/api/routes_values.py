@@ -1,0 +1,289 @@
+"""`/metric-values`: rollups as billing reads them, and manual adjustments.
+
+Values are `MetricValue` rows (decimals as strings) in primary-key order with
+a keyset cursor. An adjustment adds a signed delta to one rollup in the same
+transaction as its audit row; see tally.store.api_adjustments.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from tally.api import idempotency
+from tally.api.auth import Admin, Reader
+from tally.api.body import read_json, require_object
+from tally.api.cursor import ADJUSTMENTS, METRIC_VALUES, decode, decode_refusal, encode
+from tally.api.deps import (
+    AFTER,
+    DEFAULT_LIMIT,
+    AdjustmentsCursor,
+    Limit,
+    MetricValuesCursor,
+    Pool,
+    body_ref,
+    json_response,
+    text_query,
+)
+from tally.api.errors import ApiError, item, responses
+from tally.api.models import (
+    Adjustment,
+    AdjustmentPage,
+    AdjustmentRequest,
+    Bound,
+    MetricValuePage,
+)
+from tally.contracts.metric import AggregationType, MetricType
+from tally.contracts.value import MetricValue
+from tally.core.periods import TimeUnit, period_bounds, period_end, zone
+from tally.core.values import decimal_text
+from tally.store import api_adjustments as adjustments
+from tally.store import values as store
+from tally.store.api_metrics import metric_by_uid
+from tally.store.pool import Connection
+from tally.telemetry.logs import Log
+
+router = APIRouter(prefix="/metric-values", tags=["metric values"])
+log = Log("tally.api")
+
+
+MetricUid = Annotated[str | None, text_query("metricUid", "Only this metric.")]
+CustomerId = Annotated[str | None, text_query("customerId", "Only this customer.")]
+GroupKey = Annotated[
+    str | None,
+    # 1024, not MAX_GROUP_KEY: the whole request line must fit uvicorn's 16 KiB.
+    text_query("groupKey", "Only this group ('' is the ungrouped one).", 0, 1024),
+]
+Unit = Annotated[TimeUnit | None, Query(alias="timeUnit", description="Only this time unit.")]
+
+
+@router.get(
+    "",
+    response_model=MetricValuePage,
+    responses=responses(401, 403, 422),
+    summary="List metric values (rollups)",
+)
+async def list_metric_values(
+    principal: Reader,
+    pool: Pool,
+    metric_uid: MetricUid = None,
+    customer_id: CustomerId = None,
+    time_unit: Unit = None,
+    group_key: GroupKey = None,
+    since: Annotated[
+        Bound | None, Query(alias="from", description="Periods starting at or after this.")
+    ] = None,
+    until: Annotated[
+        Bound | None, Query(alias="to", description="Periods starting before this.")
+    ] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    after: Annotated[MetricValuesCursor | None, AFTER] = None,
+) -> Response:
+    """Rollups in (metricUid, customerId, timeUnit, periodStart, groupKey) order.
+    Give metricUid for an index range scan; other filters alone scan the table."""
+    key = None
+    if after is not None:
+        uid, customer, unit, start, group = decode(METRIC_VALUES, after, (str, str, str, int, str))
+        if not store.MIN_MICROS <= int(start) <= store.MAX_MICROS:
+            raise decode_refusal()
+        key = (str(uid), str(customer), str(unit), int(start), str(group))
+    where = store.ValueFilter(
+        metric_uid, customer_id, time_unit.value if time_unit else None, group_key, since, until
+    )
+    async with pool.acquire() as connection:
+        values = await store.page_values(connection, where, key, limit + 1)
+    more = len(values) > limit
+    values = values[:limit]
+    cursor = encode(METRIC_VALUES, store.value_key(values[-1])) if more else None
+    return json_response({"items": [_shown(v) for v in values], "pagination": {"after": cursor}})
+
+
+def _shown(value: MetricValue) -> dict[str, Any]:
+    return value.model_dump(mode="json", by_alias=True)
+
+
+def _adjustment(row: asyncpg.Record) -> dict[str, Any]:
+    return Adjustment(
+        id=str(row["id"]),
+        metric_uid=row["metric_uid"],
+        customer_id=row["customer_id"],
+        time_unit=TimeUnit(row["time_unit"]),
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        group_key=row["group_key"],
+        delta=decimal_text(row["delta"]),
+        value_before=decimal_text(row["value_before"]),
+        value_after=decimal_text(row["value_after"]),
+        reason=row["reason"],
+        created_by=row["principal"],
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
+    ).model_dump(mode="json", by_alias=True)
+
+
+def _refuse(field: str, message: str, type: str = "value_error") -> ApiError:
+    return ApiError.one(422, ["body", field], message, type)
+
+
+def _parse_adjustment(document: dict[str, Any]) -> AdjustmentRequest:
+    try:
+        request = AdjustmentRequest.model_validate(document)
+    except ValidationError as exc:
+        raise ApiError(
+            422,
+            [item(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.errors(include_url=False)],
+        ) from None
+    if Decimal(request.delta) == 0:
+        raise _refuse("delta", "must not be zero")
+    return request
+
+
+def _period(request: AdjustmentRequest, unit: TimeUnit, timezone: str) -> datetime:
+    """The end of the period that starts at periodStart; 422 if none starts there."""
+    start = request.period_start
+    tz = zone(timezone)
+    if not 1 < start.year < 9999:
+        # The first and last instants Python holds are PostgreSQL's ±infinity.
+        raise _refuse("periodStart", "must be within the years 2-9998", "period_start")
+    try:
+        if start.microsecond:
+            raise ValueError("not a whole second")
+        end = period_end(int(start.timestamp()), unit, tz)
+        return datetime.fromtimestamp(end, start.tzinfo)
+    except (ValueError, OverflowError, OSError):
+        pass
+    hint = ""
+    try:
+        first, _ = period_bounds(start.timestamp(), unit, tz)
+        hint = (
+            f"; the {unit} containing it starts at {datetime.fromtimestamp(first, tz).isoformat()}"
+        )
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise _refuse(
+        "periodStart",
+        f"is not the start of a {unit} period in {timezone}{hint}",
+        "period_start",
+    )
+
+
+@router.post(
+    "/adjustments",
+    status_code=201,
+    response_model=Adjustment,
+    responses=responses(401, 403, 413, 415, 422),
+    openapi_extra=body_ref("AdjustmentRequest", "A signed correction to one rollup."),
+    summary="Adjust one rollup",
+)
+async def create_adjustment(
+    request: Request,
+    principal: Admin,
+    pool: Pool,
+    idempotency_key: idempotency.RequiredKey,
+) -> Response:
+    """Adds `delta` to the rollup (creating it if missing) and records who, why and
+    the values before and after, in one transaction. Never makes a COUNT or UNIQUE
+    value negative; event counts are left alone."""
+    document = require_object(await read_json(request))
+    wanted = _parse_adjustment(document)
+    delta = Decimal(wanted.delta)
+
+    async def work(connection: Connection) -> Response:
+        metric = await metric_by_uid(connection, wanted.metric_uid)
+        if metric is None:
+            raise _refuse("metricUid", f"no metric has the uid {wanted.metric_uid!r}", "not_found")
+        if wanted.time_unit not in metric.time_units:
+            units = ", ".join(metric.time_units)
+            raise _refuse("timeUnit", f"{metric.uid} is aggregated by {units} only")
+        if metric.metric_type is MetricType.SIMPLE and wanted.group_key:
+            raise _refuse("groupKey", f"{metric.uid} is not GROUPED: its only group is ''")
+        counted = metric.aggregation_type is not AggregationType.SUM
+        if counted and delta != delta.to_integral_value():
+            raise _refuse("delta", f"a {metric.aggregation_type} changes by whole numbers")
+        end = _period(wanted, wanted.time_unit, metric.timezone)
+        rollup = adjustments.Rollup(
+            metric.uid,
+            wanted.customer_id,
+            wanted.time_unit.value,
+            wanted.period_start,
+            end,
+            wanted.group_key,
+        )
+        after = await adjustments.add_to_rollup(connection, rollup, delta)
+        if counted and after < 0:
+            raise _refuse(
+                "delta",
+                f"would make a {metric.aggregation_type} value negative "
+                f"({decimal_text(after - delta)} {'+' if delta > 0 else '-'} {decimal_text(abs(delta))})",
+                "negative_value",
+            )
+        row = await adjustments.record(
+            connection,
+            rollup,
+            delta=delta,
+            value_after=after,
+            reason=wanted.reason,
+            principal=principal.name,
+            idempotency_key=idempotency_key,
+        )
+        log.info(
+            "value adjusted",
+            metric=metric.uid,
+            customer=wanted.customer_id,
+            unit=wanted.time_unit.value,
+            period_start=wanted.period_start.isoformat(),
+            delta=wanted.delta,
+            value=decimal_text(after),
+            by=principal.name,
+        )
+        return json_response(_adjustment(row), 201)
+
+    return await idempotency.run(
+        pool,
+        operation="POST /metric-values/adjustments",
+        key=idempotency_key,
+        document=document,
+        principal=principal.name,
+        work=work,
+    )
+
+
+@router.get(
+    "/adjustments",
+    response_model=AdjustmentPage,
+    responses=responses(401, 403, 422),
+    summary="The audit trail of adjustments",
+)
+async def list_adjustments(
+    principal: Reader,
+    pool: Pool,
+    metric_uid: MetricUid = None,
+    customer_id: CustomerId = None,
+    time_unit: Unit = None,
+    group_key: GroupKey = None,
+    period_start: Annotated[
+        Bound | None, Query(alias="periodStart", description="Only this period.")
+    ] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    after: Annotated[AdjustmentsCursor | None, AFTER] = None,
+) -> Response:
+    """Adjustments in the order they were made, oldest first."""
+    after_seq = None
+    if after is not None:
+        (seq,) = decode(ADJUSTMENTS, after, (int,))
+        after_seq = int(seq)
+    where = adjustments.AdjustmentFilter(
+        metric_uid, customer_id, time_unit.value if time_unit else None, group_key, period_start
+    )
+    async with pool.acquire() as connection:
+        rows = await adjustments.page_adjustments(connection, where, after_seq, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = encode(ADJUSTMENTS, [rows[-1]["seq"]]) if more else None
+    return json_response({"items": [_adjustment(r) for r in rows], "pagination": {"after": cursor}})

@@ -1,0 +1,81 @@
+"""Serving the API with uvicorn until `stop` is set (`tally api serve`,
+`tally run --with-api`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from tally.api.app import create_app
+from tally.api.auth import parse_entries
+from tally.config import ConfigError, Settings
+from tally.store.migrate import migrate
+from tally.store.pool import create_pool
+from tally.telemetry.logs import Log
+
+log = Log("tally.api")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The caller owns SIGTERM/SIGINT and sets `stop`; uvicorn must not take them.
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): "
+            "change --api-host / --api-port (TALLY_API_HOST / TALLY_API_PORT)"
+        ) from None
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Apply migrations, then serve on api_host:api_port until `stop` is set.
+
+    A failure sets `stop` too, so a worker started with --with-api does not go
+    on without the API it was asked for."""
+    try:
+        parse_entries(settings.api_tokens)  # a bad entry stops us before anything else
+        pool = await create_pool(settings.database_url, min_size=1, max_size=8)
+    except BaseException:
+        stop.set()
+        raise
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection)
+        app = create_app(settings, pool)
+        sock = _listen(settings.api_host, settings.api_port)
+        host, port = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+        )
+        server = _Server(config)
+        log.info("api listening", url=f"http://{host}:{port}")
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            server.should_exit = True
+            stopping.cancel()
+            await serving
+        log.info("api stopped")
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        await pool.close()

@@ -1,0 +1,102 @@
+"""Bearer tokens on every operation: 401 without a valid token, 403 with too
+small a scope, closed when no token is configured; only health is open."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.integration.test_api_support import (
+    ADMIN,
+    ADMIN_TOKEN,
+    CALLS,
+    READ,
+    Api,
+    error_locs,
+    open_api,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+@pytest_asyncio.fixture
+async def api(fresh_database: str) -> AsyncIterator[Api]:
+    async with open_api(fresh_database) as opened:
+        assert (await opened.create(CALLS)).status_code == 201
+        yield opened
+
+
+def operations(api: Api) -> list[tuple[str, str, bool]]:
+    """(method, url, needs admin) of every operation the OpenAPI document lists."""
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    found = []
+    for path, methods in app.openapi()["paths"].items():
+        for method, operation in methods.items():
+            if operation.get("security"):
+                url = path.replace("{idOrUid}", "api_calls")
+                found.append((method.upper(), url, method != "get"))
+    assert len(found) == 8
+    return found
+
+
+async def call(api: Api, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
+    body = {"name": "x"} if method in ("POST", "PATCH") else None
+    return await api.client.request(
+        method, url, json=body, headers={**headers, "Idempotency-Key": "auth-test"}
+    )
+
+
+def assert_refused(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert error_locs(response) == [["header", "Authorization"]]
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith("Bearer")
+    if status == 403:
+        assert 'error="insufficient_scope"' in challenge
+
+
+async def test_every_operation_needs_a_valid_token(api: Api) -> None:
+    for method, url, _ in operations(api):
+        assert_refused(await call(api, method, url, {}), 401)
+        assert_refused(await call(api, method, url, {"Authorization": "Bearer nope"}), 401)
+        assert_refused(await call(api, method, url, {"Authorization": f"Basic {ADMIN_TOKEN}"}), 401)
+        assert_refused(await call(api, method, url, {"Authorization": ADMIN_TOKEN}), 401)
+
+
+async def test_read_tokens_read_and_admin_tokens_do_everything(api: Api) -> None:
+    for method, url, needs_admin in operations(api):
+        as_reader = await call(api, method, url, READ)
+        if needs_admin:
+            assert_refused(as_reader, 403)
+        else:
+            assert as_reader.status_code == 200, (url, as_reader.text)
+    # The refusals changed nothing.
+    metric = await api.client.get("/usage-metrics/api_calls", headers=READ)
+    assert metric.json()["name"] == "API calls"
+    assert await api.sql("SELECT 1 FROM tally.value_adjustments") == []
+    for method, url, _ in operations(api):
+        as_admin = await call(api, method, url, ADMIN)
+        assert as_admin.status_code not in (401, 403), (method, url, as_admin.text)
+
+
+async def test_without_configured_tokens_everything_but_health_is_closed(
+    fresh_database: str,
+) -> None:
+    async with open_api(fresh_database, tokens="") as api:
+        for method, url, _ in operations(api):
+            assert_refused(await call(api, method, url, ADMIN), 401)
+        assert (await api.client.get("/healthz")).status_code == 200
+        assert (await api.client.get("/readyz")).json() == {"status": "ok"}
+        assert (await api.client.get("/openapi.json", headers=ADMIN)).status_code == 401
+
+
+async def test_the_openapi_document_is_served_to_readers(api: Api) -> None:
+    assert (await api.client.get("/openapi.json")).status_code == 401
+    served = await api.client.get("/openapi.json", headers=READ)
+    assert served.status_code == 200
+    assert served.json()["info"]["title"] == "Tally"
+    for hidden in ("/docs", "/redoc"):
+        assert (await api.client.get(hidden, headers=READ)).status_code == 404
