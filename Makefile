@@ -4,7 +4,8 @@
 #   make lint
 #   make services        start local Kafka + PostgreSQL, print their env
 #   make services-stop
-#   make run [RUN_ARGS=...]  start the services, then `tally run`
+#   make run [RUN_ARGS=...]  services + migrations + example metrics + worker +
+#                            synthetic stream + live summary (tally demo)
 #   make clean           caches and build output (keeps .venv and .local)
 #   make distclean       clean + stop services + remove .local and .venv
 #
@@ -62,9 +63,7 @@ services-stop:
 	@$(POSTGRES) stop
 
 run: $(INSTALLED)
-	@$(with_services); \
-	$(BIN)/tally metrics apply deploy/metrics.example.yaml; \
-	$(BIN)/tally run --create-topics $(RUN_ARGS)
+	@bash deploy/local/run.sh $(RUN_ARGS)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage build dist

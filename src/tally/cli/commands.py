@@ -187,11 +187,43 @@ async def run(args: argparse.Namespace) -> int:
             )
     await ensure_topics(settings.kafka_bootstrap, {settings.dead_letter_topic: 1})
     pool = await create_pool(settings.database_url, min_size=2, max_size=4)
+    api_task = None
+    if settings.with_api:
+        from tally.api.server import serve
+
+        api_task = asyncio.create_task(serve(settings, stop))
     try:
         worker = Worker(settings=settings, pool=pool, registry=CollectorRegistry())
         await worker.run(stop)
     finally:
+        stop.set()
+        if api_task is not None:
+            await api_task
         await pool.close()
+    return 0
+
+
+async def api_serve(args: argparse.Namespace) -> int:
+    from tally.api.server import serve
+
+    settings = settings_from(args)
+    _setup_logs(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
+    return 0
+
+
+async def api_hash_token(args: argparse.Namespace) -> int:
+    from tally.api.auth import new_token, token_entry
+
+    token = args.token or new_token()
+    entry = token_entry(args.name, args.scope, token)  # validates the name first
+    if not args.token:
+        print(f"token (shown once, give it to {args.name}): {token}")
+    print(f"TALLY_API_TOKENS entry: {entry}")
     return 0
 
 
@@ -220,7 +252,7 @@ async def send(args: argparse.Namespace) -> int:
         workload = Workload(seed=args.seed, end=time.time(), duplicate_ratio=args.duplicates)
         lines = (orjson.dumps(doc) for doc in events(workload, args.synthetic))
     else:
-        source = sys.stdin.buffer if args.file in (None, "-") else Path(args.file).open("rb")  # noqa: SIM115, ASYNC230 - read line by line as we send
+        source = sys.stdin.buffer if args.file in (None, "-") else Path(args.file).open("rb")  # noqa: SIM115 - read line by line as we send
         lines = (line.rstrip(b"\r\n") for line in source if line.strip())
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -243,4 +275,32 @@ async def send(args: argparse.Namespace) -> int:
     finally:
         await producer.stop()
     print(f"sent {sent} events to {topic} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+async def bench(args: argparse.Namespace) -> int:
+    from tally.bench import e2e
+
+    if args.list:
+        for name in e2e.scenarios():
+            print(name)
+        return 0
+    settings = settings_from(args)
+    unknown = [s for s in args.scenario or [] if s not in e2e.scenarios()]
+    if unknown:
+        raise UserError(f"unknown scenario(s) {unknown}; tally bench --list shows them")
+    text = await asyncio.to_thread(
+        e2e.main,
+        settings.kafka_bootstrap,
+        settings.database_url,
+        args.events,
+        args.seed,
+        args.scenario,
+        args.peers,
+        args.check,
+        args.check_share,
+    )
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
     return 0

@@ -39,6 +39,7 @@ WORKER = [
     "shutdown_timeout",
     "worker_id",
 ]
+API = ["api_host", "api_port", "api_tokens"]
 
 
 class UserError(Exception):
@@ -112,8 +113,95 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         "run a worker: consume, aggregate, flush",
         commands.run,
-        KAFKA + DATABASE + LOGGING + WORKER,
+        [*KAFKA, *DATABASE, *LOGGING, *WORKER, *API, "with_api"],
     )
+
+    from tally.cli import reports
+
+    values = _command(
+        sub, "values", "print rollups from the values table", reports.values, DATABASE + LOGGING
+    )
+    values.add_argument("--metric", help="metric uid")
+    values.add_argument("--customer", help="customer id")
+    values.add_argument("--unit", choices=["hour", "day", "week", "month", "quarter", "year"])
+    values.add_argument("--group", help="group key ('' for ungrouped)")
+    values.add_argument(
+        "--from",
+        dest="since",
+        metavar="WHEN",
+        help="periods starting at or after (date or date-time)",
+    )
+    values.add_argument(
+        "--to", dest="until", metavar="WHEN", help="periods starting before (date or date-time)"
+    )
+    values.add_argument("--limit", type=int, default=1000)
+    values.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    status = _command(
+        sub,
+        "status",
+        "partitions, stored offsets, lag and last flush",
+        reports.status,
+        [*KAFKA, *DATABASE, "topic", *LOGGING],
+    )
+    status.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    from tally.cli import demo
+
+    show = _command(
+        sub,
+        "demo",
+        "a worker, a synthetic stream and a live summary (what make run starts)",
+        demo.demo,
+        [*KAFKA, *DATABASE, "topic", "metrics_port", *LOGGING],
+    )
+    show.add_argument(
+        "--metrics", default="deploy/metrics.example.yaml", help="metric definitions to apply"
+    )
+    show.add_argument("--rate", type=float, default=2000.0, help="synthetic events per second")
+    show.add_argument(
+        "--worker-log", default=".local/demo-worker.log", help="where the worker logs"
+    )
+
+    bench = _command(
+        sub,
+        "bench",
+        "end-to-end benchmark against the consume ceiling and the peers",
+        commands.bench,
+        [*KAFKA, *DATABASE, *LOGGING],
+    )
+    bench.add_argument(
+        "--events", type=int, default=1_000_000, help="events in the pre-loaded topic"
+    )
+    bench.add_argument("--seed", type=int, default=7)
+    bench.add_argument(
+        "--scenario", action="append", help="run only these (repeat); default: all; see --list"
+    )
+    bench.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    bench.add_argument(
+        "--no-peers", dest="peers", action="store_false", help="skip the ceiling, quixstreams, SQL"
+    )
+    bench.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip the exactness check"
+    )
+    bench.add_argument(
+        "--check-share", type=float, default=0.05, help="share of customers checked exactly"
+    )
+    bench.add_argument("--markdown", help="also write the report to this file")
+
+    api = sub.add_parser("api", help="the HTTP API over metric definitions and values")
+    asub = api.add_subparsers(dest="api_command", metavar="ACTION")
+    _command(asub, "serve", "serve the HTTP API", commands.api_serve, DATABASE + LOGGING + API)
+    hash_token = _command(
+        asub,
+        "hash-token",
+        "print the configuration entry for a bearer token",
+        commands.api_hash_token,
+        [],
+    )
+    hash_token.add_argument("name", help="who holds the token (shown in logs)")
+    hash_token.add_argument("scope", choices=["read", "admin"])
+    hash_token.add_argument("--token", help="the token; generated when omitted (printed once)")
+    api.set_defaults(handler=None, parser=api)
 
     send = _command(
         sub,
@@ -168,7 +256,9 @@ def describe(exc: BaseException) -> str:
 
     if isinstance(exc, KafkaConnectionError):
         return f"cannot reach Kafka ({exc}): is the broker running, and is TALLY_KAFKA_BOOTSTRAP right?"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, UserError | ConfigError) or _is_user_error(exc):
+        return str(exc)
+    return f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 
 def settings_from(args: argparse.Namespace) -> Any:

@@ -1,0 +1,189 @@
+"""`tally values` and `tally status`: reading what the workers wrote."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from datetime import UTC, date, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tally.cli.main import UserError, settings_from
+from tally.config import Settings
+from tally.core.values import decimal_text
+from tally.store.pool import connect
+from tally.telemetry import logs
+
+VALUE_COLUMNS = (
+    "metric",
+    "customer",
+    "group",
+    "unit",
+    "period_start",
+    "period_end",
+    "value",
+    "events",
+    "updated_at",
+)
+
+
+def parse_moment(text: str, flag: str) -> datetime:
+    """A date (`2026-11-01`, midnight UTC) or an RFC 3339 date-time."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"{flag}: {text!r} is not a date (2026-11-01) or date-time (2026-11-01T00:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise UserError(f"{flag}: {text!r} needs an offset, e.g. Z or +01:00")
+    return moment
+
+
+async def values(args: argparse.Namespace) -> int:
+    settings: Settings = settings_from(args)
+    logs.setup(settings.log_level, settings.log_format == "json")
+    where, params = [], []
+    for column, given in (
+        ("metric_uid", args.metric),
+        ("customer_id", args.customer),
+        ("time_unit", args.unit),
+        ("group_key", args.group),
+    ):
+        if given is not None:
+            params.append(given)
+            where.append(f"v.{column} = ${len(params)}")
+    if args.since:
+        params.append(parse_moment(args.since, "--from"))
+        where.append(f"v.period_start >= ${len(params)}")
+    if args.until:
+        params.append(parse_moment(args.until, "--to"))
+        where.append(f"v.period_start < ${len(params)}")
+    params.append(args.limit)
+    sql = (
+        "SELECT v.*, m.definition->>'timezone' AS timezone FROM tally.metric_values v"
+        " LEFT JOIN tally.metrics m ON m.uid = v.metric_uid"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY v.metric_uid, v.customer_id, v.time_unit, v.period_start, v.group_key"
+        + f" LIMIT ${len(params)}"
+    )
+    connection = await connect(settings.database_url)
+    try:
+        records = await connection.fetch(sql, *params)
+    finally:
+        await connection.close()
+    rows = [_value_row(r) for r in records]
+    print(render(rows, VALUE_COLUMNS, args.format), end="")
+    if args.format == "table" and len(rows) == args.limit:
+        print(
+            f"(first {args.limit} rows; narrow with --metric/--customer/--unit/--from/--to or raise --limit)"
+        )
+    return 0
+
+
+def _value_row(record: Any) -> dict[str, Any]:
+    zone = ZoneInfo(record["timezone"] or "UTC")
+    return {
+        "metric": record["metric_uid"],
+        "customer": record["customer_id"],
+        "group": record["group_key"],
+        "unit": record["time_unit"],
+        "period_start": record["period_start"].astimezone(zone).isoformat(),
+        "period_end": record["period_end"].astimezone(zone).isoformat(),
+        "value": decimal_text(record["value"]),
+        "events": record["event_count"],
+        "updated_at": record["updated_at"].astimezone(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def render(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+    cells = [columns, *[tuple(str(row[c]) for c in columns) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+STATUS_COLUMNS = (
+    "topic",
+    "partition",
+    "stored_offset",
+    "end_offset",
+    "lag",
+    "owner",
+    "last_flush",
+    "records",
+    "duplicates",
+    "dead_letters",
+)
+
+
+async def end_offsets(
+    bootstrap: str, partitions: list[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    try:
+        await consumer.start()
+        ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+
+async def status(args: argparse.Namespace) -> int:
+    settings: Settings = settings_from(args)
+    logs.setup(settings.log_level, settings.log_format == "json")
+    connection = await connect(settings.database_url)
+    try:
+        records = await connection.fetch(
+            "SELECT * FROM tally.partition_offsets WHERE topic = ANY($1::text[]) ORDER BY topic, partition",
+            list(settings.topic),
+        )
+    finally:
+        await connection.close()
+    if not records:
+        print(f"no partition of {', '.join(settings.topic)} has been assigned to a worker yet")
+        return 0
+    ends = await end_offsets(
+        settings.kafka_bootstrap, [(r["topic"], r["partition"]) for r in records]
+    )
+    now = datetime.now(UTC)
+    rows = []
+    for r in records:
+        end = ends.get((r["topic"], r["partition"]))
+        stored = r["next_offset"]
+        flushed = r["flushed_at"]
+        rows.append(
+            {
+                "topic": r["topic"],
+                "partition": r["partition"],
+                "stored_offset": stored if stored >= 0 else "-",
+                "end_offset": end if end is not None else "?",
+                "lag": (end - max(stored, 0)) if end is not None else "?",
+                "owner": r["owner"] or "-",
+                "last_flush": f"{(now - flushed).total_seconds():.0f} s ago"
+                if flushed
+                else "never",
+                "records": r["records_total"],
+                "duplicates": r["duplicates_total"],
+                "dead_letters": r["dead_letters_total"],
+            }
+        )
+    print(render(rows, STATUS_COLUMNS, args.format), end="")
+    return 0
