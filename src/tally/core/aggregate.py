@@ -1,132 +1,105 @@
 """Accumulating decoded events into rollup deltas.
 
 A rollup is identified by `RollupKey` = (metric uid, customer id, group key,
-time unit, period start). Each holds a small accumulator, in the style of
-initialize/add/result units: `CountDelta`, `SumDelta` and `UniqueDelta`.
-`Deltas` is one partition's pending work: it merges associatively, so a
-flush can combine partitions, and a test can check
+time unit, period start). Deltas keep one `Table` per (metric, time unit),
+whose rows map (customer, group, period start) to a small accumulator:
+
+- COUNT: the number of events (an int);
+- SUM: `[events, integer part, decimal part]` (ints add fast and exactly;
+  the rest are exact decimals);
+- UNIQUE: `[events, set of members]`.
+
+Splitting the key this way keeps the per-event work to short tuples and a
+few dict lookups. `Deltas` merge associatively, so a test can check
 aggregate(A + B) == merge(aggregate(A), aggregate(B)).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
+from typing import Any
 
 from tally.core.events import UsageEvent
-from tally.core.metrics import COUNT, SUM, MetricIndex
+from tally.core.metrics import COUNT, SUM, UNIQUE, MetricIndex
 from tally.core.values import EXACT, SkipReason, sum_operand
 
 RollupKey = tuple[str, str, str, str, int]
 """(metric uid, customer id, group key, time unit, period start in POSIX seconds)"""
 
+RowKey = tuple[str, str, int]
+"""(customer id, group key, period start) inside one Table"""
 
-class CountDelta:
-    __slots__ = ("end", "events")
-
-    def __init__(self, end: int) -> None:
-        self.end = end
-        self.events = 0
-
-    def merge(self, other: CountDelta) -> None:
-        self.events += other.events
-
-    def value(self) -> Decimal:
-        return Decimal(self.events)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is CountDelta and (self.end, self.events) == (other.end, other.events)
-
-    def __repr__(self) -> str:
-        return f"CountDelta(end={self.end}, events={self.events})"
+_ZERO = Decimal(0)
 
 
-class SumDelta:
-    __slots__ = ("decimals", "end", "events", "ints")
+class Table:
+    """The pending rollups of one metric in one time unit."""
 
-    def __init__(self, end: int) -> None:
-        self.end = end
-        self.events = 0
-        # Integers add as Python ints (cheap, exact); the rest as decimals.
-        self.ints = 0
-        self.decimals = Decimal(0)
+    __slots__ = ("ends", "kind", "rows", "uid", "unit")
 
-    def add(self, amount: int | Decimal) -> None:
-        self.events += 1
-        if type(amount) is int:
-            self.ints += amount
-        else:
-            self.decimals = EXACT.add(self.decimals, amount)
+    def __init__(self, uid: str, unit: str, kind: int) -> None:
+        self.uid = uid
+        self.unit = unit
+        self.kind = kind
+        self.rows: dict[RowKey, Any] = {}
+        self.ends: dict[int, int] = {}  # period start -> end, for the rows' periods
 
-    def merge(self, other: SumDelta) -> None:
-        self.events += other.events
-        self.ints += other.ints
-        self.decimals = EXACT.add(self.decimals, other.decimals)
+    def events(self, acc: Any) -> int:
+        return acc if self.kind == COUNT else int(acc[0])
 
-    def value(self) -> Decimal:
-        return EXACT.add(Decimal(self.ints), self.decimals)
+    def value(self, acc: Any) -> Decimal:
+        """The delta's value alone (for UNIQUE, its distinct members)."""
+        if self.kind == COUNT:
+            return Decimal(acc)
+        if self.kind == SUM:
+            return EXACT.add(Decimal(acc[1]), acc[2])
+        return Decimal(len(acc[1]))
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is SumDelta
-            and self.end == other.end
-            and self.events == other.events
-            and self.value() == other.value()
-        )
-
-    def __repr__(self) -> str:
-        return f"SumDelta(end={self.end}, events={self.events}, value={self.value()})"
-
-
-class UniqueDelta:
-    __slots__ = ("end", "events", "members")
-
-    def __init__(self, end: int) -> None:
-        self.end = end
-        self.events = 0
-        self.members: set[str] = set()
-
-    def merge(self, other: UniqueDelta) -> None:
-        self.events += other.events
-        self.members |= other.members
-
-    def value(self) -> Decimal:
-        """Distinct members in this delta alone; the store adds only new ones."""
-        return Decimal(len(self.members))
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is UniqueDelta and (self.end, self.events, self.members) == (
-            other.end,
-            other.events,
-            other.members,
-        )
-
-    def __repr__(self) -> str:
-        return f"UniqueDelta(end={self.end}, events={self.events}, members={len(self.members)})"
-
-
-Delta = CountDelta | SumDelta | UniqueDelta
+    def merge(self, other: Table) -> int:
+        """Fold `other`'s rows in; returns how many rows are new here."""
+        rows = self.rows
+        before = len(rows)
+        kind = self.kind
+        for key, acc in other.rows.items():
+            mine = rows.get(key)
+            if kind == COUNT:
+                rows[key] = acc if mine is None else mine + acc
+            elif kind == SUM:
+                if mine is None:
+                    rows[key] = [acc[0], acc[1], acc[2]]
+                else:
+                    mine[0] += acc[0]
+                    mine[1] += acc[1]
+                    mine[2] = EXACT.add(mine[2], acc[2])
+            elif mine is None:
+                rows[key] = [acc[0], set(acc[1])]
+            else:
+                mine[0] += acc[0]
+                mine[1] |= acc[1]
+        self.ends.update(other.ends)
+        return len(rows) - before
 
 
 class Deltas:
     """Pending rollup changes plus the counters that explain them.
 
-    `applied[uid]` counts events applied to a metric (once per event, however
+    `applied` counts events applied to each metric (once per event, however
     many time units), `skipped[(uid, reason)]` events that matched a metric but
     carried no usable value, `unmatched` events no live metric took.
     """
 
-    __slots__ = ("applied", "events", "rollups", "skipped", "unmatched")
+    __slots__ = ("events", "size", "skipped", "tables", "unmatched")
 
     def __init__(self) -> None:
-        self.rollups: dict[RollupKey, Delta] = {}
-        self.applied: dict[str, int] = {}
+        self.tables: dict[str, Table] = {}
+        self.size = 0  # rollups (rows over all tables)
         self.skipped: dict[tuple[str, str], int] = {}
         self.unmatched = 0
         self.events = 0
 
     def __len__(self) -> int:
-        return len(self.rollups)
+        return self.size
 
     def add(self, event: UsageEvent, index: MetricIndex) -> None:
         """Apply one (already deduplicated) event to every metric it matches."""
@@ -135,15 +108,16 @@ class Deltas:
         if not metrics:
             self.unmatched += 1
             return
-        rollups = self.rollups
+        tables = self.tables
         customer = event.customer_id
         ts = event.timestamp
+        slot = int(ts // 900)  # PeriodCache's key, computed once per event
         taken = False
         for metric in metrics:
             if metric.filters and not metric.matches(event):
                 continue
             kind = metric.kind
-            amount: int | Decimal | str = 0
+            amount: Any = 0
             member: str | None = None
             if kind == SUM:
                 raw = event.properties.get(metric.value_property)  # type: ignore[arg-type]
@@ -153,31 +127,49 @@ class Deltas:
                 if type(amount) is str:
                     self._skip(metric.uid, amount)
                     continue
-            elif kind != COUNT:
+            elif kind == UNIQUE:
                 member = metric.member(event, metric.value_property)  # type: ignore[arg-type]
                 if member is None:
                     self._skip(metric.uid, SkipReason.MISSING_VALUE)
                     continue
             group = metric.group_key(event) if metric.group_property is not None else ""
             taken = True
-            self.applied[metric.uid] = self.applied.get(metric.uid, 0) + 1
-            for unit, periods in metric.periods:
-                start, end = periods.bounds(ts)
-                key = (metric.uid, customer, group, unit, start)
-                delta = rollups.get(key)
-                if kind == COUNT:
-                    if delta is None:
-                        delta = rollups[key] = CountDelta(end)
-                    delta.events += 1
+            uid = metric.uid
+            for table_key, unit, periods in metric.tables:
+                bounds = periods.cached.get(slot)
+                if bounds is None:
+                    bounds = periods.bounds(ts)
+                start = bounds[0]
+                table = tables.get(table_key)
+                if table is None:
+                    table = tables[table_key] = Table(uid, unit, kind)
+                rows = table.rows
+                key = (customer, group, start)
+                acc = rows.get(key)
+                if acc is None:
+                    self.size += 1
+                    if start not in table.ends:
+                        table.ends[start] = bounds[1]
+                    if kind == COUNT:
+                        rows[key] = 1
+                    elif kind == SUM:
+                        if type(amount) is int:
+                            rows[key] = [1, amount, _ZERO]
+                        else:
+                            rows[key] = [1, 0, amount]
+                    else:
+                        rows[key] = [1, {member}]
+                elif kind == COUNT:
+                    rows[key] = acc + 1
                 elif kind == SUM:
-                    if delta is None:
-                        delta = rollups[key] = SumDelta(end)
-                    delta.add(amount)  # type: ignore[union-attr, arg-type]
+                    acc[0] += 1
+                    if type(amount) is int:
+                        acc[1] += amount
+                    else:
+                        acc[2] = EXACT.add(acc[2], amount)
                 else:
-                    if delta is None:
-                        delta = rollups[key] = UniqueDelta(end)
-                    delta.events += 1
-                    delta.members.add(member)  # type: ignore[union-attr, arg-type]
+                    acc[0] += 1
+                    acc[1].add(member)
         if not taken:
             self.unmatched += 1
 
@@ -191,18 +183,43 @@ class Deltas:
 
     def merge(self, other: Deltas) -> None:
         """Fold `other` into this one (other is left as it was)."""
-        rollups = self.rollups
-        for key, delta in other.rollups.items():
-            mine = rollups.get(key)
+        for key, table in other.tables.items():
+            mine = self.tables.get(key)
             if mine is None:
-                mine = rollups[key] = type(delta)(delta.end)
-            mine.merge(delta)  # type: ignore[arg-type]
-        for uid, count in other.applied.items():
-            self.applied[uid] = self.applied.get(uid, 0) + count
+                mine = self.tables[key] = Table(table.uid, table.unit, table.kind)
+            self.size += mine.merge(table)
         for reason, count in other.skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + count
         self.unmatched += other.unmatched
         self.events += other.events
+
+    @property
+    def applied(self) -> dict[str, int]:
+        """Events applied per metric: each added one event to one row of every
+        table of its metric, so any one table of the metric tells."""
+        counts: dict[str, int] = {}
+        for table in self.tables.values():
+            if table.uid not in counts:
+                counts[table.uid] = sum(map(table.events, table.rows.values()))
+        return counts
+
+    def rollups(self) -> Iterator[tuple[RollupKey, Table, Any]]:
+        """Every pending rollup: its key, its table, and its accumulator."""
+        for table in self.tables.values():
+            uid, unit = table.uid, table.unit
+            for (customer, group, start), acc in table.rows.items():
+                yield (uid, customer, group, unit, start), table, acc
+
+    def snapshot(self) -> dict[RollupKey, tuple[int, int, object]]:
+        """(period end, events, value) per rollup, UNIQUE values as member sets."""
+        return {
+            key: (
+                table.ends[key[4]],
+                table.events(acc),
+                frozenset(acc[1]) if table.kind == UNIQUE else table.value(acc),
+            )
+            for key, table, acc in self.rollups()
+        }
 
 
 def aggregate(events: Iterable[UsageEvent], index: MetricIndex) -> Deltas:

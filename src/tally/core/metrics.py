@@ -106,6 +106,7 @@ class CompiledMetric:
         "group_property",
         "kind",
         "periods",
+        "tables",
         "uid",
         "value_property",
     )
@@ -127,6 +128,9 @@ class CompiledMetric:
         self.fold = fold
         self.filters = filters
         self.periods = periods
+        # (table key, unit, periods) per time unit: the key names the metric's
+        # table in Deltas; one str object, so its hash is computed once.
+        self.tables = tuple((f"{uid}\x00{unit}", unit, cache) for unit, cache in periods)
 
     def matches(self, event: UsageEvent) -> bool:
         # A plain loop: all() over a generator costs more per event.

@@ -178,28 +178,28 @@ class PeriodCache:
     transitions at odd instants) are recomputed every time, which is correct, only slower.
     """
 
-    __slots__ = ("_cache", "unit", "zone")
+    __slots__ = ("cached", "unit", "zone")
 
     def __init__(self, unit: TimeUnit, zone: ZoneInfo) -> None:
         self.unit = unit
         self.zone = zone
-        self._cache: dict[int, tuple[int, int]] = {}
+        self.cached: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         """Number of cached slots (for metrics and tests)."""
-        return len(self._cache)
+        return len(self.cached)
 
     def bounds(self, ts: float) -> tuple[int, int]:
         slot = int(ts // _SLOT)
-        hit = self._cache.get(slot)
+        hit = self.cached.get(slot)
         if hit is not None:
             return hit
         result = _bounds(math.floor(ts), self.unit, self.zone)
         slot_start = slot * _SLOT
         if result[0] <= slot_start and slot_start + _SLOT <= result[1]:
-            if len(self._cache) >= _MAX_ENTRIES:
+            if len(self.cached) >= _MAX_ENTRIES:
                 # Event times cluster around "now"; a rare full reset is cheaper and
                 # simpler than LRU bookkeeping on every hit.
-                self._cache.clear()
-            self._cache[slot] = result
+                self.cached.clear()
+            self.cached[slot] = result
         return result

@@ -18,10 +18,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
-from tally.core.aggregate import CountDelta, Deltas, UniqueDelta
+from tally.core.aggregate import Deltas
 from tally.core.dedup import FlushPlan
-from tally.core.values import decimal_text
+from tally.core.metrics import COUNT, SUM, UNIQUE
+from tally.core.values import EXACT, decimal_text
 from tally.store.pool import Connection
 
 _CAS = """
@@ -184,31 +186,32 @@ async def _write_members(connection: Connection, deltas: Deltas) -> Counter[Memb
     starts: list[int] = []
     groups: list[str] = []
     members: list[str] = []
-    for (uid, customer, group, unit, start), delta in deltas.rollups.items():
-        if type(delta) is not UniqueDelta:
+    for table in deltas.tables.values():
+        if table.kind != UNIQUE:
             continue
-        count = len(delta.members)
-        uids += [uid] * count
-        customers += [customer] * count
-        units += [unit] * count
-        starts += [start] * count
-        groups += [group] * count
-        members += delta.members
+        uid, unit = table.uid, table.unit
+        for (customer, group, start), (_events, distinct) in table.rows.items():
+            count = len(distinct)
+            uids += [uid] * count
+            customers += [customer] * count
+            units += [unit] * count
+            starts += [start] * count
+            groups += [group] * count
+            members += distinct
     added: Counter[MemberKey] = Counter()
     if not uids:
         return added
     for row in await connection.fetch(
         _INSERT_MEMBERS, uids, customers, units, starts, groups, members
     ):
-        added[
-            (
-                row["metric_uid"],
-                row["customer_id"],
-                row["time_unit"],
-                row["period_start"],
-                row["group_key"],
-            )
-        ] = row["added"]
+        key = (
+            row["metric_uid"],
+            row["customer_id"],
+            row["time_unit"],
+            row["period_start"],
+            row["group_key"],
+        )
+        added[key] = row["added"]
     return added
 
 
@@ -221,22 +224,26 @@ async def _write_values(connection: Connection, deltas: Deltas, added: Counter[M
     ends: list[int] = []
     values: list[str] = []
     counts: list[int] = []
-    for (uid, customer, group, unit, start), delta in deltas.rollups.items():
-        kind = type(delta)
-        if kind is CountDelta:
-            value = str(delta.events)
-        elif kind is UniqueDelta:
-            value = str(added.get((uid, customer, unit, start, group), 0))
-        else:
-            value = decimal_text(delta.value())
-        uids.append(uid)
-        customers.append(customer)
-        groups.append(group)
-        units.append(unit)
-        starts.append(start)
-        ends.append(delta.end)
-        values.append(value)
-        counts.append(delta.events)
+    for table in deltas.tables.values():
+        uid, unit, kind, period_ends = table.uid, table.unit, table.kind, table.ends
+        for (customer, group, start), acc in table.rows.items():
+            if kind == COUNT:
+                values.append(str(acc))
+                counts.append(acc)
+            elif kind == SUM:
+                values.append(
+                    str(acc[1]) if not acc[2] else decimal_text(EXACT.add(Decimal(acc[1]), acc[2]))
+                )
+                counts.append(acc[0])
+            else:
+                values.append(str(added.get((uid, customer, unit, start, group), 0)))
+                counts.append(acc[0])
+            uids.append(uid)
+            customers.append(customer)
+            groups.append(group)
+            units.append(unit)
+            starts.append(start)
+            ends.append(period_ends[start])
     if uids:
         await connection.execute(
             _UPSERT_VALUES, uids, customers, groups, units, starts, ends, values, counts
