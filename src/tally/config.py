@@ -66,13 +66,13 @@ class Settings(BaseModel):
     topic_partitions: int = Field(
         4, ge=1, description="partitions for topics created with --create-topics"
     )
-    flush_interval: Positive = Field(2.0, description="seconds between flushes (also 500ms, 5s...)")
+    flush_interval: Positive = Field(5.0, description="seconds between flushes (also 500ms, 5s...)")
     max_batch: int = Field(5000, ge=1, description="records per Kafka fetch")
     max_pending_events: int = Field(
-        200_000, ge=1, description="flush when this many events are pending"
+        500_000, ge=1, description="flush when this many events are pending"
     )
     max_pending_rollups: int = Field(
-        100_000, ge=1, description="flush when this many rollups are pending"
+        250_000, ge=1, description="flush when this many rollups are pending"
     )
     dedup_window: Seconds = Field(
         86400.0, description="how long event ids are remembered; 0 turns dedup off"

@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import gc
 import os
-import random
 import socket
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -41,43 +39,9 @@ from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
 from tally.worker.partition import PartitionState
 from tally.worker.pipeline import FlushPipeline
+from tally.worker.retry import DATABASE_ERRORS, RETRYABLE, Backoff, Clock, error_kind
 
 log = Log("tally.worker")
-
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-RETRYABLE = (*DATABASE_ERRORS, KafkaError)
-
-
-def error_kind(exc: BaseException) -> tuple[str, str]:
-    """(component, kind) labels for the errors counter."""
-    component = "kafka" if isinstance(exc, KafkaError) else "database"
-    return component, type(exc).__name__
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter."""
-
-    cap: float
-    base: float = 0.2
-    attempts: int = 0
-
-    def next_delay(self) -> float:
-        delay: float = min(self.cap, self.base * 2.0**self.attempts)
-        self.attempts += 1
-        jitter: float = random.uniform(0.5, 1.0)
-        return delay * jitter
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
-@dataclass(slots=True)
-class Clock:
-    """Injectable clocks: wall time decides event acceptance and dedup hours."""
-
-    wall: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = time.monotonic
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -166,6 +130,8 @@ class Worker:
         """Forget all pending work and reload every partition (its events are re-read)."""
         dropped = self.pipeline.deltas.events
         self.pipeline.drop()
+        # Nothing is pending any more: the reload resumes the partitions.
+        self.paused_for_backpressure = False
         for state in self.states.values():
             state.clear()
             state.ready = False
@@ -482,6 +448,8 @@ class Worker:
                     await self._settle()  # a limit is reached: wait for the database
                 if not self.pipeline.busy and self.pipeline.start(reason):
                     last_flush = self.clock.monotonic()
+            elif self.paused_for_backpressure:
+                self._set_backpressure(False)  # below every limit again
             self._update_gauges()
 
     async def _shutdown(self, watcher: asyncio.Task[None], server: TelemetryServer) -> None:

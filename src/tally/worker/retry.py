@@ -1,0 +1,46 @@
+"""Retrying what fails around the worker: which errors, how long to wait, which clock."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+RETRYABLE = (*DATABASE_ERRORS, KafkaError)
+
+
+def error_kind(exc: BaseException) -> tuple[str, str]:
+    """(component, kind) labels for the errors counter."""
+    component = "kafka" if isinstance(exc, KafkaError) else "database"
+    return component, type(exc).__name__
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter."""
+
+    cap: float
+    base: float = 0.2
+    attempts: int = 0
+
+    def next_delay(self) -> float:
+        delay: float = min(self.cap, self.base * 2.0**self.attempts)
+        self.attempts += 1
+        jitter: float = random.uniform(0.5, 1.0)
+        return delay * jitter
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass(slots=True)
+class Clock:
+    """Injectable clocks: wall time decides event acceptance and dedup hours."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
