@@ -29,6 +29,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tally.bench.checks import check_exact, check_peer, report, sample_customers
 from tally.bench.peers import (
     PEER_JOB_METRICS,
     RunResult,
@@ -39,6 +40,7 @@ from tally.bench.peers import (
 from tally.contracts.metric import parse_metric
 from tally.store.definitions import apply_definitions
 from tally.store.migrate import migrate
+from tally.store.pool import connect
 from tally.synthetic import Workload, events, metric_definitions
 
 PARTITIONS = 4
@@ -229,7 +231,7 @@ async def run_tally(
     database = _Database(admin_dsn)
     async with database:
         dsn = _dsn_for(admin_dsn, database.name)
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)  # with the jsonb codec the definitions need
         try:
             await migrate(connection)
             await apply_definitions(connection, [parse_metric(d) for d in scenario.metrics])
@@ -247,6 +249,10 @@ async def run_tally(
             "TALLY_DEDUP_WINDOW": "24h" if scenario.dedup else "0",
             "TALLY_MAX_LATENESS": "100000d",
             "TALLY_MAX_FUTURE_SKEW": "100000d",
+            # The next flush starts as soon as the previous one has settled (the
+            # pipeline allows one in flight), so a short interval keeps PostgreSQL
+            # busy instead of leaving the last events waiting out a long timer.
+            "TALLY_FLUSH_INTERVAL": "1",
         }
         with tempfile.NamedTemporaryFile("w+b", prefix="tally-bench-", suffix=".log") as log:
             worker = subprocess.Popen(
@@ -322,77 +328,6 @@ async def _wait_offsets(
         await connection.close()
 
 
-# -- the report -----------------------------------------------------------------------
-
-
-# -- exactness -----------------------------------------------------------------------
-
-
-def load_reference() -> Any:
-    """tests/reference.py from the checkout: the same reference the exactness tests use."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[3] / "tests" / "reference.py"
-    if not path.exists():
-        raise RuntimeError(
-            f"the exactness check needs a source checkout ({path} is missing); use --no-check"
-        )
-    spec = importlib.util.spec_from_file_location("tally_bench_reference", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def sample_customers(values: Sequence[bytes], share: float) -> set[str]:
-    customers = sorted({orjson.loads(v)["customerId"] for v in values})
-    step = max(1, round(1 / share))
-    return set(customers[::step])
-
-
-async def check_exact(
-    dsn: str,
-    definitions: list[dict[str, Any]],
-    values: Sequence[bytes],
-    customers: set[str],
-    dedup: bool,
-) -> int:
-    """Compare the values table with the reference for `customers`; returns rows compared."""
-    reference = load_reference()
-    chosen = [v for v in values if orjson.loads(v)["customerId"] in customers]
-    expected = reference.reference_values(definitions, chosen, dedup=dedup)
-    zones = {d["uid"]: d.get("timezone", "UTC") for d in definitions}
-    connection = await asyncpg.connect(dsn)
-    try:
-        rows = await connection.fetch(
-            "SELECT metric_uid, customer_id, group_key, time_unit, period_start, value, event_count"
-            " FROM tally.metric_values WHERE customer_id = ANY($1::text[])",
-            sorted(customers),
-        )
-    finally:
-        await connection.close()
-    actual = {
-        (
-            r["metric_uid"],
-            r["customer_id"],
-            r["group_key"],
-            r["time_unit"],
-            reference.local_period(
-                r["period_start"].timestamp(), r["time_unit"], zones[r["metric_uid"]]
-            ),
-        ): (r["value"], r["event_count"])
-        for r in rows
-    }
-    if actual != expected:
-        wrong = [k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k)]
-        raise AssertionError(
-            f"{len(wrong)} rollups differ from the reference, e.g. {sorted(wrong, key=repr)[:3]}"
-        )
-    return len(actual)
-
-
 # -- the whole bench ----------------------------------------------------------------------
 
 
@@ -440,58 +375,11 @@ async def bench(
             )
             result = await asyncio.to_thread(runner, *args)
             if check and result.results is not None:
-                _check_peer(result, values, customers)
+                check_peer(result, values, customers)
                 say(f"  exact: {result.name} equals the reference for {len(customers)} customers")
             say(f"  {result.events / result.seconds:,.0f} events/s")
             results.append(result)
     return results
-
-
-def _check_peer(result: RunResult, values: Sequence[bytes], customers: set[str]) -> None:
-    reference = load_reference()
-    chosen = [v for v in values if orjson.loads(v)["customerId"] in customers]
-    expected = reference.reference_values(list(PEER_JOB_METRICS), chosen)
-    want: dict[tuple[str, str], list[int]] = {}
-    for (uid, customer, _group, _unit, day), (value, _events) in expected.items():
-        entry = want.setdefault((customer, day.date().isoformat()), [0, 0])
-        entry[0 if uid == "bench_calls" else 1] = int(value)
-    assert result.results is not None
-    got = {k: list(v) for k, v in result.results.items() if k[0] in customers}
-    if got != want:
-        wrong = [k for k in set(got) | set(want) if got.get(k) != want.get(k)]
-        raise AssertionError(
-            f"{result.name}: {len(wrong)} results differ from the reference, e.g. {sorted(wrong)[:3]}"
-        )
-
-
-def report(results: Sequence[RunResult]) -> str:
-    """Two tables: Tally against the ceiling, and the peer job side by side."""
-    by_name = {r.name: r for r in results}
-    rate = {r.name: r.events / r.seconds for r in results}
-    lines = [
-        "| run | events/s | CPU s / M events | peak RSS MiB | rollup rows | DB time share |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        share = r.detail.get("database_share")
-        lines.append(
-            f"| {r.name} | {rate[r.name]:,.0f} | {r.cpu_seconds / r.events * 1e6:.1f} | "
-            f"{r.peak_rss_bytes / 2**20:.0f} | {r.rows:,} | {'-' if share is None else f'{share:.0%}'} |"
-        )
-    ceiling = next((r for r in results if r.name.startswith("ceiling")), None)
-    tally_10 = by_name.get("Tally: 10 metrics, dedup on")
-    tally_peer = by_name.get("Tally: peer job (2 metrics), dedup on")
-    ratios = ["", "| ratio | value |", "|---|---:|"]
-    if ceiling and tally_10:
-        ratios.append(
-            f"| Tally 10 metrics dedup on / ceiling | {rate[tally_10.name] / rate[ceiling.name]:.2f} |"
-        )
-    ratios += [
-        f"| Tally peer job / {r.name} | {rate[tally_peer.name] / rate[r.name]:.2f} |"
-        for r in results
-        if tally_peer and r is not tally_peer and not r.name.startswith(("Tally", "ceiling"))
-    ]
-    return "\n".join(lines + (ratios if len(ratios) > 3 else []))
 
 
 def main(
