@@ -69,10 +69,10 @@ class Settings(BaseModel):
     flush_interval: Positive = Field(5.0, description="seconds between flushes (also 500ms, 5s...)")
     max_batch: int = Field(5000, ge=1, description="records per Kafka fetch")
     max_pending_events: int = Field(
-        500_000, ge=1, description="flush when this many events are pending"
+        1_000_000, ge=1, description="flush when this many events are pending"
     )
     max_pending_rollups: int = Field(
-        250_000, ge=1, description="flush when this many rollups are pending"
+        500_000, ge=1, description="flush when this many rollups (and UNIQUE members) are pending"
     )
     dedup_window: Seconds = Field(
         86400.0, description="how long event ids are remembered; 0 turns dedup off"

@@ -196,6 +196,13 @@ def test_split_batches_merge_to_the_whole(
     combined = merged([left, right])
     assert combined.snapshot() == whole.snapshot()
     assert len(combined) == len(whole)
+    assert (
+        combined.members
+        == whole.members
+        == sum(
+            len(value) for _, _, value in whole.snapshot().values() if isinstance(value, frozenset)
+        )
+    )
     assert combined.applied == whole.applied
     assert combined.skipped == whole.skipped
     assert combined.unmatched == whole.unmatched

@@ -1,4 +1,4 @@
-"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `python -m tally.bench dedup [IDS]`."""
+"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory`."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["core"]:
         core.main(int(argv[1]) if len(argv) > 1 else 200_000, int(argv[2]) if len(argv) > 2 else 5)
         return 0
+    if argv[:1] == ["memory"]:
+        for kind, size in core.rollup_memory().items():
+            print(f"{kind:<22} {size:7.0f} bytes per pending rollup")
+        return 0
     if argv[:1] == ["dedup"]:
         dsn = os.environ.get("TALLY_DATABASE_URL", "postgresql://localhost:5432/tally")
         dedup.main(dsn, int(argv[1]) if len(argv) > 1 else 200_000)
         return 0
-    print("usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS]", file=sys.stderr)
+    print(
+        "usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS] | memory",
+        file=sys.stderr,
+    )
     return 2
 
 

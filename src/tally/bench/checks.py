@@ -101,20 +101,24 @@ def check_peer(result: RunResult, values: Sequence[bytes], customers: set[str]) 
 
 
 def report(results: Sequence[RunResult]) -> str:
-    """Two tables: Tally against the ceiling, and the peer job side by side."""
+    """One table of every run, then the ratios the targets are stated in."""
     by_name = {r.name: r for r in results}
     rate = {r.name: r.events / r.seconds for r in results}
+    ceiling = next((r for r in results if r.name.startswith("ceiling")), None)
     lines = [
-        "| run | events/s | CPU s / M events | peak RSS MiB | rollup rows | DB time share |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | events/s | x ceiling | process CPU s / M | PostgreSQL CPU s / M | peak RSS MiB | rows written |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        share = r.detail.get("database_share")
+        database = r.detail.get("db_backend_cpu_seconds")
+        upserts = r.detail.get("rollup_upserts", float(r.rows))
         lines.append(
-            f"| {r.name} | {rate[r.name]:,.0f} | {r.cpu_seconds / r.events * 1e6:.1f} | "
-            f"{r.peak_rss_bytes / 2**20:.0f} | {r.rows:,} | {'-' if share is None else f'{share:.0%}'} |"
+            f"| {r.name} | {rate[r.name]:,.0f} | "
+            f"{rate[r.name] / rate[ceiling.name] if ceiling else float('nan'):.2f} | "
+            f"{r.cpu_seconds / r.events * 1e6:.1f} | "
+            f"{'-' if database is None else f'{database / r.events * 1e6:.1f}'} | "
+            f"{r.peak_rss_bytes / 2**20:.0f} | {upserts:,.0f} |"
         )
-    ceiling = next((r for r in results if r.name.startswith("ceiling")), None)
     tally_10 = by_name.get("Tally: 10 metrics, dedup on")
     tally_peer = by_name.get("Tally: peer job (2 metrics), dedup on")
     ratios = ["", "| ratio | value |", "|---|---:|"]

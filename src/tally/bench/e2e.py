@@ -252,7 +252,7 @@ async def run_tally(
             # The next flush starts as soon as the previous one has settled (the
             # pipeline allows one in flight), so a short interval keeps PostgreSQL
             # busy instead of leaving the last events waiting out a long timer.
-            "TALLY_FLUSH_INTERVAL": "1",
+            "TALLY_FLUSH_INTERVAL": os.environ.get("TALLY_FLUSH_INTERVAL", "1"),
         }
         with tempfile.NamedTemporaryFile("w+b", prefix="tally-bench-", suffix=".log") as log:
             worker = subprocess.Popen(
@@ -267,6 +267,7 @@ async def run_tally(
                 await _wait_offsets(dsn, topic, ends, worker, Path(log.name))
                 seconds = time.monotonic() - started
                 cpu, rss = _cpu_seconds(worker.pid), _peak_rss(worker.pid)
+                database_cpu = await _backend_cpu(dsn, database.name)
                 totals = await asyncio.to_thread(_scrape, port)
             finally:
                 os.killpg(worker.pid, signal.SIGTERM)
@@ -286,12 +287,35 @@ async def run_tally(
         peak_rss_bytes=rss,
         rows=rows,
         detail={
-            "database_share": totals.get("tally_flush_duration_seconds_sum", 0.0) / seconds,
+            # The PostgreSQL backends' own CPU (the server runs on this machine):
+            # what the database spent on this run, next to the worker's.
+            "db_backend_cpu_seconds": database_cpu,
+            "flush_in_flight_share": totals.get("tally_flush_duration_seconds_sum", 0.0) / seconds,
             "flushes": totals.get("tally_flushes_total", 0.0),
             "rollup_upserts": totals.get("tally_rollup_rows_written_total", 0.0),
         },
         results=None,
     )
+
+
+async def _backend_cpu(dsn: str, database: str) -> float:
+    """CPU seconds of the server processes serving `database` (a local server)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        own = await connection.fetchval("SELECT pg_backend_pid()")
+        pids = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1", database
+        )
+    finally:
+        await connection.close()
+    total = 0.0
+    for row in pids:
+        if row["pid"] != own:
+            try:
+                total += _cpu_seconds(row["pid"])
+            except OSError:  # not on this machine, or gone
+                return float("nan")
+    return total
 
 
 async def _wait_assigned(log: Path, worker: subprocess.Popen[bytes]) -> tuple[str, float]:

@@ -56,10 +56,11 @@ class Table:
             return EXACT.add(Decimal(acc[1]), acc[2])
         return Decimal(len(acc[1]))
 
-    def merge(self, other: Table) -> int:
-        """Fold `other`'s rows in; returns how many rows are new here."""
+    def merge(self, other: Table) -> tuple[int, int]:
+        """Fold `other`'s rows in; returns how many rows and UNIQUE members are new here."""
         rows = self.rows
         before = len(rows)
+        members = 0
         kind = self.kind
         for key, acc in other.rows.items():
             mine = rows.get(key)
@@ -74,11 +75,14 @@ class Table:
                     mine[2] = EXACT.add(mine[2], acc[2])
             elif mine is None:
                 rows[key] = [acc[0], set(acc[1])]
+                members += len(acc[1])
             else:
                 mine[0] += acc[0]
+                held = len(mine[1])
                 mine[1] |= acc[1]
+                members += len(mine[1]) - held
         self.ends.update(other.ends)
-        return len(rows) - before
+        return len(rows) - before, members
 
 
 class Deltas:
@@ -89,11 +93,12 @@ class Deltas:
     carried no usable value, `unmatched` events no live metric took.
     """
 
-    __slots__ = ("events", "size", "skipped", "tables", "unmatched")
+    __slots__ = ("events", "members", "size", "skipped", "tables", "unmatched")
 
     def __init__(self) -> None:
         self.tables: dict[str, Table] = {}
         self.size = 0  # rollups (rows over all tables)
+        self.members = 0  # UNIQUE members held (they cost memory and rows too)
         self.skipped: dict[tuple[str, str], int] = {}
         self.unmatched = 0
         self.events = 0
@@ -159,6 +164,7 @@ class Deltas:
                             rows[key] = [1, 0, amount]
                     else:
                         rows[key] = [1, {member}]
+                        self.members += 1
                 elif kind == COUNT:
                     rows[key] = acc + 1
                 elif kind == SUM:
@@ -169,7 +175,11 @@ class Deltas:
                         acc[2] = EXACT.add(acc[2], amount)
                 else:
                     acc[0] += 1
-                    acc[1].add(member)
+                    distinct = acc[1]
+                    held = len(distinct)
+                    distinct.add(member)
+                    if len(distinct) != held:
+                        self.members += 1
         if not taken:
             self.unmatched += 1
 
@@ -187,7 +197,9 @@ class Deltas:
             mine = self.tables.get(key)
             if mine is None:
                 mine = self.tables[key] = Table(table.uid, table.unit, table.kind)
-            self.size += mine.merge(table)
+            rows, members = mine.merge(table)
+            self.size += rows
+            self.members += members
         for reason, count in other.skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + count
         self.unmatched += other.unmatched

@@ -207,7 +207,9 @@ class DedupWindow:
         self.flying, self.pending = self.pending, set()
         bucket = max(int(now // BUCKET_SECONDS), self.open_bucket)
         if self.flying:
-            records = np.frombuffer(b"".join(sorted(self.flying)), dtype=_RECORD)
+            records = np.frombuffer(b"".join(self.flying), dtype=_RECORD)
+            # Sorted by the high word in numpy: far cheaper than sorting bytes objects.
+            records = records[np.argsort(records["hi"], kind="stable")]
             blob, count = records.tobytes(), len(records)
         else:
             blob, count = b"", 0

@@ -261,7 +261,8 @@ class Worker:
         events = self.pipeline.deltas.events
         for state in self.states.values():
             events += state.duplicates + sum(state.rejected.values())
-        return events, len(self.pipeline.deltas)
+        deltas = self.pipeline.deltas
+        return events, len(deltas) + deltas.members
 
     def _update_gauges(self) -> None:
         events, rollups = self.pending()
