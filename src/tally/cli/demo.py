@@ -132,7 +132,7 @@ def render(
         f"worker /metrics: {url}/metrics   database: {settings.redacted_database_url()}",
         "",
         f"sent     {counts.sent:>9,}   consumed {int(consumed):>9,} {bar(applied_events, counts.sent)} "
-        f"{applied_events / counts.sent:>4.0%} flushed",
+        f"{applied_events / max(1, counts.sent):>4.0%} flushed",
         f"rate     {rate:>9,.0f} events/s   lag {int(total(samples, 'tally_consumer_lag_events')):>7,}   "
         f"pending {int(total(samples, 'tally_pending_events')):>7,}   last flush {age}",
         f"repeats  {int(total(samples, 'tally_events_duplicate_total')):>9,} dropped as duplicates   "
