@@ -123,7 +123,7 @@ def render(
     by_reason = {
         k.split("{", 1)[1].rstrip("}"): int(v)
         for k, v in samples.items()
-        if k.startswith("tally_events_dead_lettered_total{")
+        if k.startswith("tally_events_dead_lettered_total{") and v
     }
     last = samples.get("tally_last_flush_timestamp_seconds", 0.0)
     age = f"{time.time() - last:.1f} s ago" if last else "not yet"
