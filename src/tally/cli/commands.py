@@ -31,6 +31,15 @@ from tally.synthetic import Workload, events
 from tally.telemetry import logs
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set: a graceful stop instead of a kill."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def _setup_logs(settings: Settings) -> None:
     logs.setup(settings.log_level, settings.log_format == "json")
 
@@ -165,10 +174,7 @@ async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _setup_logs(settings)
     # Handlers first: a SIGTERM during start-up must end in a clean exit too.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     connection = await connect(settings.database_url)
     try:
         await run_migrations(connection)
@@ -208,11 +214,7 @@ async def api_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     _setup_logs(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
+    await serve(settings, stop_on_signals())
     return 0
 
 

@@ -26,6 +26,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from tally.cli.commands import stop_on_signals
 from tally.cli.main import settings_from
 from tally.config import Settings
 from tally.kafka.clients import ensure_topics
@@ -189,10 +190,7 @@ async def demo(args: argparse.Namespace) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     counts = Counts()
     producer: asyncio.Task[None] | None = None
     try:

@@ -9,6 +9,8 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import asyncpg
+
 from tally import __version__
 from tally.config import ConfigError, add_arguments, load_settings
 
@@ -244,10 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: BaseException) -> bool:
+    from aiokafka.errors import KafkaConnectionError
+
     from tally.contracts.metric import MetricDefinitionError
     from tally.store.pool import DatabaseUnavailable
 
-    return isinstance(exc, MetricDefinitionError | DatabaseUnavailable)
+    user_errors = (
+        MetricDefinitionError,
+        DatabaseUnavailable,
+        KafkaConnectionError,
+        asyncpg.UndefinedTableError,
+    )
+    return isinstance(exc, user_errors)
 
 
 def describe(exc: BaseException) -> str:
@@ -256,6 +266,8 @@ def describe(exc: BaseException) -> str:
 
     if isinstance(exc, KafkaConnectionError):
         return f"cannot reach Kafka ({exc}): is the broker running, and is TALLY_KAFKA_BOOTSTRAP right?"
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return f"the database has no Tally schema yet ({exc}): run `tally migrate` against TALLY_DATABASE_URL"
     if isinstance(exc, UserError | ConfigError) or _is_user_error(exc):
         return str(exc)
     return f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"

@@ -6,7 +6,7 @@ import argparse
 import csv
 import io
 import json
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,8 +14,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.cli.main import UserError, settings_from
 from tally.config import Settings
-from tally.core.values import decimal_text
+from tally.contracts.value import MetricValue
+from tally.store.definitions import list_metrics
 from tally.store.pool import connect
+from tally.store.values import ValueFilter, page_values
 from tally.telemetry import logs
 
 VALUE_COLUMNS = (
@@ -49,36 +51,21 @@ def parse_moment(text: str, flag: str) -> datetime:
 async def values(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     logs.setup(settings.log_level, settings.log_format == "json")
-    where, params = [], []
-    for column, given in (
-        ("metric_uid", args.metric),
-        ("customer_id", args.customer),
-        ("time_unit", args.unit),
-        ("group_key", args.group),
-    ):
-        if given is not None:
-            params.append(given)
-            where.append(f"v.{column} = ${len(params)}")
-    if args.since:
-        params.append(parse_moment(args.since, "--from"))
-        where.append(f"v.period_start >= ${len(params)}")
-    if args.until:
-        params.append(parse_moment(args.until, "--to"))
-        where.append(f"v.period_start < ${len(params)}")
-    params.append(args.limit)
-    sql = (
-        "SELECT v.*, m.definition->>'timezone' AS timezone FROM tally.metric_values v"
-        " LEFT JOIN tally.metrics m ON m.uid = v.metric_uid"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY v.metric_uid, v.customer_id, v.time_unit, v.period_start, v.group_key"
-        + f" LIMIT ${len(params)}"
+    where = ValueFilter(
+        metric_uid=args.metric,
+        customer_id=args.customer,
+        time_unit=args.unit,
+        group_key=args.group,
+        since=parse_moment(args.since, "--from") if args.since else None,
+        until=parse_moment(args.until, "--to") if args.until else None,
     )
     connection = await connect(settings.database_url)
     try:
-        records = await connection.fetch(sql, *params)
+        found = await page_values(connection, where, None, args.limit)  # the API's query
+        zones = {m.uid: ZoneInfo(m.timezone) for m in await list_metrics(connection)}
     finally:
         await connection.close()
-    rows = [_value_row(r) for r in records]
+    rows = [_value_row(value, zones.get(value.metric_uid, UTC)) for value in found]
     print(render(rows, VALUE_COLUMNS, args.format), end="")
     if args.format == "table" and len(rows) == args.limit:
         print(
@@ -87,18 +74,18 @@ async def values(args: argparse.Namespace) -> int:
     return 0
 
 
-def _value_row(record: Any) -> dict[str, Any]:
-    zone = ZoneInfo(record["timezone"] or "UTC")
+def _value_row(value: MetricValue, zone: tzinfo) -> dict[str, Any]:
+    """One rollup for people: periods in the metric's own zone."""
     return {
-        "metric": record["metric_uid"],
-        "customer": record["customer_id"],
-        "group": record["group_key"],
-        "unit": record["time_unit"],
-        "period_start": record["period_start"].astimezone(zone).isoformat(),
-        "period_end": record["period_end"].astimezone(zone).isoformat(),
-        "value": decimal_text(record["value"]),
-        "events": record["event_count"],
-        "updated_at": record["updated_at"].astimezone(UTC).isoformat(timespec="seconds"),
+        "metric": value.metric_uid,
+        "customer": value.customer_id,
+        "group": value.group_key,
+        "unit": value.time_unit.value,
+        "period_start": value.period_start.astimezone(zone).isoformat(),
+        "period_end": value.period_end.astimezone(zone).isoformat(),
+        "value": value.value,
+        "events": value.event_count,
+        "updated_at": value.updated_at.astimezone(UTC).isoformat(timespec="seconds"),
     }
 
 
