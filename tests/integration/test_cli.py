@@ -131,7 +131,11 @@ async def test_values_and_status_show_what_the_worker_wrote(
 @pytest.mark.parametrize(
     ("args", "env", "says"),
     [
-        (["send", "--synthetic", "1"], {"TALLY_KAFKA_BOOTSTRAP": "127.0.0.1:9"}, "cannot reach Kafka"),
+        (
+            ["send", "--synthetic", "1"],
+            {"TALLY_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
+            "cannot reach Kafka",
+        ),
         (
             ["values"],
             {"TALLY_DATABASE_URL": "postgresql://tally:wrong@{pg_host}/tally"},
