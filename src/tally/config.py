@@ -85,7 +85,8 @@ class Settings(BaseModel):
     session_timeout: Positive = Field(10.0, description="Kafka consumer session timeout")
     revoke_policy: Literal["flush", "drop"] = Field(
         "flush",
-        description="on partition revocation: flush pending work, or drop it (the next owner re-reads)",
+        description="on partition revocation: flush all pending work, or drop it and reload the partitions kept"
+        " (the dropped events are read again)",
     )
     metrics_poll_interval: Positive = Field(
         2.0, description="how often definitions are re-read from PostgreSQL"

@@ -1,7 +1,7 @@
 """The flush transaction: offsets, dedup, members and rollups, all or nothing.
 
-The order inside the transaction is fixed (and is the one place it is
-written down; `tally.worker.checkpoint` decides when to call it):
+The order of statements inside the transaction is fixed here;
+`tally.worker.checkpoint` holds the order of the steps around it:
 
 1. compare-and-set each partition's stored offset (fencing, DESIGN 3);
    if any partition's offset moved, nothing else is written;
