@@ -52,6 +52,23 @@ wait_reaped() {
   done
 }
 
+# stop_pid PID SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL and wait
+# until the process is reaped.
+stop_pid() {
+  local pid="$1" timeout="$2" deadline
+  kill -TERM "${pid}" 2>/dev/null || true
+  deadline=$((SECONDS + timeout))
+  while pid_alive "${pid}"; do
+    if ((SECONDS >= deadline)); then
+      log "still running after ${timeout}s: SIGKILL"
+      kill -KILL "${pid}" 2>/dev/null || true
+      wait_reaped "${pid}" 5 || true
+      break
+    fi
+    sleep 0.1
+  done
+}
+
 # pid_cmdline_has PID NEEDLE: does the process's command line contain NEEDLE?
 # Guards against acting on a recycled pid from a stale pid file.
 pid_cmdline_has() {

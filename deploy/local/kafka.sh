@@ -294,24 +294,14 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local pid deadline
+  local pid
   if ! pid="$(running_pid)"; then
     rm -f "${PID_FILE}"
     log "not running"
     return 0
   fi
   log "stopping broker (pid ${pid})"
-  kill -TERM "${pid}" 2>/dev/null || true
-  deadline=$((SECONDS + STOP_TIMEOUT))
-  while pid_alive "${pid}"; do
-    if ((SECONDS >= deadline)); then
-      log "still running after ${STOP_TIMEOUT}s: SIGKILL"
-      kill -KILL "${pid}" 2>/dev/null || true
-      sleep 0.5
-      break
-    fi
-    sleep 0.2
-  done
+  stop_pid "${pid}" "${STOP_TIMEOUT}"
   rm -f "${PID_FILE}"
   log "stopped"
 }

@@ -213,24 +213,14 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local pid deadline
+  local pid
   if ! pid="$(running_pid)"; then
     rm -f "${PID_FILE}"
     log "not running (state in ${STATE_DIR})"
     return 0
   fi
   log "stopping (pid ${pid})"
-  kill -TERM "${pid}" 2>/dev/null || true
-  deadline=$((SECONDS + STOP_TIMEOUT))
-  while pid_alive "${pid}"; do
-    if ((SECONDS >= deadline)); then
-      log "still running after ${STOP_TIMEOUT}s: SIGKILL"
-      kill -KILL "${pid}" 2>/dev/null || true
-      wait_reaped "${pid}" 5 || true
-      break
-    fi
-    sleep 0.1
-  done
+  stop_pid "${pid}" "${STOP_TIMEOUT}"
   rm -f "${PID_FILE}"
   log "stopped"
 }
