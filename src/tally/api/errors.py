@@ -140,6 +140,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ValueError):
+        # asyncpg's client-side DataError is an InterfaceError too: a value it
+        # cannot send. Retrying cannot help, so it is ours to fix: a 500.
+        return await _internal(request, exc)
     log.warning("database unavailable", reason=f"{type(exc).__name__}: {exc}")
     return error_response(
         503,
@@ -158,12 +162,13 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # OSError covers TimeoutError; OperatorInterventionError covers a server
+    # shutting down or restarting (AdminShutdownError, CannotConnectNowError).
     for unavailable in (
         OSError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.OperatorInterventionError,
         asyncpg.InterfaceError,
-        TimeoutError,
     ):
         app.add_exception_handler(unavailable, _database_down)
     app.add_exception_handler(Exception, _internal)

@@ -111,7 +111,7 @@ class Checkpointer:
             for n, (record, rejection, future) in enumerate(part.dead_letters):
                 if future.done() and (future.cancelled() or future.exception() is not None):
                     assert self.dead_letters is not None
-                    future = await self.dead_letters.send(record, rejection)
+                    future = self.dead_letters.send(record, rejection)
                     part.dead_letters[n] = (record, rejection, future)
                 futures.append(future)
         await DeadLetters.drain(futures)

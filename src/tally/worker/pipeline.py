@@ -53,31 +53,39 @@ class FlushPipeline:
         return True
 
     async def settle(self) -> None:
-        """Wait for the flush in flight and apply its outcome.
+        """Wait until no flush is in flight, applying each outcome once.
 
-        On success the partitions move to the batch's offsets and the
-        outcomes are counted. On `Fenced` the exception propagates (the
-        worker drops everything); on any other error the batch is given
-        back to the pending work before the exception propagates.
+        The loop and a rebalance callback (another task) may both wait on
+        one flush: the first to wake applies its outcome, and the other goes
+        on waiting for whatever is in flight by then. On success the
+        partitions move to the batch's offsets and the outcomes are counted.
+        On `Fenced` the exception propagates to the one that applied it (the
+        worker drops everything); on any other error the batch is given back
+        to the pending work before the exception propagates.
         """
-        task, batch = self._task, self._batch
-        if task is None or batch is None:
-            return
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                raise  # we were cancelled, not the flush: it stays in flight
-            self._task = self._batch = None
-            batch.give_back(self.deltas)
-            raise
-        except BaseException as exc:
-            self._task = self._batch = None
-            if not isinstance(exc, Fenced):
-                batch.give_back(self.deltas)
-            raise
-        self._task = self._batch = None
-        batch.committed(result.dedup_rows)
+        while (task := self._task) is not None:
+            batch = self._batch
+            assert batch is not None
+            try:
+                result = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    raise  # we were cancelled, not the flush: it stays in flight
+                if self._task is task:
+                    self._task = self._batch = None
+                    batch.give_back(self.deltas)
+                    raise
+                continue
+            except BaseException as exc:
+                if self._task is not task:
+                    continue  # the other waiter dealt with it
+                self._task = self._batch = None
+                if not isinstance(exc, Fenced):
+                    batch.give_back(self.deltas)
+                raise
+            if self._task is task:
+                self._task = self._batch = None
+                batch.committed(result.dedup_rows)
 
     async def flush(self, reason: str) -> None:
         """Everything pending made durable before returning (revocation, shutdown)."""

@@ -220,7 +220,10 @@ class Worker:
 
     # -- consuming -----------------------------------------------------------
 
-    async def consume(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    def consume(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        # Never awaits: aiokafka runs the rebalance callbacks in another task,
+        # and a revoke that flushed half-way through a batch would store an
+        # offset past events not yet in the deltas.
         state = self.states.get(tp)
         if state is None or not state.ready:
             return  # fetched before a revoke or a reload; re-read after the seek
@@ -236,7 +239,7 @@ class Worker:
             result = decode_event(record.value, now, limits)
             if type(result) is Rejection:
                 assert self.dead_letters is not None
-                future = await self.dead_letters.send(record, result)
+                future = self.dead_letters.send(record, result)
                 state.dead_letters.append((record, result, future))
                 state.rejected[result.reason.value] += 1
             else:
@@ -436,7 +439,7 @@ class Worker:
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             for tp, records in batch.items():
-                await self.consume(tp, records)
+                self.consume(tp, records)
             await asyncio.sleep(0)  # let the flush in flight take its turn
             if self.pipeline.landed:
                 await self._settle()
@@ -447,7 +450,11 @@ class Worker:
             elif reason is not None:
                 if self.pipeline.busy and reason != "interval":
                     await self._settle()  # a limit is reached: wait for the database
-                if not self.pipeline.busy and self.pipeline.start(reason):
+                if (
+                    not self.pipeline.busy
+                    and self.clock.monotonic() >= self.retry_at  # that settle may have failed
+                    and self.pipeline.start(reason)
+                ):
                     last_flush = self.clock.monotonic()
             elif self.paused_for_backpressure:
                 self._set_backpressure(False)  # below every limit again

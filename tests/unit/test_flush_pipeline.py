@@ -1,0 +1,109 @@
+"""The flush pipeline when the loop and a rebalance callback wait on one flush.
+
+aiokafka runs rebalance callbacks in its coordinator task, so the worker's
+loop and a revocation can both be waiting for the flush in flight. Its
+outcome must be applied once: a failed batch given back twice would be
+written twice, a committed one counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+from aiokafka.structs import TopicPartition
+
+from tally.store.flush import FlushResult
+from tally.worker.checkpoint import Checkpointer
+from tally.worker.partition import FlushBatch, PartitionState
+from tally.worker.pipeline import FlushPipeline
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+class GatedCheckpointer:
+    """Each write waits for its gate, then fails with `error` or succeeds."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Event] = []
+        self.written: list[FlushBatch] = []
+        self.error: Exception | None = None
+
+    async def write(self, batch: FlushBatch) -> FlushResult:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.error is not None:
+            raise self.error
+        self.written.append(batch)
+        return cast(FlushResult, _Result())
+
+
+class _Result:
+    dedup_rows: dict[Any, Any] = {}  # noqa: RUF012 (no dedup in these partitions)
+
+
+def pipeline_with_pending(events: int) -> tuple[FlushPipeline, GatedCheckpointer, PartitionState]:
+    checkpointer = GatedCheckpointer()
+    state = PartitionState(TopicPartition("t", 0), window_seconds=0)
+    state.loaded(10)
+    pipeline = FlushPipeline(cast(Checkpointer, checkpointer), lambda: [state], lambda: 0.0)
+    consume(pipeline, state, events)
+    return pipeline, checkpointer, state
+
+
+def consume(pipeline: FlushPipeline, state: PartitionState, events: int) -> None:
+    state.next_offset += events
+    state.records += events
+    pipeline.deltas.events += events
+
+
+async def until(condition: Any) -> None:
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+async def test_a_failed_flush_awaited_twice_is_given_back_once() -> None:
+    pipeline, checkpointer, state = pipeline_with_pending(5)
+    checkpointer.error = ConnectionError("database went away")
+    assert pipeline.start("interval")
+    loop_side = asyncio.create_task(pipeline.settle())
+    revoke_side = asyncio.create_task(pipeline.settle())
+    await until(lambda: checkpointer.gates)
+    checkpointer.gates[0].set()
+    outcomes = await asyncio.gather(loop_side, revoke_side, return_exceptions=True)
+    assert sum(isinstance(o, ConnectionError) for o in outcomes) == 1
+    assert pipeline.deltas.events == 5
+    assert state.records == 5
+    assert not pipeline.busy
+
+
+async def test_a_revocation_flush_waits_for_a_flush_the_loop_started_meanwhile() -> None:
+    pipeline, checkpointer, state = pipeline_with_pending(5)
+    assert pipeline.start("interval")
+
+    async def loop_side() -> None:
+        # The loop wakes first, settles, consumes more and starts the next
+        # flush in the same step, before the revocation's task wakes.
+        await pipeline.settle()
+        consume(pipeline, state, 3)
+        assert pipeline.start("pending_events")
+
+    looping = asyncio.create_task(loop_side())
+    await until(lambda: checkpointer.gates)
+    revoke = asyncio.create_task(pipeline.flush("revoke"))
+    await asyncio.sleep(0)
+    checkpointer.gates[0].set()
+    await looping
+    await until(lambda: len(checkpointer.gates) == 2)
+    assert not revoke.done()
+    checkpointer.gates[1].set()
+    await asyncio.wait_for(revoke, timeout=5)
+    assert [batch.deltas.events for batch in checkpointer.written] == [5, 3]
+    assert state.stored_offset == 18
+    assert not pipeline.busy
+    assert pipeline.deltas.events == 0
