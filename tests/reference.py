@@ -68,6 +68,30 @@ def text_form(value: Any, case_sensitive: bool) -> str | None:
     return format(number.normalize(_EXACT), "f")
 
 
+# A group value or UNIQUE member whose text is longer than this, in UTF-8
+# bytes, does not count for the metric (docs/decisions.md).
+MAX_KEY_BYTES = 512
+
+
+def too_long(value: Any, text: str) -> bool:
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        number = exact_number(value)
+        # Such a number's text has more digits than the limit (and would not fit _EXACT).
+        if number != 0 and abs(number.adjusted()) > 2 * MAX_KEY_BYTES:
+            return True
+    return len(text.encode("utf-8")) > MAX_KEY_BYTES
+
+
+def key_form(value: Any, case_sensitive: bool) -> str | bool | None:
+    """text_form for group values and members; False when too long to count."""
+    if isinstance(value, Decimal) and value != 0 and abs(value.adjusted()) > 2 * MAX_KEY_BYTES:
+        return False
+    text = text_form(value, case_sensitive)
+    if text is not None and too_long(value, text):
+        return False
+    return text
+
+
 def same_value(event_value: Any, listed: Any, case_sensitive: bool) -> bool:
     if isinstance(event_value, bool) or isinstance(listed, bool):
         return type(event_value) is bool and type(listed) is bool and event_value == listed
@@ -159,16 +183,15 @@ class Reference:
                     continue
                 amount = found
             elif kind == "UNIQUE":
-                member = text_form(
-                    properties.get(definition["aggregationProperty"]), case_sensitive
-                )
-                if member is None:
+                member = key_form(properties.get(definition["aggregationProperty"]), case_sensitive)
+                if member is None or member is False:
                     continue
             group = ""
             if definition.get("metricType") == "GROUPED":
-                group = (
-                    text_form(properties.get(definition["groupingProperty"]), case_sensitive) or ""
-                )
+                grouping = key_form(properties.get(definition["groupingProperty"]), case_sensitive)
+                if grouping is False:
+                    continue
+                group = grouping or ""
             zone = definition.get("timezone", "UTC")
             for unit in definition.get("timeUnits", ["day", "month"]):
                 key = (

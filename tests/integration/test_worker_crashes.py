@@ -185,6 +185,14 @@ async def test_bad_input_goes_to_the_dead_letter_topic_and_good_input_is_counted
     assert len({reason for reason, _ in BAD}) >= 9
     assert len(BAD) >= 12
     good = [orjson.dumps(event(n)) for n in range(3000)]
+    # Valid events whose group value or UNIQUE member is too long for a key
+    # (random text: PostgreSQL would compress a repetitive one into its index).
+    rng = random.Random(5)
+    for n, name in enumerate(("endpoint", "user", "region", "user")):
+        long_text = "".join(rng.choices("abcdefghijklmnopqrstuvwxyzé", k=3000))
+        document = event(3000 + n)
+        document["properties"][name] = long_text  # type: ignore[index]
+        good[700 * n + 1] = orjson.dumps(document)
     stream: list[tuple[bytes | None, bytes | None]] = []
     bad_ids = {}
     for n, value in enumerate(good):
@@ -217,6 +225,7 @@ async def test_bad_input_goes_to_the_dead_letter_topic_and_good_input_is_counted
     expected = reference.reference_values(definitions, good)
     actual = await values_by_reference_key(fresh_database, definitions)
     assert actual == expected, diff(actual, expected)
+    assert metric_sum(samples, "tally_events_skipped_total", reason="value_too_long") == 4
     for reason in set(bad_ids.values()):
         assert metric_sum(samples, "tally_events_dead_lettered_total", reason=reason) == sum(
             1 for r in bad_ids.values() if r == reason

@@ -67,6 +67,16 @@ VALUE_LITERALS = [
     '"Infinity"',
     '"1e3"',
     '" 1"',
+    # Doubles that are not the literal (1e23), too big for the text limit of
+    # group values and members (MAX_KEY_BYTES), or beyond any double.
+    "1e23",
+    "1e300",
+    "1e9999999",
+    "1e600",
+    "1" + "0" * 300,
+    '"' + "x" * 513 + '"',
+    '"' + "é" * 257 + '"',  # 257 characters, 514 bytes
+    '"' + "ß" * 256 + '"',  # 512 bytes, and 512 as "ss"
 ]
 # Python values as a definition file would carry them.
 FILTER_VALUES: list[Any] = [
@@ -85,6 +95,7 @@ FILTER_VALUES: list[Any] = [
     True,
     False,
     "ß",
+    1e23,
 ]
 NOW = datetime(2026, 11, 25, tzinfo=UTC).timestamp()
 LIMITS = DecodeLimits(max_lateness_seconds=1e12, max_future_seconds=1e12)

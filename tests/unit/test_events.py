@@ -153,10 +153,32 @@ def test_numbers_a_double_cannot_hold_are_read_exactly() -> None:
     assert sum_operand(huge.exact_properties()["n"]) == "out_of_range"
 
 
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    # The JSON text "C:\\u0000dir" is the string C:\u0000dir: no NUL in it.
+    raw = with_(properties={"path": "C:\\u0000dir"})
+    assert b"\\u0000" in raw
+    event = decode_event(raw, NOW, LIMITS)
+    assert isinstance(event, UsageEvent)
+    assert event.properties["path"] == "C:\\u0000dir"
+    UsageEventModel.model_validate_json(raw)  # the model agrees
+
+
 def test_value_text_forms() -> None:
     assert [
-        number_text(v) for v in (1, 1.0, -0.0, 0.1, 1e20, 2.50, Decimal("1.500"), Decimal("-0E+3"))
-    ] == ["1", "1", "0", "0.1", "100000000000000000000", "2.5", "1.5", "0"]
+        number_text(v)
+        for v in (1, 1.0, -0.0, 0.1, 1e20, 1e23, 1e300, 2.50, Decimal("1.500"), Decimal("-0E+3"))
+    ] == [
+        "1",
+        "1",
+        "0",
+        "0.1",
+        "100000000000000000000",
+        "1" + "0" * 23,
+        "1" + "0" * 300,
+        "2.5",
+        "1.5",
+        "0",
+    ]
     assert sum(Decimal(str(sum_operand(0.1))) for _ in range(10)) == Decimal("1.0")
     assert [
         sum_operand(v)

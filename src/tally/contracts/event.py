@@ -84,9 +84,3 @@ class UsageEventModel(BaseModel):
                 "bad_timestamp", "must be an RFC 3339 date-time with an offset"
             )
         return value
-
-    @property
-    def epoch_seconds(self) -> float:
-        stamp = parse_timestamp(self.timestamp)
-        assert stamp is not None
-        return stamp

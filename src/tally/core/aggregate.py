@@ -22,7 +22,8 @@ from typing import Any
 
 from tally.core.events import UsageEvent
 from tally.core.metrics import COUNT, SUM, UNIQUE, MetricIndex
-from tally.core.values import EXACT, SkipReason, sum_operand
+from tally.core.periods import SLOT_SECONDS
+from tally.core.values import EXACT, SkipReason, TooLong, sum_operand
 
 RollupKey = tuple[str, str, str, str, int]
 """(metric uid, customer id, group key, time unit, period start in POSIX seconds)"""
@@ -116,7 +117,7 @@ class Deltas:
         tables = self.tables
         customer = event.customer_id
         ts = event.timestamp
-        slot = int(ts // 900)  # PeriodCache's key, computed once per event
+        slot = int(ts // SLOT_SECONDS)  # PeriodCache's key, computed once per event
         taken = False
         for metric in metrics:
             if metric.filters and not metric.matches(event):
@@ -132,12 +133,16 @@ class Deltas:
                 if type(amount) is str:
                     self._skip(metric.uid, amount)
                     continue
-            elif kind == UNIQUE:
-                member = metric.member(event, metric.value_property)  # type: ignore[arg-type]
-                if member is None:
-                    self._skip(metric.uid, SkipReason.MISSING_VALUE)
-                    continue
-            group = metric.group_key(event) if metric.group_property is not None else ""
+            try:
+                if kind == UNIQUE:
+                    member = metric.member(event, metric.value_property)  # type: ignore[arg-type]
+                    if member is None:
+                        self._skip(metric.uid, SkipReason.MISSING_VALUE)
+                        continue
+                group = metric.group_key(event) if metric.group_property is not None else ""
+            except TooLong:
+                self._skip(metric.uid, SkipReason.VALUE_TOO_LONG)
+                continue
             taken = True
             uid = metric.uid
             for table_key, unit, periods in metric.tables:

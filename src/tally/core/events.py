@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tally.core.values import LOSSY_NUMBER
+from tally.core.values import LOSSY_NUMBER, contains_nul
 
 MAX_TEXT_LENGTH = 256
 
@@ -124,10 +124,29 @@ def _parse(raw: bytes) -> tuple[Any, bool] | None:
     # exact parser takes it, and rejects what is not JSON after all.
     try:
         document = _exact_loads(raw)
-        orjson.dumps(document, default=str)  # lone surrogates are not UTF-8 text
-    except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError):
+        if not _utf8_text(document):  # "\ud800" parses, but is not UTF-8 text
+            return None
+    except (ValueError, RecursionError):
         return None
     return document, True
+
+
+def _utf8_text(value: Any) -> bool:
+    """Whether every string in a parsed document is valid Unicode text.
+
+    Not `orjson.dumps`: it also refuses integers over 64 bits, which JSON
+    allows and the exact parser holds."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_utf8_text(k) and _utf8_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_utf8_text(v) for v in value)
+    return True
 
 
 def parse_timestamp(text: str) -> float | None:
@@ -191,15 +210,17 @@ def decode_event(raw: bytes | None, now: float, limits: DecodeLimits) -> UsageEv
         return Rejection(
             RejectReason.OVERSIZED, f"{len(raw)} bytes, the limit is {limits.max_bytes}"
         )
-    if b"\\" in raw and b"\\u0000" in raw:  # memchr for a backslash first: most events have none
-        # PostgreSQL text cannot hold NUL; better refused here than a flush that never succeeds.
-        return Rejection(RejectReason.INVALID_FIELD, "contains a NUL character (\\u0000)")
     parsed = _parse(raw)
     if parsed is None:
         return Rejection(RejectReason.NOT_JSON, "the value is not UTF-8 JSON")
     document, exact = parsed
     if type(document) is not dict:
         return Rejection(RejectReason.NOT_AN_OBJECT, "the value is not a JSON object")
+    # memchr for a backslash first: most events have none. The bytes only
+    # suggest a NUL (the JSON text "C:\\u0000" has none); the parsed strings decide.
+    if b"\\" in raw and b"\\u0000" in raw and contains_nul(document):
+        # PostgreSQL text cannot hold NUL; better refused here than a flush that never succeeds.
+        return Rejection(RejectReason.INVALID_FIELD, "contains a NUL character (\\u0000)")
 
     # The common shape first (canonical names, valid strings, no aliases);
     # anything else takes _text_field's careful path.

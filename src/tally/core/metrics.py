@@ -9,13 +9,14 @@ dict lookup.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
 from tally.core.events import UsageEvent
 from tally.core.periods import PeriodCache, TimeUnit, zone
-from tally.core.values import number_text
+from tally.core.values import TooLong, key_number_text, key_text
 
 COUNT = 0
 SUM = 1
@@ -69,7 +70,9 @@ class PropertyFilter:
             if isinstance(value, bool):
                 booleans.add(value)
             elif isinstance(value, int | float | Decimal):
-                numbers.add(number_text(value))
+                # A number over MAX_KEY_BYTES of text matches nothing, either side.
+                with contextlib.suppress(TooLong):
+                    numbers.add(key_number_text(value))
             elif isinstance(value, str):
                 texts.add(value.casefold() if fold else value)
             else:
@@ -89,14 +92,14 @@ class PropertyFilter:
             return (value.casefold() if self.fold else value) in self.texts
         if kind is bool:
             return value in self.booleans
-        if kind is int or kind is Decimal:
-            return number_text(value) in self.numbers
-        if kind is float:
-            return number_text(event.exact_properties()[self.name]) in self.numbers
+        try:
+            if kind is int or kind is Decimal:
+                return key_number_text(value) in self.numbers
+            if kind is float:
+                return key_number_text(event.exact_properties()[self.name]) in self.numbers
+        except TooLong:
+            return False
         return False  # missing or null
-
-    def passes(self, event: UsageEvent) -> bool:
-        return self.listed(event) is not self.negate
 
 
 class CompiledMetric:
@@ -147,17 +150,19 @@ class CompiledMetric:
         return self.member(event, name) or ""
 
     def member(self, event: UsageEvent, name: str) -> str | None:
-        """Text form of a property for grouping and UNIQUE; None if missing/null."""
+        """Text form of a property for grouping and UNIQUE; None if missing/null.
+
+        Raises TooLong when the text could not be stored in a primary key."""
         value: Any = event.properties.get(name)
         kind = type(value)
         if kind is str:
-            return value.casefold() if self.fold else value  # type: ignore[no-any-return]
+            return key_text(value.casefold() if self.fold else value)
         if kind is bool:
             return "true" if value else "false"
         if kind is int or kind is Decimal:
-            return number_text(value)
+            return key_number_text(value)
         if kind is float:
-            return number_text(event.exact_properties()[name])
+            return key_number_text(event.exact_properties()[name])
         return None
 
 
@@ -200,26 +205,21 @@ def compile_metric(spec: MetricSpec, caches: PeriodCaches | None = None) -> Comp
 class MetricIndex:
     """The live metrics, by event type. Deleted definitions are left out."""
 
-    __slots__ = ("by_event_type", "by_uid", "specs")
+    __slots__ = ("by_event_type", "by_uid")
 
     def __init__(self, specs: Iterable[MetricSpec], caches: PeriodCaches | None = None) -> None:
         caches = caches or PeriodCaches()
         by_type: dict[str, list[CompiledMetric]] = {}
         self.by_uid: dict[str, CompiledMetric] = {}
-        self.specs: dict[str, MetricSpec] = {}
         for spec in specs:
             if spec.deleted_at is not None:
                 continue
             compiled = compile_metric(spec, caches)
             by_type.setdefault(spec.event_type, []).append(compiled)
             self.by_uid[spec.uid] = compiled
-            self.specs[spec.uid] = spec
         self.by_event_type: dict[str, tuple[CompiledMetric, ...]] = {
             event_type: tuple(metrics) for event_type, metrics in by_type.items()
         }
 
     def __len__(self) -> int:
         return len(self.by_uid)
-
-    def for_event_type(self, event_type: str) -> tuple[CompiledMetric, ...]:
-        return self.by_event_type.get(event_type, ())

@@ -166,7 +166,7 @@ def period_end(start: int, unit: TimeUnit, zone: ZoneInfo) -> int:
     return end
 
 
-_SLOT = 900  # seconds; every real UTC offset since ~1980 is a multiple of 15 minutes
+SLOT_SECONDS = 900  # seconds; every real UTC offset since ~1980 is a multiple of 15 minutes
 _MAX_ENTRIES = 100_000
 
 
@@ -190,13 +190,13 @@ class PeriodCache:
         return len(self.cached)
 
     def bounds(self, ts: float) -> tuple[int, int]:
-        slot = int(ts // _SLOT)
+        slot = int(ts // SLOT_SECONDS)
         hit = self.cached.get(slot)
         if hit is not None:
             return hit
         result = _bounds(math.floor(ts), self.unit, self.zone)
-        slot_start = slot * _SLOT
-        if result[0] <= slot_start and slot_start + _SLOT <= result[1]:
+        slot_start = slot * SLOT_SECONDS
+        if result[0] <= slot_start and slot_start + SLOT_SECONDS <= result[1]:
             if len(self.cached) >= _MAX_ENTRIES:
                 # Event times cluster around "now"; a rare full reset is cheaper and
                 # simpler than LRU bookkeeping on every hit.

@@ -36,8 +36,14 @@ _DECIMAL_STRING = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?
 # bytes sends the event to the exact parser. False positives only cost time.
 LOSSY_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
 
-TRUE_TEXT = "true"
-FALSE_TEXT = "false"
+# Longest text form of a group value or UNIQUE member, in UTF-8 bytes. They
+# sit in primary keys, and a PostgreSQL btree entry holds at most 2704 bytes
+# (customer id up to 1024 bytes, metric uid 256, the rest fixed).
+MAX_KEY_BYTES = 512
+
+
+class TooLong(Exception):
+    """A group value or UNIQUE member whose text is over MAX_KEY_BYTES."""
 
 
 class SkipReason:
@@ -46,11 +52,15 @@ class SkipReason:
     MISSING_VALUE = "missing_value"
     NOT_A_NUMBER = "not_a_number"
     OUT_OF_RANGE = "out_of_range"
+    VALUE_TOO_LONG = "value_too_long"
 
 
 def float_to_decimal(value: float) -> Decimal:
-    """The exact decimal a <=15-significant-digit JSON literal stood for."""
-    if value.is_integer():
+    """The exact decimal a <=15-significant-digit JSON literal stood for.
+
+    Not `Decimal(int(value))` for large whole floats: 1e23 is the double
+    99999999999999991611392, but the literal said 10**23 and repr says so."""
+    if value.is_integer() and -(2**53) <= value <= 2**53:
         return Decimal(int(value))
     return Decimal(repr(value))
 
@@ -81,19 +91,22 @@ def number_text(value: int | float | Decimal) -> str:
     return decimal_text(number_to_decimal(value))
 
 
-def scalar_text(value: object) -> str | None:
-    """Text form of a property value for group keys and UNIQUE members.
+def key_text(text: str) -> str:
+    """`text` as a group value or UNIQUE member; raises TooLong if it cannot be one."""
+    if len(text) > MAX_KEY_BYTES // 4 and len(text.encode()) > MAX_KEY_BYTES:
+        raise TooLong
+    return text
 
-    Strings as given, numbers canonical, booleans `true`/`false`, null -> None.
-    """
-    kind = type(value)
-    if kind is str:
-        return value  # type: ignore[return-value]
-    if kind is bool:
-        return TRUE_TEXT if value else FALSE_TEXT
-    if kind is int or kind is float or kind is Decimal:
-        return number_text(value)  # type: ignore[arg-type]
-    return None
+
+def key_number_text(value: int | float | Decimal) -> str:
+    """`number_text` for a group value or UNIQUE member; raises TooLong."""
+    # Checked first: the text of 1e9999999 would be ten million digits long.
+    if type(value) is Decimal and value and abs(value.adjusted()) > MAX_KEY_BYTES:
+        raise TooLong
+    text = number_text(value)
+    if len(text) > MAX_KEY_BYTES:
+        raise TooLong
+    return text
 
 
 def _in_range(value: Decimal) -> bool:
