@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 else:
     Connection = Any
 
+# What a database call can raise when the server, the network or the query
+# fails (TimeoutError is an OSError; listed for the reader).
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
 
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached or refused us; the message says what to check."""
@@ -58,7 +62,7 @@ async def create_pool(
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10, **kwargs
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(explain(exc, dsn)) from exc
     assert pool is not None
     return pool
@@ -67,7 +71,7 @@ async def create_pool(
 async def connect(dsn: str) -> asyncpg.Connection:
     try:
         connection = await asyncpg.connect(dsn, timeout=10)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(explain(exc, dsn)) from exc
     await _init_connection(connection)
     return connection

@@ -17,6 +17,7 @@ import asyncpg
 
 from tally.core.metrics import MetricIndex, PeriodCaches
 from tally.store.definitions import list_metrics, revision
+from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
 
 log = Log("tally.definitions")
@@ -55,5 +56,5 @@ class DefinitionWatcher:
                 break
             try:
                 await self.refresh()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("definitions not refreshed", reason=f"{type(exc).__name__}: {exc}")

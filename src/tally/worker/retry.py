@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import asyncpg
 from aiokafka.errors import KafkaError
 
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+from tally.store.pool import DATABASE_ERRORS
+
 RETRYABLE = (*DATABASE_ERRORS, KafkaError)
 
 

@@ -32,6 +32,7 @@ from tally.core.metrics import MetricIndex
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
 from tally.store.flush import Fenced, load_partition
+from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
 from tally.telemetry.logs import Log
 from tally.telemetry.metrics import Telemetry
@@ -39,7 +40,7 @@ from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
 from tally.worker.partition import PartitionState
 from tally.worker.pipeline import FlushPipeline
-from tally.worker.retry import DATABASE_ERRORS, RETRYABLE, Backoff, Clock, error_kind
+from tally.worker.retry import RETRYABLE, Backoff, Clock, error_kind
 
 log = Log("tally.worker")
 
@@ -392,8 +393,13 @@ class Worker:
         )
         try:
             await self._loop(stop)
-        finally:
-            await self._shutdown(watcher, server)
+        except BaseException:
+            # An unexpected error may have left a batch half-consumed (offsets
+            # moved past events not yet in the deltas): storing that would lose
+            # them. Nothing is flushed; the next owner re-reads from PostgreSQL.
+            await self._shutdown(watcher, server, final_flush=False)
+            raise
+        await self._shutdown(watcher, server, final_flush=True)
 
     async def _retry_until(
         self, stop: asyncio.Event, action: Callable[[], object], what: str
@@ -460,10 +466,16 @@ class Worker:
                 self._set_backpressure(False)  # below every limit again
             self._update_gauges()
 
-    async def _shutdown(self, watcher: asyncio.Task[None], server: TelemetryServer) -> None:
+    async def _shutdown(
+        self, watcher: asyncio.Task[None], server: TelemetryServer, *, final_flush: bool
+    ) -> None:
         deadline = self.clock.monotonic() + self.settings.shutdown_timeout
         backoff = Backoff(2.0)
-        while True:
+        if not final_flush:
+            with contextlib.suppress(BaseException):
+                await self.pipeline.settle()  # a whole batch taken before the error
+            self._drop_pending("stopped by an unexpected error")
+        while final_flush:
             try:
                 await self.pipeline.flush("shutdown")
                 break
