@@ -6,7 +6,7 @@ adjustment of a rollup. camelCase on the wire, decimals as strings."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AwareDatetime,
@@ -149,8 +149,3 @@ class AdjustmentPage(_Wire):
 
 class Health(_Wire):
     status: str
-
-
-def dump(model: BaseModel) -> dict[str, Any]:
-    """The wire form of any API model: camelCase, JSON types, nulls left out."""
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -38,8 +38,9 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Apply migrations, then serve on api_host:api_port until `stop` is set.
+async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bool = True) -> None:
+    """Apply migrations (unless the caller did), then serve on
+    api_host:api_port until `stop` is set.
 
     A failure sets `stop` too, so a worker started with --with-api does not go
     on without the API it was asked for."""
@@ -50,8 +51,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stop.set()
         raise
     try:
-        async with pool.acquire() as connection:
-            await migrate(connection)
+        if apply_migrations:
+            async with pool.acquire() as connection:
+                await migrate(connection)
         app = create_app(settings, pool)
         sock = _listen(settings.api_host, settings.api_port)
         host, port = sock.getsockname()[:2]

@@ -197,7 +197,7 @@ async def run(args: argparse.Namespace) -> int:
     if settings.with_api:
         from tally.api.server import serve
 
-        api_task = asyncio.create_task(serve(settings, stop))
+        api_task = asyncio.create_task(serve(settings, stop, apply_migrations=False))  # done above
     try:
         worker = Worker(settings=settings, pool=pool, registry=CollectorRegistry())
         await worker.run(stop)

@@ -62,6 +62,9 @@ _COLUMNS = (
 )
 
 
+_AUDIT_LOCK_KEY = 0x7A11_7A11_0000_0002  # migrations hold ...0001
+
+
 async def record(
     connection: Connection,
     rollup: Rollup,
@@ -72,6 +75,11 @@ async def record(
     principal: str,
     idempotency_key: str,
 ) -> asyncpg.Record:
+    # Audit rows are paged by seq; a bigserial is drawn at insert, but
+    # transactions commit in any order, so a reader could pass seq 11 before
+    # seq 10 commits and never see it. One writer at a time (until commit)
+    # keeps seq order the commit order. Adjustments are rare; this costs nothing.
+    await connection.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY)
     row = await connection.fetchrow(
         "INSERT INTO tally.value_adjustments (metric_uid, customer_id, time_unit, period_start,"
         " period_end, group_key, delta, value_before, value_after, reason, principal,"

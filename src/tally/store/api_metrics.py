@@ -8,20 +8,12 @@ column, and a new `revision` on every change so workers notice it.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from tally.contracts.metric import UsageMetric, UsageMetricDefinition
-from tally.store.definitions import row_to_metric
+from tally.store.definitions import row_to_metric, stored_document
 from tally.store.pool import Connection
 
 _COLUMNS = "id, uid, definition, created_at, updated_at, deleted_at"
-
-
-def stored_document(definition: UsageMetricDefinition) -> dict[str, Any]:
-    """The `definition` column: as `tally.store.definitions` stores it."""
-    document = definition.to_document()
-    document.pop("deletedAt", None)
-    return document
 
 
 def as_id(text: str) -> uuid.UUID | None:

@@ -41,7 +41,8 @@ class Change:
         return f"{self.action.value} {self.uid}"
 
 
-def _stored_document(definition: UsageMetricDefinition) -> dict[str, Any]:
+def stored_document(definition: UsageMetricDefinition) -> dict[str, Any]:
+    """The `definition` column: every field but deletedAt, which has its own."""
     document = definition.to_document()
     document.pop("deletedAt", None)
     return document
@@ -134,7 +135,7 @@ async def apply_definitions(
                 await connection.execute(
                     "INSERT INTO tally.metrics (uid, definition, deleted_at) VALUES ($1, $2, $3)",
                     definition.uid,
-                    _stored_document(definition),
+                    stored_document(definition),
                     definition.deleted_at,
                 )
             elif change.action is Action.UPDATE:
@@ -142,7 +143,7 @@ async def apply_definitions(
                     "UPDATE tally.metrics SET definition = $2, deleted_at = $3, updated_at = now(),"
                     " revision = nextval('tally.metric_revision') WHERE uid = $1",
                     definition.uid,
-                    _stored_document(definition),
+                    stored_document(definition),
                     definition.deleted_at,
                 )
     return changes

@@ -69,14 +69,3 @@ async def migrate(connection: Connection) -> list[Migration]:
             )
             applied.append(migration)
     return applied
-
-
-async def require_current(connection: Connection) -> None:
-    """Refuse to run against a schema older or newer than this code."""
-    have = await current_version(connection)
-    want = len(migrations())
-    if have != want:
-        action = "run `tally migrate`" if have < want else "upgrade this worker"
-        raise RuntimeError(
-            f"database schema is at version {have}, this Tally needs {want}: {action}"
-        )
