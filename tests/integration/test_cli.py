@@ -116,6 +116,17 @@ async def test_values_and_status_show_what_the_worker_wrote(
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split()[:4] == ["metric", "customer", "group", "unit"]
     assert len(table.stdout.splitlines()) == 2 + 2  # header, rule, day and month
+    # Four rollups in all: the "more rows" hint only when some were left out.
+    exactly = tally("values", "--limit", "4", env=env)
+    assert exactly.returncode == 0, exactly.stderr
+    assert "first 4 rows" not in exactly.stdout
+    assert len(exactly.stdout.splitlines()) == 2 + 4
+    cut = tally("values", "--limit", "3", env=env)
+    assert "(first 3 rows;" in cut.stdout
+    assert len(cut.stdout.splitlines()) == 2 + 3 + 1
+    refused = tally("values", "--limit", "0", env=env)
+    assert refused.returncode == 2
+    assert "--limit" in refused.stderr and "1 or more" in refused.stderr
 
     status = tally("status", "--format", "json", env=env)
     assert status.returncode == 0, status.stderr

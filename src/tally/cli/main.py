@@ -51,6 +51,16 @@ class UserError(Exception):
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
 def _command(
     sub: Any, name: str, help_text: str, handler: Handler, fields: Sequence[str]
 ) -> argparse.ArgumentParser:
@@ -136,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     values.add_argument(
         "--to", dest="until", metavar="WHEN", help="periods starting before (date or date-time)"
     )
-    values.add_argument("--limit", type=int, default=1000)
+    values.add_argument(
+        "--limit", type=_positive_int, default=1000, help="rows at most (1 or more)"
+    )
     values.add_argument("--format", choices=["table", "json", "csv"], default="table")
     status = _command(
         sub,

@@ -8,13 +8,13 @@ import io
 import json
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.cli.main import UserError, settings_from
 from tally.config import Settings
 from tally.contracts.value import MetricValue
+from tally.core.periods import zone
 from tally.store.definitions import list_metrics
 from tally.store.pool import connect
 from tally.store.values import ValueFilter, page_values
@@ -61,13 +61,15 @@ async def values(args: argparse.Namespace) -> int:
     )
     connection = await connect(settings.database_url)
     try:
-        found = await page_values(connection, where, None, args.limit)  # the API's query
-        zones = {m.uid: ZoneInfo(m.timezone) for m in await list_metrics(connection)}
+        # The API's query; one row more than shown tells whether there are more.
+        found = await page_values(connection, where, None, args.limit + 1)
+        zones = {m.uid: zone(m.timezone) for m in await list_metrics(connection)}
     finally:
         await connection.close()
-    rows = [_value_row(value, zones.get(value.metric_uid, UTC)) for value in found]
+    more = len(found) > args.limit
+    rows = [_value_row(value, zones.get(value.metric_uid, UTC)) for value in found[: args.limit]]
     print(render(rows, VALUE_COLUMNS, args.format), end="")
-    if args.format == "table" and len(rows) == args.limit:
+    if args.format == "table" and more:
         print(
             f"(first {args.limit} rows; narrow with --metric/--customer/--unit/--from/--to or raise --limit)"
         )
