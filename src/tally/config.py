@@ -173,9 +173,12 @@ class Settings(BaseModel):
         return redact_url(self.database_url)
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of any URL in it replaced, for logs and error messages."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 class ConfigError(Exception):

@@ -126,7 +126,8 @@ async def test_values_and_status_show_what_the_worker_wrote(
     assert len(cut.stdout.splitlines()) == 2 + 3 + 1
     refused = tally("values", "--limit", "0", env=env)
     assert refused.returncode == 2
-    assert "--limit" in refused.stderr and "1 or more" in refused.stderr
+    assert "--limit" in refused.stderr
+    assert "1 or more" in refused.stderr
 
     status = tally("status", "--format", "json", env=env)
     assert status.returncode == 0, status.stderr

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pytest
 
 from tally.api.auth import Authenticator, Scope, new_token, parse_entries, token_entry
 from tally.config import ConfigError
+from tally.telemetry.logs import _Formatter
 
 
 def test_an_entry_holds_the_hash_never_the_token() -> None:
@@ -75,3 +77,19 @@ def test_token_entry_refuses_bad_input() -> None:
         token_entry("a", "root", "t")
     with pytest.raises(ConfigError):
         token_entry("a", "read", " t")
+
+
+def test_passwords_in_urls_are_redacted_in_log_lines() -> None:
+    record = logging.LogRecord(
+        "t", logging.WARNING, __file__, 1, "database unreachable", None, None
+    )
+    record.fields = {  # type: ignore[attr-defined]
+        "reason": "cannot reach postgresql://tally:s3cret@db:5432/tally (refused)",
+        "api_token": "abc",
+        "kind": "ConnectionRefusedError",
+    }
+    line = _Formatter(as_json=False).format(record)
+    assert "s3cret" not in line
+    assert "abc" not in line
+    assert "postgresql://tally:***@db:5432/tally" in line
+    assert "kind=ConnectionRefusedError" in line

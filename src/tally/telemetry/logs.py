@@ -11,13 +11,14 @@ from typing import Any
 
 import orjson
 
+from tally.config import redact_url
+
 _SECRET_KEYS = re.compile(r"pass|secret|token|key", re.I)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
 
 
 def redact(value: object) -> object:
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1:***@", value)
+        return redact_url(value)
     return value
 
 
@@ -35,7 +36,7 @@ class _Formatter(logging.Formatter):
             "event": record.getMessage(),
         }
         for key, value in getattr(record, "fields", {}).items():
-            fields[key] = "***" if _SECRET_KEYS.search(key) and key != "kind" else redact(value)
+            fields[key] = "***" if _SECRET_KEYS.search(key) else redact(value)
         if record.exc_info and record.exc_info[0] is not None:
             fields["error"] = redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
         if self.as_json:
