@@ -1,4 +1,5 @@
-"""The flush pipeline when the loop and a rebalance callback wait on one flush.
+"""The flush path when the loop and a rebalance callback wait on one flush,
+and when the worker stops on an unexpected error.
 
 aiokafka runs rebalance callbacks in its coordinator task, so the worker's
 loop and a revocation can both be waiting for the flush in flight. Its
@@ -11,13 +12,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import asyncpg
 import pytest
 from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
 
+from tally.config import Settings
 from tally.store.flush import FlushResult
+from tally.telemetry.http import TelemetryServer
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.partition import FlushBatch, PartitionState
 from tally.worker.pipeline import FlushPipeline
+from tally.worker.runner import Worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -107,3 +113,21 @@ async def test_a_revocation_flush_waits_for_a_flush_the_loop_started_meanwhile()
     assert state.stored_offset == 18
     assert not pipeline.busy
     assert pipeline.deltas.events == 0
+
+
+async def test_a_worker_stopped_by_an_unexpected_error_flushes_nothing_half_consumed() -> None:
+    worker = Worker(Settings(), cast(asyncpg.Pool, None), CollectorRegistry())
+    checkpointer = GatedCheckpointer()
+    worker.pipeline.checkpointer = cast(Checkpointer, checkpointer)
+    state = PartitionState(TopicPartition("t", 0), window_seconds=0)
+    state.loaded(10)
+    worker.states[state.tp] = state
+    consume(worker.pipeline, state, 4)  # as if the error struck half-way through a batch
+    idle = asyncio.create_task(asyncio.sleep(3600))
+    server = TelemetryServer(worker.registry, worker.ready_check, "127.0.0.1", 0)
+    await worker._shutdown(idle, server, final_flush=False)
+    assert checkpointer.gates == []  # no flush was even started
+    assert state.stored_offset == 10
+    # And the revocation that leaving the group runs finds nothing to flush either.
+    await worker.partitions_revoked({state.tp})
+    assert checkpointer.gates == []

@@ -472,9 +472,12 @@ class Worker:
         deadline = self.clock.monotonic() + self.settings.shutdown_timeout
         backoff = Backoff(2.0)
         if not final_flush:
+            # Nothing half-consumed may be flushed, here or by the revoke
+            # callback that consumer.stop() runs: no partition is ready now.
+            for state in self.states.values():
+                state.ready = False
             with contextlib.suppress(BaseException):
-                await self.pipeline.settle()  # a whole batch taken before the error
-            self._drop_pending("stopped by an unexpected error")
+                await self.pipeline.settle()  # a whole batch, taken before the error
         while final_flush:
             try:
                 await self.pipeline.flush("shutdown")
