@@ -252,6 +252,9 @@ async def test_adjustments_refuse_what_does_not_fit_the_metric(api: Api) -> None
             ["body", "periodStart"],
         ),
         (adjustment(groupKey="pro"), ["body", "groupKey"]),
+        # Longer than any group key the worker writes (512 bytes of UTF-8).
+        (adjustment(metricUid="revenue", groupKey="x" * 513), ["body", "groupKey"]),
+        (adjustment(metricUid="revenue", groupKey="é" * 300), ["body", "groupKey"]),
         (adjustment(delta="1.5"), ["body", "delta"]),
         (adjustment(delta="0"), ["body", "delta"]),
         (adjustment(delta=2), ["body", "delta"]),

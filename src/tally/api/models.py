@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -24,13 +25,25 @@ from tally.contracts.metric import UsageMetric
 from tally.contracts.value import DECIMAL_PATTERN, MetricValue
 from tally.core.events import parse_timestamp
 from tally.core.periods import TimeUnit
+from tally.core.values import MAX_KEY_BYTES
 
 # PostgreSQL text cannot hold NUL; every free-text parameter says so.
 NO_NUL = r"^[^\x00]*$"
 # A signed decimal within the bounds the worker accepts for one SUM value.
 DELTA_PATTERN = r"^[+-]?[0-9]{1,31}(\.[0-9]{1,30})?$"
-# A group key is the text of a property value, which can be long.
-MAX_GROUP_KEY = 65536
+# A group key is the text of a property value: the worker never writes one
+# over MAX_KEY_BYTES of UTF-8 (it sits in the primary key), nor may an adjustment.
+MAX_GROUP_KEY = MAX_KEY_BYTES
+
+
+def _group_key_bytes(value: str) -> str:
+    if len(value.encode()) > MAX_KEY_BYTES:
+        raise PydanticCustomError(
+            "string_too_long", "at most {max} bytes of UTF-8", {"max": MAX_KEY_BYTES}
+        )
+    return value
+
+
 _DATE_TIME = {"type": "string", "format": "date-time"}
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
@@ -112,9 +125,9 @@ class AdjustmentRequest(_Wire):
     period_start: Moment = Field(
         description="The start of a period of `timeUnit` in the metric's timezone."
     )
-    group_key: Annotated[StrictStr, Field(max_length=MAX_GROUP_KEY, pattern=NO_NUL)] = Field(
-        "", description="The group; empty for SIMPLE metrics."
-    )
+    group_key: Annotated[
+        StrictStr, Field(max_length=MAX_GROUP_KEY, pattern=NO_NUL), AfterValidator(_group_key_bytes)
+    ] = Field("", description="The group; empty for SIMPLE metrics. At most 512 bytes of UTF-8.")
     delta: Annotated[StrictStr, Field(pattern=DELTA_PATTERN)] = Field(
         description="A non-zero decimal string; a whole number for COUNT and UNIQUE."
     )

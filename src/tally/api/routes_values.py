@@ -33,6 +33,7 @@ from tally.api.deps import (
 )
 from tally.api.errors import ApiError, item, responses
 from tally.api.models import (
+    MAX_GROUP_KEY,
     Adjustment,
     AdjustmentPage,
     AdjustmentRequest,
@@ -57,8 +58,8 @@ MetricUid = Annotated[str | None, text_query("metricUid", "Only this metric.")]
 CustomerId = Annotated[str | None, text_query("customerId", "Only this customer.")]
 GroupKey = Annotated[
     str | None,
-    # 1024, not MAX_GROUP_KEY: the whole request line must fit uvicorn's 16 KiB.
-    text_query("groupKey", "Only this group ('' is the ungrouped one).", 0, 1024),
+    # No group key is longer (in bytes, so in characters either).
+    text_query("groupKey", "Only this group ('' is the ungrouped one).", 0, MAX_GROUP_KEY),
 ]
 Unit = Annotated[TimeUnit | None, Query(alias="timeUnit", description="Only this time unit.")]
 
