@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from tally.core.aggregate import Deltas
 from tally.core.dedup import FlushPlan
 from tally.core.metrics import COUNT, SUM, UNIQUE
-from tally.core.values import EXACT, decimal_text
+from tally.core.values import decimal_text
 from tally.store.pool import Connection
 
 _CAS = """
@@ -231,9 +230,7 @@ async def _write_values(connection: Connection, deltas: Deltas, added: Counter[M
                 values.append(str(acc))
                 counts.append(acc)
             elif kind == SUM:
-                values.append(
-                    str(acc[1]) if not acc[2] else decimal_text(EXACT.add(Decimal(acc[1]), acc[2]))
-                )
+                values.append(str(acc[1]) if not acc[2] else decimal_text(table.value(acc)))
                 counts.append(acc[0])
             else:
                 values.append(str(added.get((uid, customer, unit, start, group), 0)))
