@@ -23,7 +23,7 @@ from tally.telemetry.http import TelemetryServer
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.partition import FlushBatch, PartitionState
 from tally.worker.pipeline import FlushPipeline
-from tally.worker.runner import Worker
+from tally.worker.runner import MAX_PENDING_DEAD_LETTERS, Worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -131,3 +131,15 @@ async def test_a_worker_stopped_by_an_unexpected_error_flushes_nothing_half_cons
     # And the revocation that leaving the group runs finds nothing to flush either.
     await worker.partitions_revoked({state.tp})
     assert checkpointer.gates == []
+
+
+async def test_a_flood_of_dead_letters_is_flushed_in_slices() -> None:
+    worker = Worker(Settings(), cast(asyncpg.Pool, None), CollectorRegistry())
+    state = PartitionState(TopicPartition("t", 0), window_seconds=0)
+    state.loaded(0)
+    worker.states[state.tp] = state
+    letter = cast(Any, None)
+    state.dead_letters = [letter] * (MAX_PENDING_DEAD_LETTERS - 1)
+    assert worker._flush_due(last_flush=worker.clock.monotonic()) is None
+    state.dead_letters.append(letter)
+    assert worker._flush_due(last_flush=worker.clock.monotonic()) == "pending_dead_letters"

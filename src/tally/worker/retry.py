@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -10,6 +12,10 @@ from dataclasses import dataclass
 from aiokafka.errors import KafkaError
 
 from tally.store.pool import DATABASE_ERRORS
+from tally.telemetry.logs import Log
+from tally.telemetry.metrics import Telemetry
+
+log = Log("tally.worker")
 
 RETRYABLE = (*DATABASE_ERRORS, KafkaError)
 
@@ -44,3 +50,32 @@ class Clock:
 
     wall: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
+
+
+async def retry_until(
+    stop: asyncio.Event,
+    action: Callable[[], object],
+    what: str,
+    *,
+    telemetry: Telemetry,
+    max_backoff: float,
+) -> None:
+    """Run `action` (sync or async) until it succeeds or `stop` is set,
+    retrying RETRYABLE errors with capped backoff and saying so."""
+    backoff = Backoff(max_backoff)
+    while not stop.is_set():
+        try:
+            result = action()
+            if asyncio.iscoroutine(result):
+                await result
+            return
+        except RETRYABLE as exc:
+            telemetry.errors.labels(*error_kind(exc)).inc()
+            delay = backoff.next_delay()
+            log.warning(
+                f"cannot {what} yet; retrying",
+                reason=f"{type(exc).__name__}: {exc}",
+                retry_in=round(delay, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)

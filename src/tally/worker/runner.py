@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -40,9 +41,14 @@ from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
 from tally.worker.partition import PartitionState
 from tally.worker.pipeline import FlushPipeline
-from tally.worker.retry import RETRYABLE, Backoff, Clock, error_kind
+from tally.worker.retry import RETRYABLE, Backoff, Clock, error_kind, retry_until
 
 log = Log("tally.worker")
+
+# Each dead letter is held (record, rejection, send task) until its flush: a
+# flood of bad events is flushed in slices of this size, which also waits for
+# the sends, instead of holding up to TALLY_MAX_PENDING_EVENTS of them.
+MAX_PENDING_DEAD_LETTERS = 10_000
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -296,6 +302,8 @@ class Worker:
             return "pending_events"
         if rollups >= self.settings.max_pending_rollups:
             return "pending_rollups"
+        if sum(len(s.dead_letters) for s in self.states.values()) >= MAX_PENDING_DEAD_LETTERS:
+            return "pending_dead_letters"
         if self.clock.monotonic() - last_flush >= self.settings.flush_interval:
             return "interval"
         return None
@@ -371,15 +379,18 @@ class Worker:
         log.info(
             "telemetry listening", url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics"
         )
-        await self._retry_until(stop, self.watcher.refresh, "load metric definitions")
+        retry = functools.partial(
+            retry_until, stop, telemetry=self.telemetry, max_backoff=settings.retry_max_backoff
+        )
+        await retry(self.watcher.refresh, "load metric definitions")
         self.producer = self.producer_factory(settings)
-        await self._retry_until(stop, self.producer.start, "start the dead-letter producer")
+        await retry(self.producer.start, "start the dead-letter producer")
         self.dead_letters = self.checkpointer.dead_letters = DeadLetters(
             self.producer, settings.dead_letter_topic
         )
         self.consumer = self.consumer_factory(settings)
         self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
-        await self._retry_until(stop, self.consumer.start, "join the consumer group")
+        await retry(self.consumer.start, "join the consumer group")
         watcher = asyncio.create_task(self.watcher.run(settings.metrics_poll_interval, stop))
         # Pending rollups are many long-lived small objects: full collections
         # would scan them again and again for cycles they never form.
@@ -400,27 +411,6 @@ class Worker:
             await self._shutdown(watcher, server, final_flush=False)
             raise
         await self._shutdown(watcher, server, final_flush=True)
-
-    async def _retry_until(
-        self, stop: asyncio.Event, action: Callable[[], object], what: str
-    ) -> None:
-        backoff = Backoff(self.settings.retry_max_backoff)
-        while not stop.is_set():
-            try:
-                result = action()
-                if asyncio.iscoroutine(result):
-                    await result
-                return
-            except RETRYABLE as exc:
-                self.telemetry.errors.labels(*error_kind(exc)).inc()
-                delay = backoff.next_delay()
-                log.warning(
-                    f"cannot {what} yet; retrying",
-                    reason=f"{type(exc).__name__}: {exc}",
-                    retry_in=round(delay, 2),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         assert self.consumer is not None
