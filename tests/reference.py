@@ -13,9 +13,10 @@ tests, which rebuild the values table from the raw events they sent.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, Inexact, Rounded
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,6 +56,24 @@ def exact_number(value: Any) -> Decimal:
     return Decimal(value)
 
 
+def plain_decimal(number: Decimal) -> str:
+    """Positional text of a decimal, built digit by digit (no context, so a
+    literal of any length is written exactly): no exponent, no trailing zeros."""
+    if number == 0:
+        return "0"
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(str(d) for d in digits).lstrip("0")
+    if exponent >= 0:
+        whole, fraction = text + "0" * exponent, ""
+    elif -exponent >= len(text):
+        whole, fraction = "0", "0" * (-exponent - len(text)) + text
+    else:
+        whole, fraction = text[:exponent], text[exponent:]
+    fraction = fraction.rstrip("0")
+    return ("-" if sign else "") + whole + ("." + fraction if fraction else "")
+
+
 def text_form(value: Any, case_sensitive: bool) -> str | None:
     if value is None:
         return None
@@ -62,10 +81,7 @@ def text_form(value: Any, case_sensitive: bool) -> str | None:
         return "true" if value else "false"
     if isinstance(value, str):
         return value if case_sensitive else value.casefold()
-    number = exact_number(value)
-    if number == 0:
-        return "0"
-    return format(number.normalize(_EXACT), "f")
+    return plain_decimal(exact_number(value))
 
 
 # A group value or UNIQUE member whose text is longer than this, in UTF-8
@@ -137,12 +153,15 @@ def sum_amount(value: Any) -> Decimal | None:
         number = exact_number(value)
     if not number.is_finite():
         return None
-    if number != 0:
-        exponent = number.as_tuple().exponent
-        assert isinstance(exponent, int)
-        if number.adjusted() > 30 or -exponent > 30:
-            return None
-    return number
+    if number == 0:
+        return Decimal(0)  # 0e-300 is zero, and adds no decimals
+    # Bounds of docs/decisions.md, on the value as written without trailing
+    # zeros: below 10**31, and at most 30 decimals.
+    text = plain_decimal(number)
+    whole, _, fraction = text.lstrip("-").partition(".")
+    if len(whole.lstrip("0")) > 31 or len(fraction) > 30:
+        return None
+    return Decimal(text)
 
 
 @dataclass
@@ -239,7 +258,16 @@ def parse_exact(raw: bytes) -> dict[str, Any]:
 
 
 def event_seconds(document: Mapping[str, Any]) -> float:
-    return datetime.fromisoformat(str(document["timestamp"]).upper()).timestamp()
+    text = str(document["timestamp"]).upper()
+    # RFC 3339 leap second: docs/decisions.md reads second 60 of a minute that
+    # ends a UTC minute 59 as the last microsecond of that minute.
+    leap = re.fullmatch(r"(.{17})60(?:\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})", text)
+    if leap:
+        head, zone = leap.groups()
+        moment = datetime.fromisoformat(f"{head}59.999999{zone}")
+        assert moment.astimezone(UTC).minute == 59, text
+        return moment.timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def reference_values(

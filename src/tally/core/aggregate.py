@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from tally.core.events import UsageEvent
-from tally.core.metrics import COUNT, SUM, UNIQUE, MetricIndex
+from tally.core.metrics import COUNT, SUM, UNIQUE, CompiledMetric, MetricIndex
 from tally.core.periods import SLOT_SECONDS
 from tally.core.values import EXACT, SkipReason, TooLong, sum_operand
 
@@ -108,17 +108,20 @@ class Deltas:
         return self.size
 
     def add(self, event: UsageEvent, index: MetricIndex) -> None:
-        """Apply one (already deduplicated) event to every metric it matches."""
-        self.events += 1
+        """Apply one (already deduplicated) event to every metric it matches.
+
+        All or nothing: every operand (amount, member, group, periods) of
+        every metric is computed first, and only then is anything changed, so
+        an exception leaves these deltas exactly as they were."""
         metrics = index.by_event_type.get(event.event_type)
         if not metrics:
+            self.events += 1
             self.unmatched += 1
             return
-        tables = self.tables
-        customer = event.customer_id
         ts = event.timestamp
         slot = int(ts // SLOT_SECONDS)  # PeriodCache's key, computed once per event
-        taken = False
+        plan: list[tuple[CompiledMetric, Any, str | None, str, list[tuple[int, int]]]] = []
+        skips: list[tuple[str, str]] = []
         for metric in metrics:
             if metric.filters and not metric.matches(event):
                 continue
@@ -131,35 +134,46 @@ class Deltas:
                     raw = event.exact_properties().get(metric.value_property)  # type: ignore[arg-type]
                 amount = sum_operand(raw)
                 if type(amount) is str:
-                    self._skip(metric.uid, amount)
+                    skips.append((metric.uid, amount))
                     continue
             try:
                 if kind == UNIQUE:
                     member = metric.member(event, metric.value_property)  # type: ignore[arg-type]
                     if member is None:
-                        self._skip(metric.uid, SkipReason.MISSING_VALUE)
+                        skips.append((metric.uid, SkipReason.MISSING_VALUE))
                         continue
                 group = metric.group_key(event) if metric.group_property is not None else ""
             except TooLong:
-                self._skip(metric.uid, SkipReason.VALUE_TOO_LONG)
+                skips.append((metric.uid, SkipReason.VALUE_TOO_LONG))
                 continue
-            taken = True
-            uid = metric.uid
-            for table_key, unit, periods in metric.tables:
-                bounds = periods.cached.get(slot)
-                if bounds is None:
-                    bounds = periods.bounds(ts)
-                start = bounds[0]
+            bounds = [
+                periods.cached.get(slot) or periods.bounds(ts) for _, _, periods in metric.tables
+            ]
+            plan.append((metric, amount, member, group, bounds))
+
+        # Nothing below can raise: operands are bounded (values.py), so exact
+        # additions never round.
+        self.events += 1
+        for skip in skips:
+            self.skipped[skip] = self.skipped.get(skip, 0) + 1
+        if not plan:
+            self.unmatched += 1
+            return
+        tables = self.tables
+        customer = event.customer_id
+        for metric, amount, member, group, bounds in plan:
+            kind = metric.kind
+            for (table_key, unit, _), (start, end) in zip(metric.tables, bounds, strict=True):
                 table = tables.get(table_key)
                 if table is None:
-                    table = tables[table_key] = Table(uid, unit, kind)
+                    table = tables[table_key] = Table(metric.uid, unit, kind)
                 rows = table.rows
                 key = (customer, group, start)
                 acc = rows.get(key)
                 if acc is None:
                     self.size += 1
                     if start not in table.ends:
-                        table.ends[start] = bounds[1]
+                        table.ends[start] = end
                     if kind == COUNT:
                         rows[key] = 1
                     elif kind == SUM:
@@ -185,16 +199,10 @@ class Deltas:
                     distinct.add(member)
                     if len(distinct) != held:
                         self.members += 1
-        if not taken:
-            self.unmatched += 1
 
     def add_all(self, events: Iterable[UsageEvent], index: MetricIndex) -> None:
         for event in events:
             self.add(event, index)
-
-    def _skip(self, uid: str, reason: str) -> None:
-        key = (uid, reason)
-        self.skipped[key] = self.skipped.get(key, 0) + 1
 
     def merge(self, other: Deltas) -> None:
         """Fold `other` into this one (other is left as it was)."""

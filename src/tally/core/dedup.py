@@ -179,23 +179,37 @@ class DedupWindow:
             last, before = runs.pop(), runs.pop()
             runs.append(_merge_runs([before, last]))
 
-    def check(self, digests: Sequence[bytes]) -> list[bool]:
-        """Duplicate flags for a batch in arrival order; new ids become pending."""
+    def seen(self, digests: Sequence[bytes]) -> list[bool]:
+        """For a batch of ids, whether each is remembered already (persisted,
+        in flight or pending). Adds nothing: the caller `remember`s each id
+        once its event is applied."""
         if not digests:
             return []
         words = np.frombuffer(b"".join(digests), dtype=_RECORD)
         q_hi = words["hi"].astype(np.uint64)
         q_lo = words["lo"].astype(np.uint64)
-        seen = _contains(self.closed_hi, self.closed_lo, q_hi, q_lo)
+        found = _contains(self.closed_hi, self.closed_lo, q_hi, q_lo)
         for run in self.open_runs:
-            seen |= _contains(run.hi, run.lo, q_hi, q_lo)
+            found |= _contains(run.hi, run.lo, q_hi, q_lo)
+        flags: list[bool] = found.tolist()
         pending = self.pending
         flying = self.flying
-        flags: list[bool] = seen.tolist()
+        for i, key in enumerate(digests):
+            if not flags[i] and (key in pending or key in flying):
+                flags[i] = True
+        return flags
+
+    def remember(self, digest: bytes) -> None:
+        self.pending.add(digest)
+
+    def check(self, digests: Sequence[bytes]) -> list[bool]:
+        """Duplicate flags for a batch in arrival order; new ids become pending."""
+        flags = self.seen(digests)
+        pending = self.pending
         for i, key in enumerate(digests):
             if flags[i]:
                 continue
-            if key in pending or key in flying:
+            if key in pending:  # a repeat inside this batch
                 flags[i] = True
             else:
                 pending.add(key)

@@ -21,6 +21,15 @@ import orjson
 from tally.core.values import LOSSY_NUMBER, contains_nul
 
 MAX_TEXT_LENGTH = 256
+# Deepest nesting of an event document (the top-level object is level 1,
+# `properties` level 2). Every walk and re-parse of a document stays far
+# from Python's recursion limit, and no usage event needs more.
+MAX_DEPTH = 32
+# Event times Tally can put in periods, whatever the acceptance window says:
+# zones are well-behaved from 1900 on (core/periods.py), and a year period of
+# 9999 (local) would end past what datetime holds.
+EARLIEST_EVENT = -2208988800.0  # 1900-01-01T00:00:00Z
+LATEST_EVENT = 253339228800.0  # 9998-01-01T00:00:00Z
 
 
 class RejectReason(enum.StrEnum):
@@ -35,6 +44,8 @@ class RejectReason(enum.StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     TOO_LATE = "too_late"
     TOO_FAR_IN_FUTURE = "too_far_in_future"
+    TOO_DEEP = "too_deep"
+    INTERNAL_ERROR = "internal_error"  # a bug in Tally, caught per record
 
 
 class Rejection:
@@ -79,7 +90,7 @@ class UsageEvent:
         hold no literal long enough to lose digits in a double.
         """
         if not self.exact:
-            self.exact = True
+            # decode_event bounded the depth, so this parse cannot recurse too far.
             if LOSSY_NUMBER.search(self.raw) is not None:
                 document = _exact_loads(self.raw)
                 properties = document.get("properties")
@@ -87,6 +98,7 @@ class UsageEvent:
                     properties = document.get("eventProperties")
                 if isinstance(properties, dict):
                     self.properties = properties
+            self.exact = True  # only once the exact numbers are in place
         return self.properties
 
     def __repr__(self) -> str:
@@ -115,48 +127,89 @@ def _exact_loads(raw: bytes) -> Any:
     return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
 
 
-def _parse(raw: bytes) -> tuple[Any, bool] | None:
+def _parse(raw: bytes) -> tuple[Any, bool] | Rejection:
     try:
         return orjson.loads(raw), False
     except orjson.JSONDecodeError:
         pass
-    # orjson refuses valid JSON it cannot hold in a double (e.g. 1e400); the
-    # exact parser takes it, and rejects what is not JSON after all.
+    # orjson refuses valid JSON it cannot hold in a double (e.g. 1e400), and
+    # nesting past 1024 levels; the exact parser takes the first, and rejects
+    # what is not JSON after all.
     try:
         document = _exact_loads(raw)
-        if not _utf8_text(document):  # "\ud800" parses, but is not UTF-8 text
-            return None
-    except (ValueError, RecursionError):
-        return None
+    except RecursionError:
+        return _TOO_DEEP
+    except ValueError:
+        return _NOT_JSON
+    if _too_deep(document):
+        return _TOO_DEEP
+    if not _utf8_text(document):  # "\ud800" parses, but is not UTF-8 text
+        return _NOT_JSON
     return document, True
 
 
-def _utf8_text(value: Any) -> bool:
+_NOT_JSON = Rejection(RejectReason.NOT_JSON, "the value is not UTF-8 JSON")
+_TOO_DEEP = Rejection(RejectReason.TOO_DEEP, f"nested more than {MAX_DEPTH} levels deep")
+
+
+def _too_deep(document: Any) -> bool:
+    """Whether containers nest more than MAX_DEPTH levels (iteratively)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            children = value.values()
+        elif kind is list:
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
+
+
+def _utf8_text(document: Any) -> bool:
     """Whether every string in a parsed document is valid Unicode text.
 
     Not `orjson.dumps`: it also refuses integers over 64 bits, which JSON
     allows and the exact parser holds."""
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_utf8_text(k) and _utf8_text(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_utf8_text(v) for v in value)
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
     return True
 
 
+_DIGITS = frozenset("0123456789")
+_LEAP_SECOND_FRACTION = ".999999"
+
+
 def parse_timestamp(text: str) -> float | None:
-    """POSIX seconds from an RFC 3339 date-time with an offset, else None."""
-    # Shape first: datetime.fromisoformat alone also takes week dates, ordinal
-    # dates, basic format and naive times, none of which RFC 3339 allows.
+    """POSIX seconds from an RFC 3339 date-time with an offset, else None.
+
+    A leap second (`23:59:60Z`: second 60 of a minute that ends a UTC minute
+    59) is read as the last microsecond of its minute: POSIX time has no leap
+    seconds, and the event stays in the period (and the order) the leap second
+    belongs to."""
+    # Shape first, every index checked against the length: fromisoformat alone
+    # also takes week dates, ordinal dates, basic format and naive times, none
+    # of which RFC 3339 allows.
     n = len(text)
     if (
         n < 20
         or n > 40
+        or not text.isascii()
         or text[4] != "-"
         or text[7] != "-"
         or text[10] not in "Tt "
@@ -169,8 +222,20 @@ def parse_timestamp(text: str) -> float | None:
         return None
     if last == "z" or text[10] == "t":
         text = text.upper()  # RFC 3339 allows lower case; fromisoformat does not
-    if (n > 20 and text[19] not in ".Zz+-") or (text[19] == "." and not text[20].isdigit()):
+    after_seconds = text[19]
+    if after_seconds == ".":
+        # At least one digit, then the offset ("Z" or "+hh:mm").
+        if n < 22 or text[20] not in _DIGITS:
+            return None
+    elif after_seconds not in "Z+-":
         return None
+    if text[17:19] == "60":
+        # A leap second ends a UTC minute: 23:59:60Z is 05:29:60+05:30.
+        zone_minutes = 0 if text[-1] == "Z" else int(text[-6] + text[-2:])
+        if not text[14:16].isdigit() or (int(text[14:16]) - zone_minutes) % 60 != 59:
+            return None
+        end = 19 if after_seconds != "." else 20 + _fraction_length(text, 20)
+        text = text[:17] + "59" + _LEAP_SECOND_FRACTION + text[end:]
     try:
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:  # pragma: no cover - the shape check requires an offset
@@ -178,6 +243,13 @@ def parse_timestamp(text: str) -> float | None:
         return moment.timestamp()
     except (ValueError, OverflowError):  # also years 1 and 9999 shifted out of range by the offset
         return None
+
+
+def _fraction_length(text: str, start: int) -> int:
+    end = start
+    while end < len(text) and text[end] in _DIGITS:
+        end += 1
+    return end - start
 
 
 _SCALAR_TYPES = frozenset((str, int, float, bool, Decimal, type(None)))
@@ -211,11 +283,15 @@ def decode_event(raw: bytes | None, now: float, limits: DecodeLimits) -> UsageEv
             RejectReason.OVERSIZED, f"{len(raw)} bytes, the limit is {limits.max_bytes}"
         )
     parsed = _parse(raw)
-    if parsed is None:
-        return Rejection(RejectReason.NOT_JSON, "the value is not UTF-8 JSON")
-    document, exact = parsed
+    if type(parsed) is Rejection:
+        return parsed
+    document, exact = parsed  # type: ignore[misc]
     if type(document) is not dict:
         return Rejection(RejectReason.NOT_AN_OBJECT, "the value is not a JSON object")
+    # Counting brackets is far cheaper than walking; only a document with more
+    # brackets than the limit (in strings too) can be too deep.
+    if not exact and raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(document):
+        return _TOO_DEEP
     # memchr for a backslash first: most events have none. The bytes only
     # suggest a NUL (the JSON text "C:\\u0000" has none); the parsed strings decide.
     if b"\\" in raw and b"\\u0000" in raw and contains_nul(document):
@@ -258,6 +334,10 @@ def decode_event(raw: bytes | None, now: float, limits: DecodeLimits) -> UsageEv
     if timestamp is None:
         return Rejection(
             RejectReason.BAD_TIMESTAMP, "timestamp must be an RFC 3339 date-time with an offset"
+        )
+    if not EARLIEST_EVENT <= timestamp < LATEST_EVENT:
+        return Rejection(
+            RejectReason.BAD_TIMESTAMP, "timestamp must fall between the years 1900 and 9997 (UTC)"
         )
     if timestamp < now - limits.max_lateness_seconds:
         return Rejection(

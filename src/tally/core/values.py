@@ -28,13 +28,16 @@ EXACT = Context(
 MAX_ADJUSTED_EXPONENT = 30
 MAX_FRACTION_DIGITS = 30
 _INT_LIMIT = 10 ** (MAX_ADJUSTED_EXPONENT + 1)
+_ZERO = Decimal(0)
 
 _DECIMAL_STRING = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 
 # A JSON literal with 16 or more significant digits may not survive a trip
-# through a double; such a run of digits (with an optional point) in the raw
+# through a double, and neither may one whose value is subnormal or below the
+# double range (orjson reads 1e-999 as 0.0). Such a run of digits (with an
+# optional point), or a negative exponent of three digits or more, in the raw
 # bytes sends the event to the exact parser. False positives only cost time.
-LOSSY_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
+LOSSY_NUMBER = re.compile(rb"[0-9][0-9.]{15}|[eE]-[0-9]{3}")
 
 # Longest text form of a group value or UNIQUE member, in UTF-8 bytes. They
 # sit in primary keys, and a PostgreSQL btree entry holds at most 2704 bytes
@@ -75,10 +78,17 @@ def number_to_decimal(value: int | float | Decimal) -> Decimal:
 
 
 def decimal_text(value: Decimal) -> str:
-    """Canonical decimal text: no exponent, no trailing zeros, `-0` is `0`."""
+    """Canonical decimal text: no exponent, no trailing zeros, `-0` is `0`.
+
+    No context arithmetic: `normalize` would round a literal longer than the
+    context's precision (or trap, under EXACT). Callers bound the exponent
+    first (`key_number_text`, the SUM range), since `1e999999` would be a
+    million digits long."""
     if not value:
         return "0"
-    text = format(value.normalize(EXACT), "f")
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return text
 
 
@@ -109,14 +119,28 @@ def key_number_text(value: int | float | Decimal) -> str:
     return text
 
 
-def _in_range(value: Decimal) -> bool:
+def _bounded(value: Decimal) -> Decimal | str:
+    """`value` as a SUM amount within the bounds, or SkipReason.OUT_OF_RANGE.
+
+    Trailing zeros do not count as decimals (`1.000` is 1), and every zero is
+    the plain 0: adding `0e-300` as is would make the sum carry 300 decimals."""
     if not value.is_finite():
-        return False
+        return SkipReason.OUT_OF_RANGE
     if not value:
-        return True
-    exponent = value.as_tuple().exponent
+        return _ZERO
+    if value.adjusted() > MAX_ADJUSTED_EXPONENT:
+        return SkipReason.OUT_OF_RANGE
+    sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
-    return value.adjusted() <= MAX_ADJUSTED_EXPONENT and -exponent <= MAX_FRACTION_DIGITS
+    if exponent >= -MAX_FRACTION_DIGITS:
+        return value
+    kept = len(digits)
+    while digits[kept - 1] == 0:  # not all zero: value is not 0
+        kept -= 1
+    exponent += len(digits) - kept
+    if exponent < -MAX_FRACTION_DIGITS:
+        return SkipReason.OUT_OF_RANGE
+    return Decimal((sign, digits[:kept], exponent))
 
 
 def parse_decimal_string(text: str) -> Decimal | str:
@@ -127,10 +151,7 @@ def parse_decimal_string(text: str) -> Decimal | str:
     """
     if len(text) > 100 or _DECIMAL_STRING.fullmatch(text) is None:
         return SkipReason.NOT_A_NUMBER
-    value = Decimal(text)
-    if not _in_range(value):
-        return SkipReason.OUT_OF_RANGE
-    return value
+    return _bounded(Decimal(text))
 
 
 def sum_operand(value: object) -> int | Decimal | str:
@@ -144,8 +165,7 @@ def sum_operand(value: object) -> int | Decimal | str:
             return value  # type: ignore[return-value]
         return SkipReason.OUT_OF_RANGE
     if kind is float or kind is Decimal:
-        number = number_to_decimal(value)  # type: ignore[arg-type]
-        return number if _in_range(number) else SkipReason.OUT_OF_RANGE
+        return _bounded(number_to_decimal(value))  # type: ignore[arg-type]
     if kind is str:
         return parse_decimal_string(value)  # type: ignore[arg-type]
     if value is None:
@@ -155,11 +175,16 @@ def sum_operand(value: object) -> int | Decimal | str:
 
 def contains_nul(value: object) -> bool:
     """Whether a JSON-like value holds the NUL character anywhere (PostgreSQL
-    text and jsonb cannot store it)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(contains_nul(v) for v in value)
+    text and jsonb cannot store it). Iterative: a document may be deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return False
