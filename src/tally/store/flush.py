@@ -5,9 +5,10 @@ The order of statements inside the transaction is fixed here;
 
 1. compare-and-set each partition's stored offset (fencing, DESIGN 3);
    if any partition's offset moved, nothing else is written;
-2. the dedup window's new ids, merged and expired segments;
-3. UNIQUE members, inserted in key order; only new ones add to a value;
-4. rollup deltas, upserted in primary-key order (`value = value + delta`),
+2. dead letters Kafka would not take, parked (`tally.parked_dead_letters`);
+3. the dedup window's new ids, merged and expired segments;
+4. UNIQUE members, inserted in key order; only new ones add to a value;
+5. rollup deltas, upserted in primary-key order (`value = value + delta`),
    so concurrent flushes of other workers cannot deadlock on each other.
 
 The caller commits Kafka's advisory offsets only after this returns.
@@ -35,6 +36,13 @@ UPDATE tally.partition_offsets AS o
        AS c(topic, partition, expected, next_offset, records, duplicates, dead_letters)
  WHERE o.topic = c.topic AND o.partition = c.partition AND o.next_offset = c.expected
 RETURNING o.topic, o.partition
+"""
+
+_PARK = """
+INSERT INTO tally.parked_dead_letters
+       (topic, partition, "offset", reason, detail, send_error, record_key, record_value,
+        header_names, header_values, record_timestamp)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 
 _INSERT_SEGMENT = """
@@ -82,6 +90,10 @@ ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPD
 """
 
 
+ParkedRow = tuple[object, ...]
+"""A row of tally.parked_dead_letters, in _PARK's order (`DeadLetter.parked_row`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionFlush:
     """One partition's part of a flush."""
@@ -123,6 +135,7 @@ async def write_flush(
     partitions: Sequence[PartitionFlush],
     deltas: Deltas,
     owner: str,
+    parked: Sequence[ParkedRow] = (),
 ) -> FlushResult:
     """Run the flush transaction; raises `Fenced` (after rolling back) if any
     partition's stored offset is not the expected one."""
@@ -149,6 +162,8 @@ async def write_flush(
                         if (p.topic, p.partition) not in kept
                     ]
                 )
+        if parked:
+            await connection.executemany(_PARK, parked)
         dedup_rows = {}
         for p in partitions:
             if p.dedup is not None:
@@ -176,9 +191,17 @@ async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPla
 
 MemberKey = tuple[str, str, str, int, str]  # uid, customer, unit, period start, group
 
+MemberColumns = tuple[list[str], list[str], list[str], list[int], list[str], list[str]]
+"""uid, customer, unit, period start, group, member: one entry per pending UNIQUE member"""
 
-async def _write_members(connection: Connection, deltas: Deltas) -> Counter[MemberKey]:
-    """Insert UNIQUE members; how many of each rollup's were new."""
+ValueColumns = tuple[
+    list[str], list[str], list[str], list[str], list[int], list[int], list[str], list[int]
+]
+"""uid, customer, group, unit, period start, period end, value text, events: one per rollup"""
+
+
+def member_columns(deltas: Deltas) -> MemberColumns:
+    """The pending UNIQUE members as _INSERT_MEMBERS's arrays (pure)."""
     uids: list[str] = []
     customers: list[str] = []
     units: list[str] = []
@@ -197,24 +220,12 @@ async def _write_members(connection: Connection, deltas: Deltas) -> Counter[Memb
             starts += [start] * count
             groups += [group] * count
             members += distinct
-    added: Counter[MemberKey] = Counter()
-    if not uids:
-        return added
-    for row in await connection.fetch(
-        _INSERT_MEMBERS, uids, customers, units, starts, groups, members
-    ):
-        key = (
-            row["metric_uid"],
-            row["customer_id"],
-            row["time_unit"],
-            row["period_start"],
-            row["group_key"],
-        )
-        added[key] = row["added"]
-    return added
+    return uids, customers, units, starts, groups, members
 
 
-async def _write_values(connection: Connection, deltas: Deltas, added: Counter[MemberKey]) -> int:
+def value_columns(deltas: Deltas, added: Counter[MemberKey]) -> ValueColumns:
+    """The rollup deltas as _UPSERT_VALUES's arrays (pure). A UNIQUE delta's
+    value is the number of its members that were new to the table (`added`)."""
     uids: list[str] = []
     customers: list[str] = []
     groups: list[str] = []
@@ -241,11 +252,32 @@ async def _write_values(connection: Connection, deltas: Deltas, added: Counter[M
             units.append(unit)
             starts.append(start)
             ends.append(period_ends[start])
-    if uids:
-        await connection.execute(
-            _UPSERT_VALUES, uids, customers, groups, units, starts, ends, values, counts
+    return uids, customers, groups, units, starts, ends, values, counts
+
+
+async def _write_members(connection: Connection, deltas: Deltas) -> Counter[MemberKey]:
+    """Insert UNIQUE members; how many of each rollup's were new."""
+    columns = member_columns(deltas)
+    added: Counter[MemberKey] = Counter()
+    if not columns[0]:
+        return added
+    for row in await connection.fetch(_INSERT_MEMBERS, *columns):
+        key = (
+            row["metric_uid"],
+            row["customer_id"],
+            row["time_unit"],
+            row["period_start"],
+            row["group_key"],
         )
-    return len(uids)
+        added[key] = row["added"]
+    return added
+
+
+async def _write_values(connection: Connection, deltas: Deltas, added: Counter[MemberKey]) -> int:
+    columns = value_columns(deltas, added)
+    if columns[0]:
+        await connection.execute(_UPSERT_VALUES, *columns)
+    return len(columns[0])
 
 
 async def load_partition(

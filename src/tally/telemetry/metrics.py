@@ -41,6 +41,12 @@ class Telemetry:
             ["reason"],
             registry=registry,
         )
+        self.dead_letters_parked = Counter(
+            "tally_dead_letters_parked",
+            "Dead letters Kafka would not take, written to tally.parked_dead_letters instead.",
+            ["reason"],
+            registry=registry,
+        )
         self.skipped = Counter(
             "tally_events_skipped",
             "Events that matched a metric but carried no usable value, by reason.",

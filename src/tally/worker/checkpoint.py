@@ -6,9 +6,11 @@ Commit order, written down once:
    partition's target offset, new dedup ids and dead letters) and starts
    a fresh one, so consuming goes on while the batch is written;
 2. every dead letter of the batch is acknowledged by Kafka (re-sent if a
-   send failed): an event is never skipped before it is safe somewhere;
+   send failed transiently), or parked when Kafka cannot take it: an event
+   is never skipped before it is safe somewhere;
 3. one PostgreSQL transaction (`tally.store.flush.write_flush`): offsets
-   compare-and-set, dedup ids, UNIQUE members, rollup deltas;
+   compare-and-set, parked dead letters, dedup ids, UNIQUE members, rollup
+   deltas;
 4. only then are the outcomes counted in Prometheus and Kafka's own offsets
    committed, for lag tooling only (a failure there loses nothing: on
    assignment the worker seeks to PostgreSQL's offsets);
@@ -65,7 +67,8 @@ class Checkpointer:
         started = time.perf_counter()
         log.debug("flush started", reason=batch.reason, partitions=len(batch.parts))
         try:
-            await self._deliver_dead_letters(batch)
+            assert self.dead_letters is not None
+            batch.parked = await self.dead_letters.deliver(batch.dead_letters)
             parts = [
                 PartitionFlush(
                     p.state.topic,
@@ -80,7 +83,13 @@ class Checkpointer:
                 for p in batch.parts
             ]
             async with self.pool.acquire() as connection:
-                result = await write_flush(connection, parts, batch.deltas, self.owner)
+                result = await write_flush(
+                    connection,
+                    parts,
+                    batch.deltas,
+                    self.owner,
+                    [letter.parked_row() for letter in batch.parked],
+                )
         except BaseException as exc:
             self.telemetry.flushes.labels("fenced" if isinstance(exc, Fenced) else "error").inc()
             raise
@@ -105,17 +114,6 @@ class Checkpointer:
         )
         return result
 
-    async def _deliver_dead_letters(self, batch: FlushBatch) -> None:
-        futures = []
-        for part in batch.parts:
-            for n, (record, rejection, future) in enumerate(part.dead_letters):
-                if future.done() and (future.cancelled() or future.exception() is not None):
-                    assert self.dead_letters is not None
-                    future = self.dead_letters.send(record, rejection)
-                    part.dead_letters[n] = (record, rejection, future)
-                futures.append(future)
-        await DeadLetters.drain(futures)
-
     def count(self, batch: FlushBatch) -> None:
         """Outcomes into Prometheus, once the batch is durable."""
         t = self.telemetry
@@ -124,6 +122,8 @@ class Checkpointer:
                 t.duplicates.labels(part.state.topic).inc(part.duplicates)
             for why, count in part.rejected.items():
                 t.dead_lettered.labels(why).inc(count)
+        for letter in batch.parked:
+            t.dead_letters_parked.labels(letter.rejection.reason.value).inc()
         for uid, count in batch.deltas.applied.items():
             t.applied.labels(uid).inc(count)
         for (uid, why), count in batch.deltas.skipped.items():

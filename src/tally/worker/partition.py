@@ -8,19 +8,16 @@ last batch was taken: records read, duplicates, dead letters, new dedup ids
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from tally.core.aggregate import Deltas
 from tally.core.dedup import DedupWindow, FlushPlan
-from tally.core.events import Rejection
+from tally.kafka.dead_letters import DeadLetter
 from tally.store.flush import DedupRows
-
-DeadLetter = tuple[ConsumerRecord, Rejection, "asyncio.Future[RecordMetadata]"]
 
 
 class PartitionState:
@@ -29,6 +26,7 @@ class PartitionState:
     past the last record consumed."""
 
     __slots__ = (
+        "dead_letter_bytes",
         "dead_letters",
         "dedup",
         "duplicates",
@@ -50,6 +48,7 @@ class PartitionState:
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
         self.dead_letters: list[DeadLetter] = []
+        self.dead_letter_bytes = 0
 
     @property
     def topic(self) -> str:
@@ -78,6 +77,7 @@ class PartitionState:
         self.duplicates = 0
         self.rejected = Counter()
         self.dead_letters = []
+        self.dead_letter_bytes = 0
 
 
 @dataclass(slots=True)
@@ -101,6 +101,11 @@ class FlushBatch:
     deltas: Deltas
     reason: str
     parts: list[PartitionPart] = field(default_factory=list)
+    parked: list[DeadLetter] = field(default_factory=list)  # dead letters Kafka refused
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        return [letter for part in self.parts for letter in part.dead_letters]
 
     @classmethod
     def take(
@@ -147,3 +152,4 @@ class FlushBatch:
             state.duplicates += part.duplicates
             state.rejected.update(part.rejected)
             state.dead_letters[:0] = part.dead_letters
+            state.dead_letter_bytes += sum(letter.size for letter in part.dead_letters)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import math
 import os
 import socket
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
 from tally.core.dedup import BUCKET_SECONDS, digest
-from tally.core.events import DecodeLimits, Rejection, UsageEvent, decode_event
+from tally.core.events import DecodeLimits, Rejection, RejectReason, UsageEvent, decode_event
 from tally.core.metrics import MetricIndex
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
@@ -49,6 +50,9 @@ log = Log("tally.worker")
 # flood of bad events is flushed in slices of this size, which also waits for
 # the sends, instead of holding up to TALLY_MAX_PENDING_EVENTS of them.
 MAX_PENDING_DEAD_LETTERS = 10_000
+MAX_PENDING_DEAD_LETTER_BYTES = 64 * 1024 * 1024  # their records, held until sent
+# An internal error's detail (class and message) in the dead letter's header.
+MAX_DETAIL_CHARS = 1000
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -95,6 +99,8 @@ class Worker:
         self.joined = False
         self.loading = asyncio.Lock()
         self.retry_at = 0.0
+        self.internal_errors = 0
+        self.internal_error_logged = -math.inf
 
     def _set_index(self, index: MetricIndex) -> None:
         self.index = index
@@ -237,34 +243,67 @@ class Worker:
         self.telemetry.consumed.labels(tp.topic, str(tp.partition)).inc(len(records))
         now = self.clock.wall()
         limits = self.limits
-        accepted: list[UsageEvent] = []
+        accepted: list[tuple[ConsumerRecord, UsageEvent]] = []
         for record in records:
             if record.offset < state.next_offset:
                 continue
             state.next_offset = record.offset + 1
             state.records += 1
-            result = decode_event(record.value, now, limits)
+            try:
+                result = decode_event(record.value, now, limits)
+            except Exception as exc:  # a bug: this record, not the worker, pays for it
+                result = self._internal_error(record, exc)
             if type(result) is Rejection:
-                assert self.dead_letters is not None
-                future = self.dead_letters.send(record, result)
-                state.dead_letters.append((record, result, future))
-                state.rejected[result.reason.value] += 1
+                self._dead_letter(state, record, result)
             else:
-                accepted.append(result)  # type: ignore[arg-type]
+                accepted.append((record, result))  # type: ignore[arg-type]
         if not accepted:
             return
-        index = self.index
-        add = self.pipeline.deltas.add
-        if state.dedup is None:
-            for event in accepted:
-                add(event, index)
+        dedup = state.dedup
+        if dedup is None:
+            for record, event in accepted:
+                self._apply(state, record, event)
             return
-        flags = state.dedup.check([digest(event.id) for event in accepted])
-        for event, duplicate in zip(accepted, flags, strict=True):
-            if duplicate:
+        digests = [digest(event.id) for _, event in accepted]
+        pending = dedup.pending
+        for (record, event), key, seen in zip(accepted, digests, dedup.seen(digests), strict=True):
+            if seen or key in pending:
                 state.duplicates += 1
-            else:
-                add(event, index)
+            elif self._apply(state, record, event):
+                pending.add(key)  # remembered only once applied
+
+    def _apply(self, state: PartitionState, record: ConsumerRecord, event: UsageEvent) -> bool:
+        """Add one event to the deltas; an exception dead-letters the record
+        instead (Deltas.add changes nothing when it raises)."""
+        try:
+            self.pipeline.deltas.add(event, self.index)
+        except Exception as exc:
+            self._dead_letter(state, record, self._internal_error(record, exc))
+            return False
+        return True
+
+    def _dead_letter(self, state: PartitionState, record: ConsumerRecord, why: Rejection) -> None:
+        assert self.dead_letters is not None
+        letter = self.dead_letters.send(record, why)
+        state.dead_letters.append(letter)
+        state.dead_letter_bytes += letter.size
+        state.rejected[why.reason.value] += 1
+
+    def _internal_error(self, record: ConsumerRecord, exc: Exception) -> Rejection:
+        detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS]
+        now = self.clock.monotonic()
+        self.internal_errors += 1
+        if now - self.internal_error_logged >= 10.0:  # a flood of them is one line per 10 s
+            self.internal_error_logged = now
+            log.error(
+                "a record raised inside Tally; it goes to the dead-letter topic",
+                reason=detail,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                since_start=self.internal_errors,
+            )
+        return Rejection(RejectReason.INTERNAL_ERROR, detail)
 
     def pending(self) -> tuple[int, int]:
         """(events, rollups) consumed but not yet flushed, the flush in flight excluded."""
@@ -302,7 +341,11 @@ class Worker:
             return "pending_events"
         if rollups >= self.settings.max_pending_rollups:
             return "pending_rollups"
-        if sum(len(s.dead_letters) for s in self.states.values()) >= MAX_PENDING_DEAD_LETTERS:
+        states = self.states.values()
+        if (
+            sum(len(s.dead_letters) for s in states) >= MAX_PENDING_DEAD_LETTERS
+            or sum(s.dead_letter_bytes for s in states) >= MAX_PENDING_DEAD_LETTER_BYTES
+        ):
             return "pending_dead_letters"
         if self.clock.monotonic() - last_flush >= self.settings.flush_interval:
             return "interval"
