@@ -43,6 +43,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
+from confluent_kafka import KafkaError, Message, Producer
 
 ROOT = Path(__file__).resolve().parents[2]
 JAVA_DIR = Path(__file__).resolve().parent / "java"
@@ -361,9 +362,13 @@ async def produce_java(
             stderr=stderr,
         )
     for line in lines[:-1]:
-        kind, index, partition, offset = line.split("\t")
-        assert kind == "delivered", line
-        acks[int(index)] = (int(partition), int(offset))
+        match line.split("\t"):
+            case ["delivered", index, partition, offset]:
+                acks[int(index)] = (int(partition), int(offset))
+            case _:
+                raise JavaProducerError(
+                    f"unexpected output line {line!r}", returncode=returncode, stderr=stderr
+                )
     if sorted(acks) != list(range(len(sent))):
         raise JavaProducerError(
             f"acknowledged {len(acks)} of {len(sent)} records", returncode=returncode, stderr=stderr
@@ -422,8 +427,6 @@ def _produce_librdkafka(
     config: Mapping[str, str | int | bool] | None,
     timeout: float,
 ) -> Produced:
-    from confluent_kafka import KafkaError, Message, Producer
-
     producer = Producer({"bootstrap.servers": bootstrap, **(config or {})})
     acks: dict[int, tuple[int, int]] = {}
     errors: list[str] = []

@@ -31,6 +31,7 @@ import java.util.Base64;
 import java.util.List;
 import java.util.Properties;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.atomic.AtomicReferenceArray;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
@@ -99,11 +100,12 @@ public final class TallyTestProducer {
     private static int run(Properties config, List<Object> steps) throws Exception {
         int count = 0;
         for (Object step : steps) if (step instanceof ProducerRecord) count++;
-        RecordMetadata[] delivered = new RecordMetadata[count];
+        AtomicReferenceArray<RecordMetadata> delivered = new AtomicReferenceArray<>(count);
         AtomicReference<Exception> failure = new AtomicReference<>();
         boolean transactional = config.containsKey(ProducerConfig.TRANSACTIONAL_ID_CONFIG);
-        try (KafkaProducer<byte[], byte[]> producer =
-                new KafkaProducer<>(config, new ByteArraySerializer(), new ByteArraySerializer())) {
+        KafkaProducer<byte[], byte[]> producer =
+                new KafkaProducer<>(config, new ByteArraySerializer(), new ByteArraySerializer());
+        try {
             if (transactional) producer.initTransactions();
             int index = 0;
             for (Object step : steps) {
@@ -113,7 +115,7 @@ public final class TallyTestProducer {
                     final int at = index++;
                     producer.send(record, (metadata, error) -> {
                         if (error != null) failure.compareAndSet(null, error);
-                        else delivered[at] = metadata;
+                        else delivered.set(at, metadata);
                     });
                 } else if (step.equals("begin")) {
                     producer.beginTransaction();
@@ -129,12 +131,16 @@ public final class TallyTestProducer {
             }
             producer.flush();
             if (failure.get() != null) throw failure.get();
+        } finally {
+            // close() alone waits for ever for records it cannot deliver.
+            producer.close(Duration.ofSeconds(30));
         }
         StringBuilder out = new StringBuilder();
         for (int i = 0; i < count; i++) {
-            if (delivered[i] == null) throw new IllegalStateException("record " + i + " was never acknowledged");
-            out.append("delivered\t").append(i).append('\t').append(delivered[i].partition())
-                .append('\t').append(delivered[i].offset()).append('\n');
+            RecordMetadata metadata = delivered.get(i);
+            if (metadata == null) throw new IllegalStateException("record " + i + " was never acknowledged");
+            out.append("delivered\t").append(i).append('\t').append(metadata.partition())
+                .append('\t').append(metadata.offset()).append('\n');
         }
         out.append("done\n");
         System.out.print(out);
