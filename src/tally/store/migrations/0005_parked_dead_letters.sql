@@ -1,10 +1,12 @@
--- Tally's schema, version 3: dead letters Kafka would not take.
+-- Tally's schema, version 5: dead letters Kafka would not take.
 --
 -- A dead letter whose send failed for good (a DLQ topic with a lower size
 -- limit, a missing write permission) or transiently five times is parked
 -- here, in the flush transaction that moves its partition's offset past it,
 -- so no retry goes on forever and nothing is lost. Operators read, replay
 -- and delete these rows (docs/operations.md).
+SET LOCAL ROLE tally_migrator;
+
 CREATE TABLE tally.parked_dead_letters (
     id             bigserial   PRIMARY KEY,
     topic          text        NOT NULL,
@@ -21,3 +23,7 @@ CREATE TABLE tally.parked_dead_letters (
     parked_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX parked_dead_letters_source ON tally.parked_dead_letters (topic, partition, "offset");
+
+-- Workers park them in their flush transaction; billing never reads them.
+GRANT INSERT ON tally.parked_dead_letters TO tally_worker;
+GRANT USAGE ON SEQUENCE tally.parked_dead_letters_id_seq TO tally_worker;
