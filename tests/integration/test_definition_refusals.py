@@ -1,0 +1,101 @@
+"""A stored definition this host cannot run (a zone its tz data lacks, say) is
+one refused metric: the worker loads the others, and the API still shows it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+
+from tally.contracts.metric import parse_metric
+from tally.core.metrics import MetricIndex
+from tally.store.definitions import apply_definitions
+from tally.store.migrate import migrate
+from tally.store.pool import create_pool
+from tally.worker.definitions import DefinitionWatcher
+from tests.integration.test_api_support import READ, open_api
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+GOOD: dict[str, Any] = {
+    "uid": "good",
+    "name": "Good",
+    "eventType": "call",
+    "aggregationType": "COUNT",
+}
+# As a host with newer tz data would have stored it: valid there, unknown here.
+MARS: dict[str, Any] = {**GOOD, "uid": "on_mars", "name": "Mars", "timezone": "Mars/Olympus_Mons"}
+
+
+async def store_raw(connection: asyncpg.Connection, document: dict[str, Any]) -> None:
+    """Write a row as another host would, past this host's validation."""
+    await connection.execute(
+        "INSERT INTO tally.metrics (uid, definition) VALUES ($1, $2::text::jsonb)",
+        document["uid"],
+        orjson.dumps(document).decode(),
+    )
+
+
+@pytest_asyncio.fixture
+async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(fresh_database, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection)
+            await apply_definitions(connection, [parse_metric(GOOD)])
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def test_a_definition_with_an_unknown_zone_is_refused_and_the_rest_load(
+    pool: asyncpg.Pool,
+) -> None:
+    indexes: list[MetricIndex] = []
+    watcher = DefinitionWatcher(pool, indexes.append)
+    async with pool.acquire() as connection:
+        await store_raw(connection, MARS)
+        # Not a definition at all (say, written by hand): refused too, not a crash.
+        await store_raw(connection, {"uid": "broken", "name": "Broken", "eventType": "x"})
+    assert await watcher.refresh()
+    assert set(indexes[-1].by_uid) == {"good"}
+    refused = {r.uid: r.reason for r in watcher.refused}
+    assert refused == {"on_mars": "unknown_timezone", "broken": "invalid_definition"}
+    assert "Mars/Olympus_Mons" in next(r.detail for r in watcher.refused if r.uid == "on_mars")
+
+    # A later change reloads; the refusal stays reported, the new metric runs.
+    async with pool.acquire() as connection:
+        await apply_definitions(connection, [parse_metric({**GOOD, "uid": "also_good"})])
+    assert await watcher.refresh()
+    assert set(indexes[-1].by_uid) == {"good", "also_good"}
+    assert {r.uid for r in watcher.refused} == {"on_mars", "broken"}
+
+
+async def test_a_deleted_definition_that_cannot_run_is_not_reported(pool: asyncpg.Pool) -> None:
+    watcher = DefinitionWatcher(pool, lambda index: None)
+    async with pool.acquire() as connection:
+        await store_raw(connection, MARS)
+        await connection.execute(
+            "UPDATE tally.metrics SET deleted_at = now() WHERE uid = 'on_mars'"
+        )
+    await watcher.refresh()
+    assert watcher.refused == ()
+
+
+async def test_the_api_lists_and_shows_a_definition_with_a_zone_it_lacks(
+    fresh_database: str,
+) -> None:
+    async with open_api(fresh_database) as api:
+        async with api.pool.acquire() as connection:
+            await store_raw(connection, MARS)
+        listing = await api.client.get("/usage-metrics", headers=READ)
+        assert listing.status_code == 200, listing.text
+        (shown,) = listing.json()["items"]
+        assert (shown["uid"], shown["timezone"]) == ("on_mars", "Mars/Olympus_Mons")
+        one = await api.client.get("/usage-metrics/on_mars", headers=READ)
+        assert one.status_code == 200, one.text
+        assert one.json()["timezone"] == "Mars/Olympus_Mons"
