@@ -1,4 +1,5 @@
--- Tally's schema, version 3: a transactional definitions revision.
+-- Tally's schema, version 3: a transactional definitions revision, and
+-- idempotency keys scoped by principal.
 
 -- The revision workers poll (tally/store/definitions.py). One row, moved by
 -- the transaction that changes a definition and locked by it until commit,
@@ -43,3 +44,9 @@ CREATE TRIGGER stamp_revision
 -- The trigger sets it; tally.metric_revision is no longer drawn from (kept
 -- until no process of the previous version can be running).
 ALTER TABLE tally.metrics ALTER COLUMN revision SET DEFAULT 0;
+
+-- Idempotency keys are per principal: the same key sent with another token is
+-- another key, and never replays the first principal's response.
+ALTER TABLE tally.api_idempotency
+    DROP CONSTRAINT api_idempotency_pkey,
+    ADD PRIMARY KEY (principal, operation, key);
