@@ -11,6 +11,7 @@ import zoneinfo
 from importlib import resources
 from pathlib import Path
 
+import pytest
 import tzdata
 
 import tally
@@ -80,3 +81,16 @@ def test_the_zone_data_version_is_the_tzdata_package_one() -> None:
 
     assert zone_data_version() == tzdata.IANA_VERSION
     assert len(zone_data_version()) == 5  # e.g. 2025b
+
+
+def test_an_unknown_zone_is_refused_naming_it() -> None:
+    from tally.contracts.metric import MetricDefinitionError, parse_metric
+
+    definition = {"uid": "m", "name": "M", "eventType": "e", "aggregationType": "COUNT"}
+    with pytest.raises(MetricDefinitionError) as refused:
+        parse_metric({**definition, "timezone": "Mars/Olympus_Mons"})
+    (error,) = refused.value.errors
+    assert (error.field, error.reason) == (
+        "timezone",
+        "'Mars/Olympus_Mons' is not an IANA time zone name",
+    )

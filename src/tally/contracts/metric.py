@@ -165,7 +165,7 @@ class UsageMetricDefinition(BaseModel):
         # worker then refuses to run it, see tally.worker.definitions).
         if value not in _zone_names() and value != (info.context or {}).get(STORED_ZONE):
             raise PydanticCustomError(
-                "unknown_timezone", "{value!r} is not an IANA time zone name", {"value": value}
+                "unknown_timezone", "'{value}' is not an IANA time zone name", {"value": value}
             )
         return value
 
