@@ -17,7 +17,7 @@ from tally.store.definitions import apply_definitions
 from tally.store.migrate import migrate
 from tally.store.pool import create_pool
 from tally.worker.definitions import DefinitionWatcher
-from tests.integration.test_api_support import READ, open_api
+from tests.integration.test_api_support import ADMIN, READ, open_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -99,3 +99,11 @@ async def test_the_api_lists_and_shows_a_definition_with_a_zone_it_lacks(
         one = await api.client.get("/usage-metrics/on_mars", headers=READ)
         assert one.status_code == 200, one.text
         assert one.json()["timezone"] == "Mars/Olympus_Mons"
+        # Its mutable fields can still be changed here, and it can be deleted.
+        renamed = await api.client.patch(
+            "/usage-metrics/on_mars", json={"name": "Olympus"}, headers=ADMIN
+        )
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["timezone"] == "Mars/Olympus_Mons"
+        deleted = await api.client.delete("/usage-metrics/on_mars", headers=ADMIN)
+        assert deleted.status_code == 200, deleted.text
