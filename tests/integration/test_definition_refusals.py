@@ -56,7 +56,13 @@ async def test_a_definition_with_an_unknown_zone_is_refused_and_the_rest_load(
     pool: asyncpg.Pool,
 ) -> None:
     indexes: list[MetricIndex] = []
-    watcher = DefinitionWatcher(pool, indexes.append)
+    refused_then: list[set[str]] = []  # what on_change can read: already this load's refusals
+
+    def on_change(index: MetricIndex) -> None:
+        indexes.append(index)
+        refused_then.append({r.uid for r in watcher.refused})
+
+    watcher = DefinitionWatcher(pool, on_change)
     async with pool.acquire() as connection:
         await store_raw(connection, MARS)
         # Not a definition at all (say, written by hand): refused too, not a crash.
@@ -66,6 +72,7 @@ async def test_a_definition_with_an_unknown_zone_is_refused_and_the_rest_load(
     refused = {r.uid: r.reason for r in watcher.refused}
     assert refused == {"on_mars": "unknown_timezone", "broken": "invalid_definition"}
     assert "Mars/Olympus_Mons" in next(r.detail for r in watcher.refused if r.uid == "on_mars")
+    assert refused_then == [{"on_mars", "broken"}]
 
     # A later change reloads; the refusal stays reported, the new metric runs.
     async with pool.acquire() as connection:

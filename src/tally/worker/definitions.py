@@ -64,8 +64,8 @@ class DefinitionWatcher:
             loaded = await load_definitions(connection)
         runnable, refused = self._runnable(loaded.metrics)
         index = MetricIndex(runnable, self.caches)
+        self._report([*loaded.refused, *refused])  # before on_change, which may read it
         self.on_change(index)
-        self._report([*loaded.refused, *refused])
         first = self.seen is None
         self.seen = loaded.revision
         self.last_refresh = self.clock()
