@@ -3,6 +3,9 @@ one refused metric: the worker loads the others, and the API still shows it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -114,3 +117,26 @@ async def test_the_api_lists_and_shows_a_definition_with_a_zone_it_lacks(
         assert renamed.json()["timezone"] == "Mars/Olympus_Mons"
         deleted = await api.client.delete("/usage-metrics/on_mars", headers=ADMIN)
         assert deleted.status_code == 200, deleted.text
+
+
+async def test_tally_values_shows_a_metric_whose_zone_this_host_lacks_in_utc(
+    pool: asyncpg.Pool, fresh_database: str
+) -> None:
+    async with pool.acquire() as connection:
+        await store_raw(connection, MARS)
+        await connection.execute(
+            "INSERT INTO tally.metric_values (metric_uid, customer_id, time_unit, period_start,"
+            " period_end, value, event_count) VALUES ('on_mars', 'acme', 'day',"
+            " '2026-01-01T05:00Z', '2026-01-02T05:00Z', 3, 3)"
+        )
+    shown = subprocess.run(
+        [sys.executable, "-m", "tally", "values", "--format", "json"],
+        env={**os.environ, "TALLY_DATABASE_URL": fresh_database},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    (row,) = orjson.loads(shown.stdout)
+    assert (row["metric"], row["period_start"]) == ("on_mars", "2026-01-01T05:00:00+00:00")
