@@ -43,7 +43,10 @@ def env_name(field: str) -> str:
 
 
 def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+    """`--foo-bar`; `--no-foo-bar` for a setting that is on by default."""
+    info = Settings.model_fields.get(field)
+    negative = info is not None and info.annotation is bool and info.default is True
+    return ("--no-" if negative else "--") + field.replace("_", "-")
 
 
 class Settings(BaseModel):
@@ -123,6 +126,11 @@ class Settings(BaseModel):
         "only hashes are configured: `tally api hash-token` makes one",
     )
     with_api: bool = Field(False, description="also serve the HTTP API from this worker process")
+    migrate: bool = Field(
+        True,
+        description="apply migrations at start; when off, only check that the schema is current "
+        "(for a role without DDL rights)",
+    )
 
     @field_validator("topic", mode="before")
     @classmethod
@@ -194,12 +202,15 @@ def add_arguments(parser: argparse.ArgumentParser, fields: Sequence[str]) -> Non
     for name in fields:
         info = _field_info(name)
         help_text = f"{info.description or name} [env {env_name(name)}; default {info.default!r}]"
+        if info.annotation is bool and info.default is True:
+            help_text = "turns off: " + help_text
         if info.annotation is bool:
+            # A flag turns the default over: --foo for off-by-default, --no-foo for on.
             parser.add_argument(
                 flag_name(name),
                 dest=name,
                 action="store_const",
-                const=True,
+                const=not info.default,
                 default=None,
                 help=help_text,
             )

@@ -1,5 +1,7 @@
 """Running a write under an optional `Idempotency-Key` (one transaction).
 
+- Keys are per principal: another token's key of the same text is another
+  key, and never replays this one's response.
 - Same key, same operation and body: the first response again, byte for byte,
   with `Idempotent-Replayed: true`. A retry sent while the first request is
   still running waits for it, then gets its response.
@@ -76,6 +78,7 @@ async def run(
             location = response.headers.get("location")
             await store.remember(
                 connection,
+                principal,
                 operation,
                 key,
                 response.status_code,

@@ -59,9 +59,9 @@ IdOrUid = Annotated[
 ]
 
 
-def _parse(document: dict[str, Any]) -> UsageMetricDefinition:
+def _parse(document: dict[str, Any], stored_zone: str | None = None) -> UsageMetricDefinition:
     try:
-        definition = parse_metric(document)
+        definition = parse_metric(document, stored_zone)
     except MetricDefinitionError as exc:
         raise field_errors(exc.errors) from None
     if definition.deleted_at is not None:
@@ -210,7 +210,8 @@ async def update_usage_metric(
         if metric is None:
             raise _not_found(id_or_uid)
         current = {k: v for k, v in _shown(metric).items() if k not in SERVER_FIELDS}
-        definition = _parse({**current, **patch})
+        # The stored zone stands even if this host's zone data lacks it.
+        definition = _parse({**current, **patch}, stored_zone=metric.timezone)
         frozen = immutable_changes(metric, definition)
         if frozen:
             raise ApiError(

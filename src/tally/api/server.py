@@ -13,7 +13,7 @@ import uvicorn
 from tally.api.app import create_app
 from tally.api.auth import parse_entries
 from tally.config import ConfigError, Settings
-from tally.store.migrate import migrate
+from tally.store.migrate import check_schema, migrate
 from tally.store.pool import create_pool
 from tally.telemetry.logs import Log
 
@@ -39,8 +39,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bool = True) -> None:
-    """Apply migrations (unless the caller did), then serve on
-    api_host:api_port until `stop` is set.
+    """Apply migrations (or with --no-migrate check the schema version) unless
+    the caller did, then serve on api_host:api_port until `stop` is set.
 
     A failure sets `stop` too, so a worker started with --with-api does not go
     on without the API it was asked for."""
@@ -53,7 +53,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bo
     try:
         if apply_migrations:
             async with pool.acquire() as connection:
-                await migrate(connection)
+                await (migrate if settings.migrate else check_schema)(connection)
         app = create_app(settings, pool)
         sock = _listen(settings.api_host, settings.api_port)
         host, port = sock.getsockname()[:2]

@@ -169,6 +169,7 @@ def print_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     from tally.kafka.clients import ensure_topics, missing_topics
+    from tally.store.migrate import check_schema
     from tally.worker.runner import Worker
 
     settings = settings_from(args)
@@ -177,7 +178,10 @@ async def run(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     connection = await connect(settings.database_url)
     try:
-        await run_migrations(connection)
+        if settings.migrate:
+            await run_migrations(connection)
+        else:
+            await check_schema(connection)  # --no-migrate: a role without DDL rights
     finally:
         await connection.close()
     if settings.create_topics:

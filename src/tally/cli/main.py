@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         "run a worker: consume, aggregate, flush",
         commands.run,
-        [*KAFKA, *DATABASE, *LOGGING, *WORKER, *API, "with_api"],
+        [*KAFKA, *DATABASE, *LOGGING, *WORKER, *API, "with_api", "migrate"],
     )
 
     from tally.cli import reports
@@ -204,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="the HTTP API over metric definitions and values")
     asub = api.add_subparsers(dest="api_command", metavar="ACTION")
-    _command(asub, "serve", "serve the HTTP API", commands.api_serve, DATABASE + LOGGING + API)
+    _command(
+        asub,
+        "serve",
+        "serve the HTTP API",
+        commands.api_serve,
+        [*DATABASE, *LOGGING, *API, "migrate"],
+    )
     hash_token = _command(
         asub,
         "hash-token",
@@ -261,13 +267,16 @@ def _is_user_error(exc: BaseException) -> bool:
     from aiokafka.errors import KafkaConnectionError
 
     from tally.contracts.metric import MetricDefinitionError
+    from tally.store.migrate import SchemaBehind
     from tally.store.pool import DatabaseUnavailable
 
     user_errors = (
         MetricDefinitionError,
         DatabaseUnavailable,
         KafkaConnectionError,
+        SchemaBehind,
         asyncpg.UndefinedTableError,
+        asyncpg.InsufficientPrivilegeError,
     )
     return isinstance(exc, user_errors)
 
@@ -280,6 +289,11 @@ def describe(exc: BaseException) -> str:
         return f"cannot reach Kafka ({exc}): is the broker running, and is TALLY_KAFKA_BOOTSTRAP right?"
     if isinstance(exc, asyncpg.UndefinedTableError):
         return f"the database has no Tally schema yet ({exc}): run `tally migrate` against TALLY_DATABASE_URL"
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return (
+            f"PostgreSQL refused this user ({exc}): it needs the tally role for this command "
+            "(tally_worker, tally_api, tally_reader or tally_migrator; docs/operations.md)"
+        )
     if isinstance(exc, UserError | ConfigError) or _is_user_error(exc):
         return str(exc)
     return f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"

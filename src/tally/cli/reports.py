@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -63,9 +64,14 @@ async def values(args: argparse.Namespace) -> int:
     try:
         # The API's query; one row more than shown tells whether there are more.
         found = await page_values(connection, where, None, args.limit + 1)
-        zones = {m.uid: zone(m.timezone) for m in await list_metrics(connection)}
+        metrics = await list_metrics(connection)
     finally:
         await connection.close()
+    zones: dict[str, tzinfo] = {}
+    for metric in metrics:
+        # A zone this host's data lacks (stored from a newer host): shown in UTC.
+        with contextlib.suppress(ValueError):
+            zones[metric.uid] = zone(metric.timezone)
     more = len(found) > args.limit
     rows = [_value_row(value, zones.get(value.metric_uid, UTC)) for value in found[: args.limit]]
     print(render(rows, VALUE_COLUMNS, args.format), end="")

@@ -24,6 +24,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +39,9 @@ UID_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
 _EARLIEST = -62135596800.0  # 0001-01-01T00:00:00Z
 _LATEST = 253402300799.0  # 9999-12-31T23:59:59Z
 MAX_FILTER_VALUES = 1000
+# Validation context key: a zone name accepted without this host's zone data
+# (the one already stored for the metric).
+STORED_ZONE = "stored_timezone"
 
 
 class AggregationType(enum.StrEnum):
@@ -155,10 +159,13 @@ class UsageMetricDefinition(BaseModel):
 
     @field_validator("timezone")
     @classmethod
-    def _known_zone(cls, value: str) -> str:
-        if value not in _zone_names():
+    def _known_zone(cls, value: str, info: ValidationInfo) -> str:
+        # A stored definition was checked where it was written, perhaps with
+        # newer zone data than this host's: it is read back as it is (the
+        # worker then refuses to run it, see tally.worker.definitions).
+        if value not in _zone_names() and value != (info.context or {}).get(STORED_ZONE):
             raise PydanticCustomError(
-                "unknown_timezone", "{value!r} is not an IANA time zone name", {"value": value}
+                "unknown_timezone", "'{value}' is not an IANA time zone name", {"value": value}
             )
         return value
 
@@ -316,12 +323,15 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
     return errors
 
 
-def parse_metric(data: object) -> UsageMetricDefinition:
-    """Validate one definition from a file or request body."""
+def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDefinition:
+    """Validate one definition from a file or request body.
+
+    `stored_zone`: the zone already stored for this metric, accepted even when
+    this host's zone data lacks it (a change of mutable fields keeps it)."""
     if not isinstance(data, Mapping):
         raise MetricDefinitionError([FieldError("(definition)", "must be an object")])
     try:
-        return UsageMetricDefinition.model_validate(data)
+        return UsageMetricDefinition.model_validate(data, context={STORED_ZONE: stored_zone})
     except ValidationError as exc:
         uid = data.get("uid")
         raise MetricDefinitionError(

@@ -1,7 +1,9 @@
 """Idempotency keys of the HTTP API, in `tally.api_idempotency`.
 
-Race-free by the primary key: `claim` inserts the key inside the caller's
-transaction. A concurrent request with the same key blocks on that insert
+Keys are per principal (the token's name): the same key sent by another
+principal is another key, so it can never replay a response made for
+somebody else. Race-free by the primary key (principal, operation, key):
+`claim` inserts the key inside the caller's transaction. A concurrent request with the same key blocks on that insert
 until the first transaction ends; if it committed, the second finds the
 stored response, and if it rolled back, the second owns the key.
 """
@@ -34,8 +36,8 @@ async def claim(
     # Expired keys: a few per call, skipping rows another purge holds, so purges
     # never wait on each other.
     await connection.execute(
-        "DELETE FROM tally.api_idempotency WHERE (operation, key) IN ("
-        " SELECT operation, key FROM tally.api_idempotency"
+        "DELETE FROM tally.api_idempotency WHERE (principal, operation, key) IN ("
+        " SELECT principal, operation, key FROM tally.api_idempotency"
         f" WHERE created_at < now() - interval '{RETENTION}'"
         f" ORDER BY created_at LIMIT {_PURGE_BATCH} FOR UPDATE SKIP LOCKED)"
     )
@@ -44,7 +46,8 @@ async def claim(
     for _ in range(2):
         inserted = await connection.fetchval(
             "INSERT INTO tally.api_idempotency (operation, key, fingerprint, principal)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (operation, key) DO NOTHING RETURNING true",
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (principal, operation, key) DO NOTHING"
+            " RETURNING true",
             operation,
             key,
             fingerprint,
@@ -55,7 +58,8 @@ async def claim(
         # The insert waited for the transaction that wrote the row, which committed.
         row = await connection.fetchrow(
             "SELECT fingerprint, status, body, headers FROM tally.api_idempotency"
-            " WHERE operation = $1 AND key = $2",
+            " WHERE principal = $1 AND operation = $2 AND key = $3",
+            principal,
             operation,
             key,
         )
@@ -68,6 +72,7 @@ async def claim(
 
 async def remember(
     connection: Connection,
+    principal: str,
     operation: str,
     key: str,
     status: int,
@@ -75,8 +80,9 @@ async def remember(
     headers: dict[str, str],
 ) -> None:
     await connection.execute(
-        "UPDATE tally.api_idempotency SET status = $3, body = $4, headers = $5"
-        " WHERE operation = $1 AND key = $2",
+        "UPDATE tally.api_idempotency SET status = $4, body = $5, headers = $6"
+        " WHERE principal = $1 AND operation = $2 AND key = $3",
+        principal,
         operation,
         key,
         status,

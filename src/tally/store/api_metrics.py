@@ -2,7 +2,8 @@
 
 Rows are the ones `tally.store.definitions` writes and the worker reads: the
 wire document without `deletedAt` in `definition`, `deleted_at` in its own
-column, and a new `revision` on every change so workers notice it.
+column. Every write first takes `lock_definitions` (writers queue in one
+order), and the trigger on `tally.metrics` moves the revision workers poll.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from tally.contracts.metric import UsageMetric, UsageMetricDefinition
-from tally.store.definitions import row_to_metric, stored_document
+from tally.store.definitions import lock_definitions, row_to_metric, stored_document
 from tally.store.pool import Connection
 
 _COLUMNS = "id, uid, definition, created_at, updated_at, deleted_at"
@@ -30,13 +31,15 @@ def as_id(text: str) -> uuid.UUID | None:
 
 async def insert_metric(connection: Connection, definition: UsageMetricDefinition) -> UsageMetric:
     """Create; asyncpg.UniqueViolationError if the uid exists (deleted or not)."""
-    row = await connection.fetchrow(
-        "INSERT INTO tally.metrics (uid, definition, deleted_at) VALUES ($1, $2, $3)"
-        f" RETURNING {_COLUMNS}",
-        definition.uid,
-        stored_document(definition),
-        definition.deleted_at,
-    )
+    async with connection.transaction():
+        await lock_definitions(connection)
+        row = await connection.fetchrow(
+            "INSERT INTO tally.metrics (uid, definition, deleted_at) VALUES ($1, $2, $3)"
+            f" RETURNING {_COLUMNS}",
+            definition.uid,
+            stored_document(definition),
+            definition.deleted_at,
+        )
     assert row is not None
     return row_to_metric(row)
 
@@ -44,6 +47,9 @@ async def insert_metric(connection: Connection, definition: UsageMetricDefinitio
 async def find_metric(
     connection: Connection, id_or_uid: str, include_deleted: bool, for_update: bool = False
 ) -> UsageMetric | None:
+    """The metric; with `for_update`, locked for a change in the caller's transaction."""
+    if for_update:
+        await lock_definitions(connection)
     metric_id = as_id(id_or_uid)
     where = "id = $1" if metric_id is not None else "uid = $1"
     if not include_deleted:
@@ -89,26 +95,28 @@ async def update_metric(
     connection: Connection, metric_id: str, definition: UsageMetricDefinition
 ) -> UsageMetric:
     """Store a changed definition (mutable fields only; the caller checked)."""
-    row = await connection.fetchrow(
-        "UPDATE tally.metrics SET definition = $2, deleted_at = $3, updated_at = now(),"
-        " revision = nextval('tally.metric_revision')"
-        f" WHERE id = $1 RETURNING {_COLUMNS}",
-        uuid.UUID(metric_id),
-        stored_document(definition),
-        definition.deleted_at,
-    )
+    async with connection.transaction():
+        await lock_definitions(connection)  # held already after find_metric(for_update=True)
+        row = await connection.fetchrow(
+            "UPDATE tally.metrics SET definition = $2, deleted_at = $3, updated_at = now()"
+            f" WHERE id = $1 RETURNING {_COLUMNS}",
+            uuid.UUID(metric_id),
+            stored_document(definition),
+            definition.deleted_at,
+        )
     assert row is not None
     return row_to_metric(row)
 
 
 async def delete_metric(connection: Connection, metric_id: str) -> UsageMetric | None:
     """Set deletedAt now (values are kept); None if it is already deleted."""
-    row = await connection.fetchrow(
-        "UPDATE tally.metrics SET deleted_at = now(), updated_at = now(),"
-        " revision = nextval('tally.metric_revision')"
-        f" WHERE id = $1 AND deleted_at IS NULL RETURNING {_COLUMNS}",
-        uuid.UUID(metric_id),
-    )
+    async with connection.transaction():
+        await lock_definitions(connection)
+        row = await connection.fetchrow(
+            "UPDATE tally.metrics SET deleted_at = now(), updated_at = now()"
+            f" WHERE id = $1 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+            uuid.UUID(metric_id),
+        )
     return None if row is None else row_to_metric(row)
 
 

@@ -1,5 +1,18 @@
 """Metric definitions in `tally.metrics`: apply (create or update mutable
-fields), list, and the revision a worker polls to pick up changes."""
+fields), list, and the revision a worker polls to pick up changes.
+
+The revision is one row, `tally.definitions_revision`, that a trigger on
+`tally.metrics` increments in every transaction that writes a definition. A
+sequence would not do: numbers are drawn at write time but transactions
+commit in any order, so a poll could see 11 before 10 committed and never
+notice 10. The row is locked until the writer commits, so the counter moves
+in commit order: a poll that reads N sees every change up to N.
+
+Every writer calls `lock_definitions` first, before it locks any metric row:
+writers of definitions then queue on one lock, in one order, and cannot
+deadlock one another. (The trigger alone would count a hand-written UPDATE
+too, but take the counter after that statement's row locks.)
+"""
 
 from __future__ import annotations
 
@@ -10,8 +23,10 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from tally.contracts.metric import (
+    STORED_ZONE,
     FieldError,
     MetricDefinitionError,
     UsageMetric,
@@ -49,6 +64,7 @@ def stored_document(definition: UsageMetricDefinition) -> dict[str, Any]:
 
 
 def row_to_metric(row: asyncpg.Record) -> UsageMetric:
+    """The stored definition; its zone is taken as stored, known here or not."""
     document = dict(row["definition"])
     if row["deleted_at"] is not None:
         document["deletedAt"] = row["deleted_at"]
@@ -58,7 +74,8 @@ def row_to_metric(row: asyncpg.Record) -> UsageMetric:
             "id": str(row["id"]),
             "createdAt": row["created_at"],
             "updatedAt": row["updated_at"],
-        }
+        },
+        context={STORED_ZONE: document.get("timezone")},
     )
 
 
@@ -72,13 +89,63 @@ async def list_metrics(connection: Connection, include_deleted: bool = True) -> 
     return [row_to_metric(row) for row in await connection.fetch(_SELECT + where + " ORDER BY uid")]
 
 
-async def revision(connection: Connection) -> tuple[int, int]:
-    """(highest revision, number of definitions): changes when anything changes."""
-    row = await connection.fetchrow(
-        "SELECT coalesce(max(revision), 0) AS r, count(*) AS n FROM tally.metrics"
-    )
-    assert row is not None
-    return int(row["r"]), int(row["n"])
+async def lock_definitions(connection: Connection) -> int:
+    """Queue behind every other writer of definitions until this transaction ends.
+
+    Call it inside the writing transaction, before anything else touches
+    `tally.metrics`; returns the revision committed so far."""
+    value = await connection.fetchval("SELECT revision FROM tally.definitions_revision FOR UPDATE")
+    return int(value)
+
+
+async def revision(connection: Connection) -> int:
+    """The definitions' revision: moves, in commit order, with every committed change."""
+    return int(await connection.fetchval("SELECT revision FROM tally.definitions_revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A live definition this process cannot run; the others go on."""
+
+    uid: str
+    reason: str  # a short label: invalid_definition, unknown_timezone, cannot_compile
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    revision: int
+    metrics: tuple[UsageMetric, ...]
+    refused: tuple[Refused, ...]
+
+
+async def load_definitions(connection: Connection) -> Loaded:
+    """Every definition and the revision they are at, from one snapshot.
+
+    A row that does not validate (written past validation, or by a newer
+    Tally) is refused, not raised, so it cannot stop the others from loading.
+    Deleted rows that do not validate are left out silently: they never run."""
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        current = await revision(connection)
+        rows = await connection.fetch(_SELECT + " ORDER BY uid")
+    metrics: list[UsageMetric] = []
+    refused: list[Refused] = []
+    for row in rows:
+        try:
+            metrics.append(row_to_metric(row))
+        except (ValidationError, TypeError, ValueError) as exc:
+            if row["deleted_at"] is None:
+                refused.append(Refused(row["uid"], "invalid_definition", _describe(exc)))
+    return Loaded(current, tuple(metrics), tuple(refused))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(definition)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def apply_definitions(
@@ -98,6 +165,8 @@ async def apply_definitions(
             [FieldError("uid", f"{uid!r} appears more than once") for uid in duplicates]
         )
     async with connection.transaction():
+        if not dry_run:
+            await lock_definitions(connection)
         # Serialise appliers so two of them cannot both "create" one uid.
         await connection.execute("LOCK TABLE tally.metrics IN SHARE ROW EXCLUSIVE MODE")
         rows = await connection.fetch(_SELECT + " WHERE uid = ANY($1::text[])", uids)
@@ -109,7 +178,7 @@ async def apply_definitions(
             if old is None:
                 changes.append(Change(definition.uid, Action.CREATE))
                 continue
-            old_definition = parse_metric(_definition_document(old))
+            old_definition = parse_metric(_definition_document(old), stored_zone=old.timezone)
             frozen = immutable_changes(old_definition, definition)
             if frozen:
                 refused += [
@@ -140,8 +209,8 @@ async def apply_definitions(
                 )
             elif change.action is Action.UPDATE:
                 await connection.execute(
-                    "UPDATE tally.metrics SET definition = $2, deleted_at = $3, updated_at = now(),"
-                    " revision = nextval('tally.metric_revision') WHERE uid = $1",
+                    "UPDATE tally.metrics SET definition = $2, deleted_at = $3, updated_at = now()"
+                    " WHERE uid = $1",
                     definition.uid,
                     stored_document(definition),
                     definition.deleted_at,
@@ -158,10 +227,12 @@ def _definition_document(metric: UsageMetric) -> dict[str, Any]:
 
 async def delete_metric(connection: Connection, uid: str, when: datetime | None = None) -> bool:
     """Set deletedAt (values are kept); False if there is no such live metric."""
-    status = await connection.execute(
-        "UPDATE tally.metrics SET deleted_at = coalesce($2, now()), updated_at = now(),"
-        " revision = nextval('tally.metric_revision') WHERE uid = $1 AND deleted_at IS NULL",
-        uid,
-        when,
-    )
+    async with connection.transaction():
+        await lock_definitions(connection)
+        status = await connection.execute(
+            "UPDATE tally.metrics SET deleted_at = coalesce($2, now()), updated_at = now()"
+            " WHERE uid = $1 AND deleted_at IS NULL",
+            uid,
+            when,
+        )
     return str(status).endswith(" 1")

@@ -24,6 +24,25 @@ else:
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
+# SQLSTATE classes (and codes) that a retry can outlive: the connection,
+# rollbacks (serialization failure, deadlock), resources, operator intervention
+# (shutdown, cancel), system errors, a lock timeout, a replica after failover.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_CODES = ("55P03", "25006")
+_PERMANENT_CODES = ("57P04",)  # database_dropped
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may go away by itself (retry it), or will not
+    (a missing table, a refused privilege, a bad query: stop and say so)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state in _PERMANENT_CODES:
+            return False
+        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
+    return isinstance(exc, DATABASE_ERRORS)
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached or refused us; the message says what to check."""
 

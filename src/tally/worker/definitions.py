@@ -1,54 +1,121 @@
 """Keeping the worker's metric index current without a restart.
 
-Polling, not LISTEN/NOTIFY: `SELECT max(revision), count(*)` every couple of
+Polling, not LISTEN/NOTIFY: reading the one-row revision every couple of
 seconds costs nothing, survives reconnects and connection poolers in
 transaction mode (which drop LISTEN), and cannot miss a change made while
-the worker was disconnected. A notification would save at most one
-interval of latency.
+the worker was disconnected. The revision moves in commit order
+(tally.store.definitions), so a poll never passes a change still to commit.
+
+A definition this process cannot run (its zone is missing from this host's
+zone data, or it does not validate or compile) is refused: left out of the
+index, logged once and listed in `refused`, while the others run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
 import asyncpg
 
-from tally.core.metrics import MetricIndex, PeriodCaches
-from tally.store.definitions import list_metrics, revision
-from tally.store.pool import DATABASE_ERRORS
+from tally.contracts.metric import UsageMetric
+from tally.core.metrics import MetricIndex, PeriodCaches, compile_metric
+from tally.core.periods import zone
+from tally.store.definitions import Refused, load_definitions, revision
+from tally.store.pool import DATABASE_ERRORS, is_transient
 from tally.telemetry.logs import Log
 
 log = Log("tally.definitions")
 
+# Longest a poll may wait on PostgreSQL; then it counts as a transient failure.
+POLL_TIMEOUT = 30.0
+
 
 class DefinitionWatcher:
-    def __init__(self, pool: asyncpg.Pool, on_change: Callable[[MetricIndex], None]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        on_change: Callable[[MetricIndex], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.pool = pool
         self.on_change = on_change
-        self.seen: tuple[int, int] | None = None
+        self.clock = clock
+        self.seen: int | None = None
         self.caches = PeriodCaches()  # shared across reloads: warm period caches
+        # The live definitions left out of the current index, and why.
+        self.refused: tuple[Refused, ...] = ()
+        # Wall time of the last poll that reached PostgreSQL (None before the first).
+        self.last_refresh: float | None = None
+
+    def age(self) -> float | None:
+        """Seconds since the last successful poll; None before the first."""
+        return None if self.last_refresh is None else self.clock() - self.last_refresh
 
     async def refresh(self) -> bool:
         """Reload if anything changed; True if the index was replaced."""
-        async with self.pool.acquire() as connection:
+        async with asyncio.timeout(POLL_TIMEOUT), self.pool.acquire() as connection:
             current = await revision(connection)
             if current == self.seen:
+                self.last_refresh = self.clock()
                 return False
-            metrics = await list_metrics(connection)
-        index = MetricIndex(metrics, self.caches)
+            loaded = await load_definitions(connection)
+        runnable, refused = self._runnable(loaded.metrics)
+        index = MetricIndex(runnable, self.caches)
+        self._report([*loaded.refused, *refused])  # before on_change, which may read it
         self.on_change(index)
         first = self.seen is None
-        self.seen = current
+        self.seen = loaded.revision
+        self.last_refresh = self.clock()
         log.info(
             "definitions loaded" if first else "definitions changed",
             live=len(index),
-            revision=current[0],
+            refused=len(self.refused),
+            revision=loaded.revision,
         )
         return True
 
+    def _runnable(self, metrics: Iterable[UsageMetric]) -> tuple[list[UsageMetric], list[Refused]]:
+        runnable: list[UsageMetric] = []
+        refused: list[Refused] = []
+        for metric in metrics:
+            if metric.deleted_at is not None:
+                continue
+            try:
+                zone(metric.timezone)
+            except ValueError as exc:
+                refused.append(Refused(metric.uid, "unknown_timezone", str(exc)))
+                continue
+            try:
+                compile_metric(metric, self.caches)
+            except Exception as exc:  # any reason at all: one metric, not the worker
+                refused.append(
+                    Refused(metric.uid, "cannot_compile", f"{type(exc).__name__}: {exc}")
+                )
+                continue
+            runnable.append(metric)
+        return runnable, refused
+
+    def _report(self, refused: list[Refused]) -> None:
+        before = set(self.refused)
+        for item in refused:
+            if item not in before:
+                log.warning(
+                    "metric refused; it does not run on this worker",
+                    uid=item.uid,
+                    reason=item.reason,
+                    detail=item.detail,
+                )
+        self.refused = tuple(sorted(refused, key=lambda r: r.uid))
+
     async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Poll every `interval` seconds until `stop` is set.
+
+        Transient database errors are logged and retried at the next poll
+        (`last_refresh` then grows old); anything else ends `run` with the
+        error, for the caller to stop on."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
@@ -57,4 +124,10 @@ class DefinitionWatcher:
             try:
                 await self.refresh()
             except DATABASE_ERRORS as exc:
+                if not is_transient(exc):
+                    log.error("definitions watcher stopped", reason=f"{type(exc).__name__}: {exc}")
+                    raise
                 log.warning("definitions not refreshed", reason=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                log.error("definitions watcher stopped", reason=f"{type(exc).__name__}: {exc}")
+                raise

@@ -1,0 +1,23 @@
+"""Bool settings as flags: a default-off setting is --name, a default-on one --no-name."""
+
+from __future__ import annotations
+
+from tally.cli.main import build_parser, settings_from
+from tally.config import flag_name, load_settings
+
+
+def test_migrate_is_on_by_default_and_turned_off_by_no_migrate() -> None:
+    parser = build_parser()
+    for command in (["run"], ["api", "serve"]):
+        assert settings_from(parser.parse_args(command)).migrate is True
+        off = parser.parse_args([*command, "--no-migrate"])
+        assert settings_from(off).migrate is False
+    assert flag_name("migrate") == "--no-migrate"
+    assert flag_name("with_api") == "--with-api"
+    assert settings_from(parser.parse_args(["run", "--with-api"])).with_api is True
+
+
+def test_the_environment_turns_migrate_off_and_a_flag_wins() -> None:
+    assert load_settings({}, {"TALLY_MIGRATE": "false"}).migrate is False
+    assert load_settings({}, {"TALLY_MIGRATE": "true"}).migrate is True
+    assert load_settings({"migrate": False}, {"TALLY_MIGRATE": "true"}).migrate is False
