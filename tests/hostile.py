@@ -11,6 +11,7 @@ nesting, huge keys, duplicate keys, every alias combination and odd timestamps.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -29,11 +30,9 @@ def stamp(seconds: float, offset_minutes: int = 0) -> str:
     return text.replace("+00:00", "Z")
 
 
-GOOD_STAMP = stamp(NOW - 3600)
-
-
 def event_text(
     *,
+    now: float = NOW,
     id: str = '"e1"',
     event_type: str = '"a"',
     customer: str = '"c1"',
@@ -42,7 +41,7 @@ def event_text(
     extra: str = "",
 ) -> bytes:
     """An event written field by field as JSON text (values are literal text)."""
-    stamp_text = timestamp if timestamp is not None else json.dumps(GOOD_STAMP)
+    stamp_text = timestamp if timestamp is not None else json.dumps(stamp(now - 3600))
     fields = [
         f'"id":{id}',
         f'"eventType":{event_type}',
@@ -55,8 +54,8 @@ def event_text(
     return ("{" + ",".join(fields) + "}").encode()
 
 
-def _without(field: str) -> bytes:
-    doc = json.loads(event_text())
+def _without(field: str, now: float) -> bytes:
+    doc = json.loads(event_text(now=now))
     del doc[field]
     return json.dumps(doc).encode()
 
@@ -65,105 +64,117 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-# kind -> (record value, dead-letter reason). Defaults: max 64 KiB, 35 days back, 5 min ahead.
-DEAD_LETTERS: dict[str, tuple[bytes | None, str]] = {
-    "tombstone": (None, "empty"),
-    "empty value": (b"", "empty"),
-    "oversized": (event_text(properties='{"p":"' + "x" * 70_000 + '"}'), "oversized"),
-    "binary junk": (bytes(range(256)) * 4, "not_json"),
-    "invalid UTF-8 in a string": (event_text().replace(b'"c1"', b'"\xff\xfe"'), "not_json"),
-    "lone surrogate": (event_text(customer='"\\ud800"'), "not_json"),
-    "NaN literal": (event_text(properties='{"p":NaN}'), "not_json"),
-    "Infinity literal": (event_text(properties='{"p":-Infinity}'), "not_json"),
-    "trailing garbage": (event_text() + b"}", "not_json"),
-    "truncated document": (event_text()[:-7], "not_json"),
-    "integer of 5000 digits": (event_text(properties='{"p":' + "9" * 5000 + "}"), "not_json"),
-    "JSON array": (b"[" + event_text() + b"]", "not_an_object"),
-    "JSON string": (b'"an event"', "not_an_object"),
-    "JSON null": (b"null", "not_an_object"),
-    "JSON number": (b"12.5", "not_an_object"),
-    "missing id": (_without("id"), "missing_field"),
-    "missing eventType": (_without("eventType"), "missing_field"),
-    "missing customerId": (_without("customerId"), "missing_field"),
-    "missing timestamp": (_without("timestamp"), "missing_field"),
-    "null id": (event_text(id="null"), "missing_field"),
-    "empty id": (event_text(id='""'), "invalid_field"),
-    "id of 257 characters": (event_text(id=json.dumps("i" * 257)), "invalid_field"),
-    "numeric id": (event_text(id="12"), "invalid_field"),
-    "customerId an object": (event_text(customer='{"id":"c1"}'), "invalid_field"),
-    "alias that differs": (event_text(extra='"customerEventId":"other"'), "invalid_field"),
-    "properties an array": (event_text(properties="[1,2]"), "invalid_field"),
-    "property an array": (event_text(properties='{"p":[1]}'), "invalid_field"),
-    "NUL in a string": (event_text(customer='"c\\u0000"'), "invalid_field"),
-    "NUL in a property name": (event_text(properties='{"p\\u0000":1}'), "invalid_field"),
-    "timestamp without offset": (event_text(timestamp='"2026-11-25T10:00:00"'), "bad_timestamp"),
-    "timestamp a number": (event_text(timestamp="1795000000"), "bad_timestamp"),
-    "week date": (event_text(timestamp='"2026-W48-3T10:00:00Z"'), "bad_timestamp"),
-    "dot then offset at 20 characters": (
-        event_text(timestamp='"2024-01-01T00:-0::0."'),
-        "bad_timestamp",
-    ),
-    "seconds then a dot": (event_text(timestamp='"2026-11-25T10:00:00.Z"'), "bad_timestamp"),
-    "leap second not at a minute's end": (
-        event_text(timestamp='"2026-11-25T10:58:60Z"'),
-        "bad_timestamp",
-    ),
-    "leap second at minute 59 of a +05:30 clock": (
-        event_text(timestamp='"2026-11-25T10:59:60+05:30"'),
-        "bad_timestamp",
-    ),
-    "non-ASCII digits": (event_text(timestamp='"２０２６-11-25T10:00:00Z"'), "bad_timestamp"),
-    "year 9999": (event_text(timestamp='"9999-06-01T00:00:00Z"'), "bad_timestamp"),
-    "year 10000": (event_text(timestamp='"10000-01-01T00:00:00Z"'), "bad_timestamp"),
-    "year 1899": (event_text(timestamp='"1899-12-31T23:59:59Z"'), "bad_timestamp"),
-    "too late": (event_text(timestamp=json.dumps(stamp(NOW - 400 * 86400))), "too_late"),
-    "too far ahead": (
-        event_text(timestamp=json.dumps(stamp(NOW + 86400))),
-        "too_far_in_future",
-    ),
-    "nested 100 levels": (event_text(extra='"x":' + _nested(100)), "too_deep"),
-    "nested 5000 levels": (event_text(extra='"x":' + _nested(5000)), "too_deep"),
-}
+# Under the default limits: 64 KiB, 35 days back, 5 minutes ahead.
+def dead_letters(now: float = NOW) -> dict[str, tuple[bytes | None, str]]:
+    """kind -> (record value, the dead-letter reason it must get)."""
+    e = functools.partial(event_text, now=now)
+    return {
+        "tombstone": (None, "empty"),
+        "empty value": (b"", "empty"),
+        "oversized": (e(properties='{"p":"' + "x" * 70_000 + '"}'), "oversized"),
+        "binary junk": (bytes(range(256)) * 4, "not_json"),
+        "invalid UTF-8 in a string": (e().replace(b'"c1"', b'"\xff\xfe"'), "not_json"),
+        "lone surrogate": (e(customer='"\\ud800"'), "not_json"),
+        "NaN literal": (e(properties='{"p":NaN}'), "not_json"),
+        "Infinity literal": (e(properties='{"p":-Infinity}'), "not_json"),
+        "trailing garbage": (e() + b"}", "not_json"),
+        "truncated document": (e()[:-7], "not_json"),
+        "integer of 5000 digits": (e(properties='{"p":' + "9" * 5000 + "}"), "not_json"),
+        "JSON array": (b"[" + e() + b"]", "not_an_object"),
+        "JSON string": (b'"an event"', "not_an_object"),
+        "JSON null": (b"null", "not_an_object"),
+        "JSON number": (b"12.5", "not_an_object"),
+        "missing id": (_without("id", now), "missing_field"),
+        "missing eventType": (_without("eventType", now), "missing_field"),
+        "missing customerId": (_without("customerId", now), "missing_field"),
+        "missing timestamp": (_without("timestamp", now), "missing_field"),
+        "null id": (e(id="null"), "missing_field"),
+        "empty id": (e(id='""'), "invalid_field"),
+        "id of 257 characters": (e(id=json.dumps("i" * 257)), "invalid_field"),
+        "numeric id": (e(id="12"), "invalid_field"),
+        "customerId an object": (e(customer='{"id":"c1"}'), "invalid_field"),
+        "alias that differs": (e(extra='"customerEventId":"other"'), "invalid_field"),
+        "properties an array": (e(properties="[1,2]"), "invalid_field"),
+        "property an array": (e(properties='{"p":[1]}'), "invalid_field"),
+        "NUL in a string": (e(customer='"c\\u0000"'), "invalid_field"),
+        "NUL in a property name": (e(properties='{"p\\u0000":1}'), "invalid_field"),
+        "timestamp without offset": (e(timestamp='"2026-11-25T10:00:00"'), "bad_timestamp"),
+        "timestamp a number": (e(timestamp="1795000000"), "bad_timestamp"),
+        "week date": (e(timestamp='"2026-W48-3T10:00:00Z"'), "bad_timestamp"),
+        "dot then offset at 20 characters": (
+            e(timestamp='"2024-01-01T00:-0::0."'),
+            "bad_timestamp",
+        ),
+        "seconds then a dot": (e(timestamp='"2026-11-25T10:00:00.Z"'), "bad_timestamp"),
+        "leap second not at a minute's end": (
+            e(timestamp='"2026-11-25T10:58:60Z"'),
+            "bad_timestamp",
+        ),
+        "leap second at minute 59 of a +05:30 clock": (
+            e(timestamp='"2026-11-25T10:59:60+05:30"'),
+            "bad_timestamp",
+        ),
+        "non-ASCII digits": (e(timestamp='"２０２６-11-25T10:00:00Z"'), "bad_timestamp"),
+        "year 9999": (e(timestamp='"9999-06-01T00:00:00Z"'), "bad_timestamp"),
+        "year 10000": (e(timestamp='"10000-01-01T00:00:00Z"'), "bad_timestamp"),
+        "year 1899": (e(timestamp='"1899-12-31T23:59:59Z"'), "bad_timestamp"),
+        "too late": (e(timestamp=json.dumps(stamp(now - 400 * 86400))), "too_late"),
+        "too far ahead": (
+            e(timestamp=json.dumps(stamp(now + 86400))),
+            "too_far_in_future",
+        ),
+        "nested 100 levels": (e(extra='"x":' + _nested(100)), "too_deep"),
+        "nested 5000 levels": (e(extra='"x":' + _nested(5000)), "too_deep"),
+    }
+
 
 # kind -> an event that is valid and counted (or skipped for one metric), whose
 # numbers and texts once crashed the core or take its rare paths. Read by the
 # metrics of `COUNTED_METRICS`; the expected result is the reference's.
-COUNTED: dict[str, bytes] = {
-    "zero with a tiny exponent": event_text(properties='{"p":0e-300}'),
-    "zero with a tiny exponent, exact path": event_text(
-        properties='{"p":0e-300,"q":1.2345678901234567}'
-    ),
-    "zero with a huge exponent": event_text(properties='{"p":0e999999999,"q":1e400}'),
-    "400-digit decimal": event_text(properties='{"p":1.' + "1" * 400 + "}"),
-    "400-digit decimal, exact path": event_text(properties='{"p":1.' + "1" * 400 + ',"q":1e400}'),
-    "trailing zeros past 30 decimals": event_text(properties='{"p":2.' + "0" * 60 + "}"),
-    "negative zero": event_text(properties='{"p":-0.0,"q":"-0"}'),
-    "sum string with exponent": event_text(properties='{"p":"1e-9999","q":"0e9999"}'),
-    "tiny decimal": event_text(properties='{"p":1e-999999999}'),
-    "huge decimal": event_text(properties='{"p":1e999999999}'),
-    "64-bit overflow integer": event_text(properties='{"p":18446744073709551616}'),
-    "duplicate keys": event_text(properties='{"p":1,"p":2}', extra='"id":"e1"'),
-    "case twins": event_text(properties='{"p":"STRASSE","q":"straße"}'),
-    "dotted i": event_text(properties='{"p":"İ","q":"i̇"}'),
-    "group value of 600 bytes": event_text(properties='{"r":' + json.dumps("é" * 300) + "}"),
-    "huge property name": event_text(properties='{"' + "k" * 5000 + '":1,"p":3}'),
-    "leap second": event_text(timestamp=json.dumps(stamp(NOW - 7260)[:14] + "59:60Z")),
-    "leap second with fraction at an offset": event_text(
-        timestamp='"' + stamp(NOW - 7260, 330)[:14] + '29:60.25+05:30"'
-    ),
-    "lower-case t and z": event_text(timestamp=json.dumps(GOOD_STAMP.lower())),
-    "nested 31 levels": event_text(extra='"x":' + _nested(30)),
-    "aliases only": (
-        '{"customerEventId":"e1","eventType":"a","customerAlias":"c1",'
-        f'"eventTimestamp":{json.dumps(GOOD_STAMP)},"eventProperties":{{"p":5}}}}'
-    ).encode(),
-    "aliases equal to the fields": event_text(
-        properties='{"p":5}', extra='"customerEventId":"e1","customerAlias":"c1"'
-    ),
-    "null properties": event_text(properties="null"),
-    "byte order mark": b"\xef\xbb\xbf" + event_text(properties='{"p":4}'),
-    "escaped backslash before u0000": event_text(properties='{"p":"C:\\\\u0000"}'),
-}
+def counted(now: float = NOW) -> dict[str, bytes]:
+    """kind -> an odd but valid event (counted, or skipped for one metric)."""
+    e = functools.partial(event_text, now=now)
+    good = stamp(now - 3600)
+    return {
+        "zero with a tiny exponent": e(properties='{"p":0e-300}'),
+        "zero with a tiny exponent, exact path": e(
+            properties='{"p":0e-300,"q":1.2345678901234567}'
+        ),
+        "zero with a huge exponent": e(properties='{"p":0e999999999,"q":1e400}'),
+        "400-digit decimal": e(properties='{"p":1.' + "1" * 400 + "}"),
+        "400-digit decimal, exact path": e(properties='{"p":1.' + "1" * 400 + ',"q":1e400}'),
+        "trailing zeros past 30 decimals": e(properties='{"p":2.' + "0" * 60 + "}"),
+        "negative zero": e(properties='{"p":-0.0,"q":"-0"}'),
+        "sum string with exponent": e(properties='{"p":"1e-9999","q":"0e9999"}'),
+        "tiny decimal": e(properties='{"p":1e-999999999}'),
+        "huge decimal": e(properties='{"p":1e999999999}'),
+        "64-bit overflow integer": e(properties='{"p":18446744073709551616}'),
+        "duplicate keys": e(properties='{"p":1,"p":2}', extra='"id":"e1"'),
+        "case twins": e(properties='{"p":"STRASSE","q":"straße"}'),
+        "dotted i": e(properties='{"p":"İ","q":"i̇"}'),
+        "group value of 600 bytes": e(properties='{"r":' + json.dumps("é" * 300) + "}"),
+        "huge property name": e(properties='{"' + "k" * 5000 + '":1,"p":3}'),
+        "leap second": e(timestamp=json.dumps(stamp(now - 7260)[:14] + "59:60Z")),
+        "leap second with fraction at an offset": e(
+            timestamp='"' + stamp(now - 7260, 330)[:14] + '29:60.25+05:30"'
+        ),
+        "lower-case t and z": e(timestamp=json.dumps(good.lower())),
+        "nested 31 levels": e(extra='"x":' + _nested(30)),
+        "aliases only": (
+            '{"customerEventId":"e1","eventType":"a","customerAlias":"c1",'
+            f'"eventTimestamp":{json.dumps(good)},"eventProperties":{{"p":5}}}}'
+        ).encode(),
+        "aliases equal to the fields": e(
+            properties='{"p":5}', extra='"customerEventId":"e1","customerAlias":"c1"'
+        ),
+        "null properties": e(properties="null"),
+        "byte order mark": b"\xef\xbb\xbf" + e(properties='{"p":4}'),
+        "escaped backslash before u0000": e(properties='{"p":"C:\\\\u0000"}'),
+    }
+
+
+DEAD_LETTERS = dead_letters()
+COUNTED = counted()
 
 COUNTED_METRICS: list[dict[str, Any]] = [
     {"uid": "h_count", "name": "count", "eventType": "a", "aggregationType": "COUNT"},

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -109,6 +109,37 @@ class Settings(BaseModel):
     shutdown_timeout: Positive = Field(
         30.0, description="how long the final flush may keep retrying at exit"
     )
+    database_timeout: Positive = Field(
+        30.0,
+        description="longest one PostgreSQL statement may run (statement_timeout, and the "
+        "client's own wait)",
+    )
+    lock_timeout: Positive = Field(
+        10.0, description="longest a statement waits for a row or table lock (lock_timeout)"
+    )
+    flush_timeout: Positive = Field(
+        60.0,
+        description="longest one flush attempt (dead letters and the transaction) may take; "
+        "then it is retried",
+    )
+    load_timeout: Positive = Field(
+        60.0, description="longest loading a partition's stored offset and dedup window may take"
+    )
+    stall_timeout: Positive = Field(
+        180.0,
+        description="/healthz fails when the consume loop or one flush attempt has made no "
+        "progress for this long",
+    )
+    permanent_attempts: int = Field(
+        3,
+        ge=1,
+        description="attempts before an error that retrying cannot mend stops the worker",
+    )
+    stop_linger: Seconds = Field(
+        30.0,
+        description="after a permanent error, how long /metrics and /readyz stay up before "
+        "the process exits (so Prometheus sees why)",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as key=value text or JSON"
     )
@@ -151,11 +182,29 @@ class Settings(BaseModel):
         "ready_flush_age",
         "retry_max_backoff",
         "shutdown_timeout",
+        "database_timeout",
+        "lock_timeout",
+        "flush_timeout",
+        "load_timeout",
+        "stall_timeout",
+        "stop_linger",
         mode="before",
     )
     @classmethod
     def _durations(cls, value: object) -> float:
         return parse_duration(value)
+
+    @field_validator("stall_timeout")
+    @classmethod
+    def _stall_after_attempts(cls, value: float, info: ValidationInfo) -> float:
+        # Liveness must not fail a flush or a load that is still within its own timeout.
+        longest = max(info.data.get("flush_timeout", 0.0), info.data.get("load_timeout", 0.0))
+        if value <= longest:
+            raise ValueError(
+                f"must be longer than flush_timeout and load_timeout ({longest:g} s), "
+                "or liveness would fail attempts still within their own timeout"
+            )
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -44,20 +44,17 @@ class UnreadableBatch(PermanentError):
     codec whose library is missing, or a corrupt batch)."""
 
 
-_TRANSIENT_DATABASE = (
-    OSError,  # refused, reset, unreachable; TimeoutError is one too
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
-    asyncpg.OperatorInterventionError,  # class 57: statement timeout, admin shutdown
-    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
-    asyncpg.LockNotAvailableError,  # 55P03: lock_timeout
-    asyncpg.IdleInTransactionSessionTimeoutError,
-    asyncpg.ReadOnlySQLTransactionError,  # a failover in progress
-    asyncpg.InvalidCachedStatementError,  # statements prepared before a migration
-    asyncpg.exceptions.OutdatedSchemaCacheError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,  # the connection was closed under us
-)
+# SQLSTATE classes (and codes) that a retry can outlive: the connection,
+# rollbacks (serialization failure, deadlock), resources, operator intervention
+# (shutdown, cancel, statement timeout), system errors, a lock timeout, an idle
+# transaction timeout, a primary turned read-only by a failover.
+class CorruptBatch(TallyError):
+    """A record batch failed its CRC check; re-fetching may help a few times."""
+
+
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_CODES = ("55P03", "25P03", "25006")
+_PERMANENT_CODES = ("57P04",)  # database_dropped
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -66,7 +63,18 @@ def is_transient(exc: BaseException) -> bool:
         return exc.retriable
     if isinstance(exc, KafkaError):
         return bool(exc.retriable) or isinstance(exc, KafkaTimeoutError | KafkaConnectionError)
-    return isinstance(exc, _TRANSIENT_DATABASE)
+    if isinstance(exc, asyncpg.InvalidCachedStatementError):
+        return True  # statements prepared before a migration; asyncpg re-prepares
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state in _PERMANENT_CODES:
+            return False
+        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
+    # Refused, reset or unreachable (TimeoutError is an OSError), a connection
+    # closed under us, or a schema cache outdated by a migration.
+    return isinstance(
+        exc, OSError | asyncpg.InterfaceError | asyncpg.exceptions.OutdatedSchemaCacheError
+    )
 
 
 def component_of(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from tally.store.pool import is_transient
+from tally.errors import is_transient
 
 
 def test_which_database_errors_are_transient() -> None:

@@ -9,7 +9,11 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from tally.core.events import Rejection, RejectReason
@@ -38,6 +42,9 @@ class RecordingProducer:
         self.error = error
         self.failures = failures
         self.sent: list[dict[str, Any]] = []
+
+    async def flush(self) -> None:
+        await asyncio.sleep(0)
 
     async def send(self, topic: str, **message: Any) -> asyncio.Future[str]:
         await asyncio.sleep(0)  # a real send may wait for buffer space or metadata
@@ -119,12 +126,26 @@ async def test_a_records_own_tally_headers_do_not_shadow_the_reason() -> None:
 
 
 async def test_a_permanent_send_error_parks_the_letter_at_once() -> None:
-    letters = letters_of(RecordingProducer(MessageSizeTooLargeError()))
+    letters = letters_of(RecordingProducer(TopicAuthorizationFailedError()))
     letter = letters.send(record(b"x"), REJECTION)
     parked = await letters.deliver([letter])
     assert parked == [letter]
-    assert "MessageSizeTooLargeError" in letter.error
+    assert "TopicAuthorizationFailedError" in letter.error
     assert letter.attempts == 1
+
+
+async def test_a_size_error_is_tried_once_alone_before_it_parks() -> None:
+    # The broker refuses the producer's batch: a small letter batched with a big one.
+    producer = RecordingProducer(MessageSizeTooLargeError(), failures=2)
+    letters = letters_of(producer)
+    small, big = letters.send(record(b"x"), REJECTION), letters.send(record(b"y"), REJECTION)
+    producer.error = MessageSizeTooLargeError()
+    assert await letters.deliver([small, big]) == []  # both fit once sent alone
+    assert (small.attempts, big.attempts) == (2, 2)
+    stubborn = letters_of(RecordingProducer(MessageSizeTooLargeError()))
+    letter = stubborn.send(record(b"z"), REJECTION)
+    assert await stubborn.deliver([letter]) == [letter]
+    assert letter.attempts == 2
 
 
 async def test_a_transient_send_error_is_retried_then_parked_after_the_last_attempt() -> None:

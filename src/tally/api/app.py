@@ -52,7 +52,13 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
         if pool is not None:
             yield
             return
-        own = await create_pool(settings.database_url, min_size=1, max_size=8)
+        own = await create_pool(
+            settings.database_url,
+            min_size=1,
+            max_size=8,
+            statement_timeout=settings.database_timeout,
+            lock_timeout=settings.lock_timeout,
+        )
         app.state.pool = own
         try:
             yield

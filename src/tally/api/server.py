@@ -46,7 +46,13 @@ async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bo
     on without the API it was asked for."""
     try:
         parse_entries(settings.api_tokens)  # a bad entry stops us before anything else
-        pool = await create_pool(settings.database_url, min_size=1, max_size=8)
+        pool = await create_pool(
+            settings.database_url,
+            min_size=1,
+            max_size=8,
+            statement_timeout=settings.database_timeout,
+            lock_timeout=settings.lock_timeout,
+        )
     except BaseException:
         stop.set()
         raise

@@ -196,20 +196,30 @@ async def run(args: argparse.Namespace) -> int:
                 "create them, fix TALLY_TOPIC, or pass --create-topics"
             )
     await ensure_topics(settings.kafka_bootstrap, {settings.dead_letter_topic: 1})
-    pool = await create_pool(settings.database_url, min_size=2, max_size=4)
+    pool = await create_pool(
+        settings.database_url,
+        min_size=2,
+        max_size=4,
+        statement_timeout=settings.database_timeout,
+        lock_timeout=settings.lock_timeout,
+    )
     api_task = None
     if settings.with_api:
         from tally.api.server import serve
 
         api_task = asyncio.create_task(serve(settings, stop, apply_migrations=False))  # done above
+        # Supervised: an API that dies stops the worker too, and says why.
+        api_task.add_done_callback(lambda _: stop.set())
     try:
         worker = Worker(settings=settings, pool=pool, registry=CollectorRegistry())
         await worker.run(stop)
     finally:
         stop.set()
         if api_task is not None:
-            await api_task
+            await asyncio.wait([api_task])
         await pool.close()
+    if api_task is not None and not api_task.cancelled() and api_task.exception() is not None:
+        raise UserError(f"the HTTP API stopped: {api_task.exception()}")
     return 0
 
 

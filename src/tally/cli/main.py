@@ -13,6 +13,7 @@ import asyncpg
 
 from tally import __version__
 from tally.config import ConfigError, add_arguments, load_settings
+from tally.errors import PermanentError
 
 KAFKA = ["kafka_bootstrap"]
 DATABASE = ["database_url"]
@@ -39,9 +40,14 @@ WORKER = [
     "ready_flush_age",
     "retry_max_backoff",
     "shutdown_timeout",
+    "flush_timeout",
+    "load_timeout",
+    "stall_timeout",
+    "permanent_attempts",
+    "stop_linger",
     "worker_id",
 ]
-API = ["api_host", "api_port", "api_tokens"]
+API = ["api_host", "api_port", "api_tokens", "database_timeout", "lock_timeout"]
 
 
 class UserError(Exception):
@@ -260,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"tally: {describe(exc)}", file=sys.stderr)
+        if isinstance(exc, PermanentError):
+            return 3  # an orchestrator sees a worker that stopped for a reason
         return 2 if isinstance(exc, UserError | ConfigError) or _is_user_error(exc) else 1
 
 
@@ -294,6 +302,8 @@ def describe(exc: BaseException) -> str:
             f"PostgreSQL refused this user ({exc}): it needs the tally role for this command "
             "(tally_worker, tally_api, tally_reader or tally_migrator; docs/operations.md)"
         )
+    if isinstance(exc, PermanentError):
+        return f"stopped: {exc}"
     if isinstance(exc, UserError | ConfigError) or _is_user_error(exc):
         return str(exc)
     return f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"

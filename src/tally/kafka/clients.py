@@ -34,11 +34,15 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
+    """The dead-letter producer. Not idempotent: aiokafka's idempotent
+    producer does not recover from one refused batch (every later send to the
+    partition fails with OutOfOrderSequenceNumber), and dead letters are
+    at-least-once anyway (docs/decisions.md)."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=f"tally-{settings.worker_id}-dlq",
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=False,
         linger_ms=5,
         request_timeout_ms=30_000,
     )

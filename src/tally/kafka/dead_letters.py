@@ -15,7 +15,8 @@ No dead letter may block the flushes behind it:
   or the worker may not write to it), or transiently `MAX_SEND_ATTEMPTS`
   times, is parked instead: written with its reason into
   `tally.parked_dead_letters`, in the flush transaction that moves the offset
-  past it.
+  past it. A size error is first retried in a batch of its own, since the
+  broker judges the producer's whole batch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from tally.core.events import Rejection
@@ -60,7 +62,7 @@ class DeadLetterNotDelivered(TallyError):
 class DeadLetter:
     """One rejected record on its way to the dead-letter topic."""
 
-    __slots__ = ("attempts", "error", "future", "record", "rejection")
+    __slots__ = ("alone", "attempts", "error", "future", "record", "rejection")
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class DeadLetter:
         self.rejection = rejection
         self.future = future
         self.attempts = 1
+        self.alone = False  # sent again in a batch of its own after a size error
         self.error = ""  # why it was parked, once it is
 
     @property
@@ -139,6 +142,9 @@ class DeadLetters:
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
+        # Cleared while one letter is sent in a batch of its own: other sends wait.
+        self._open = asyncio.Event()
+        self._open.set()
 
     def send(self, record: ConsumerRecord, rejection: Rejection) -> DeadLetter:
         """Start sending; the letter's future resolves when the broker has it,
@@ -146,17 +152,31 @@ class DeadLetters:
         return DeadLetter(record, rejection, self._start(record, rejection))
 
     def _start(
-        self, record: ConsumerRecord, rejection: Rejection
+        self, record: ConsumerRecord, rejection: Rejection, *, alone: bool = False
     ) -> asyncio.Future[RecordMetadata]:
-        task = asyncio.ensure_future(self._send(record, rejection))
+        task = asyncio.ensure_future(self._send(record, rejection, alone))
         # A batch dropped after a fence never awaits its sends: retrieve the error here.
         task.add_done_callback(_retrieve)
         return task
 
-    async def _send(self, record: ConsumerRecord, rejection: Rejection) -> RecordMetadata:
+    async def _send(
+        self, record: ConsumerRecord, rejection: Rejection, alone: bool
+    ) -> RecordMetadata:
+        if not alone:
+            await self._open.wait()
         key, value, headers = fit(record, rejection)
         delivery = await self.producer.send(self.topic, value=value, key=key, headers=headers)
         return await delivery
+
+    async def _send_alone(self, letter: DeadLetter) -> None:
+        """Send `letter` in a producer batch that holds nothing else."""
+        self._open.clear()
+        try:
+            await self.producer.flush()  # what is batched already goes first
+            letter.future = self._start(letter.record, letter.rejection, alone=True)
+            await asyncio.wait([letter.future])
+        finally:
+            self._open.set()
 
     async def deliver(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         """Wait until every letter is acknowledged or parked; returns the parked.
@@ -169,10 +189,18 @@ class DeadLetters:
         parked: list[DeadLetter] = []
         resent = 0
         for letter in letters:
-            future = letter.future
-            error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            error = _error(letter.future)
             if error is None:
                 continue
+            if isinstance(error, MessageSizeTooLargeError) and not letter.alone:
+                # The limit is on the producer's batch: a small letter batched
+                # with a big one is refused with it. Sent alone, it is judged alone.
+                letter.alone = True
+                letter.attempts += 1
+                await self._send_alone(letter)
+                error = _error(letter.future)
+                if error is None:
+                    continue
             if is_transient(error) and letter.attempts < MAX_SEND_ATTEMPTS:
                 letter.attempts += 1
                 letter.future = self._start(letter.record, letter.rejection)
@@ -183,6 +211,10 @@ class DeadLetters:
         if resent:
             raise DeadLetterNotDelivered(f"{resent} dead letters not acknowledged; sent again")
         return parked
+
+
+def _error(future: asyncio.Future[RecordMetadata]) -> BaseException | None:
+    return future.exception() if not future.cancelled() else asyncio.CancelledError()
 
 
 def _retrieve(task: asyncio.Future[RecordMetadata]) -> None:

@@ -24,30 +24,41 @@ else:
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
-# SQLSTATE classes (and codes) that a retry can outlive: the connection,
-# rollbacks (serialization failure, deadlock), resources, operator intervention
-# (shutdown, cancel), system errors, a lock timeout, a replica after failover.
-_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
-_TRANSIENT_CODES = ("55P03", "25006")
-_PERMANENT_CODES = ("57P04",)  # database_dropped
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a database error may go away by itself (retry it), or will not
-    (a missing table, a refused privilege, a bad query: stop and say so)."""
-    if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        if state in _PERMANENT_CODES:
-            return False
-        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
-    return isinstance(exc, DATABASE_ERRORS)
-
-
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached or refused us; the message says what to check."""
 
 
+# TCP keepalive on our side of every connection: a PostgreSQL host that
+# vanished (failover, a black-holed network) is noticed in about 60 s even by
+# a connection that waits for nothing. The server probes its side likewise
+# (server_settings below), so locks of a dead client are released.
+KEEPALIVE_IDLE = 30
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 3
+_SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": str(KEEPALIVE_IDLE),
+    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL),
+    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+}
+
+
+def _keepalive(connection: asyncpg.Connection) -> None:
+    transport = getattr(connection, "_transport", None)  # asyncpg has no public handle
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket has no keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
+    _keepalive(connection)
     await connection.set_type_codec(
         "jsonb",
         encoder=lambda value: orjson.dumps(value).decode(),
@@ -75,11 +86,35 @@ def explain(exc: BaseException, dsn: str) -> str:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 4, **kwargs: Any
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    statement_timeout: float = 30.0,
+    lock_timeout: float = 10.0,
+    **kwargs: Any,
 ) -> asyncpg.Pool:
+    """A pool whose every statement has a timeout, on the server
+    (statement_timeout, lock_timeout, idle_in_transaction_session_timeout) and
+    on the client (command_timeout, a little longer, for a server that went
+    silent), and whose connections have TCP keepalives."""
+    server_settings = {
+        **_SERVER_KEEPALIVES,
+        "statement_timeout": f"{int(statement_timeout * 1000)}ms",
+        "lock_timeout": f"{int(lock_timeout * 1000)}ms",
+        "idle_in_transaction_session_timeout": f"{int(statement_timeout * 2000)}ms",
+        **kwargs.pop("server_settings", {}),
+    }
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10, **kwargs
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=10,
+            command_timeout=statement_timeout + 5,
+            server_settings=server_settings,
+            **kwargs,
         )
     except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(explain(exc, dsn)) from exc
@@ -89,7 +124,8 @@ async def create_pool(
 
 async def connect(dsn: str) -> asyncpg.Connection:
     try:
-        connection = await asyncpg.connect(dsn, timeout=10)
+        # No statement timeout: migrations and reports may take long.
+        connection = await asyncpg.connect(dsn, timeout=10, server_settings=_SERVER_KEEPALIVES)
     except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(explain(exc, dsn)) from exc
     await _init_connection(connection)

@@ -12,14 +12,25 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
+LiveCheck = Callable[[], tuple[bool, str]]
+
+
+def _always_live() -> tuple[bool, str]:
+    return True, "ok"
 
 
 class TelemetryServer:
     def __init__(
-        self, registry: CollectorRegistry, ready: ReadyCheck, host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        ready: ReadyCheck,
+        host: str,
+        port: int,
+        live: LiveCheck = _always_live,
     ) -> None:
         self.registry = registry
         self.ready = ready
+        self.live = live
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -44,7 +55,9 @@ class TelemetryServer:
             elif path == "/metrics":
                 status, body, kind = "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST
             elif path == "/healthz":
-                status, body, kind = "200 OK", b"ok\n", "text/plain"
+                ok, why = self.live()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                body, kind = (why + "\n").encode(), "text/plain"
             elif path == "/readyz":
                 ok, why = await self.ready()
                 status = "200 OK" if ok else "503 Service Unavailable"

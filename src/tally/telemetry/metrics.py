@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tally.core.events import RejectReason
+from tally.errors import component_of
 
 
 class Telemetry:
@@ -115,6 +116,37 @@ class Telemetry:
             ["component", "kind"],
             registry=registry,
         )
+        self.permanent_errors = Counter(
+            "tally_permanent_errors",
+            "Errors retrying could not mend; the worker stopped on each (see its log).",
+            registry=registry,
+        )
+        self.stopping = Gauge(
+            "tally_stopping",
+            "1 while the worker is stopping on a permanent error (reason in the label).",
+            ["component", "kind"],
+            registry=registry,
+        )
+        self.offset_gaps = Counter(
+            "tally_offset_gaps",
+            "Records a partition's stored position could not be continued from: deleted by "
+            "retention before they were read (kind=retention), or a log reset under the "
+            "stored position (kind=reset: topic recreated or truncated).",
+            ["topic", "partition", "kind"],
+            registry=registry,
+        )
+        self.metrics_refused = Gauge(
+            "tally_metrics_refused",
+            "Live metric definitions this worker cannot run (e.g. a zone its data lacks).",
+            ["metric", "reason"],
+            registry=registry,
+        )
+        self.zone_data = Gauge(
+            "tally_zone_data_info",
+            "The IANA tz release in use (from the tzdata package), as the version label.",
+            ["version"],
+            registry=registry,
+        )
         self.metrics_defined = Gauge(
             "tally_metrics_live", "Live (not deleted) metric definitions.", registry=registry
         )
@@ -122,7 +154,12 @@ class Telemetry:
             "tally_start_time_seconds", "When this worker started (POSIX).", registry=registry
         )
         # Series that exist from the start at 0, so rate() sees their first increase.
+        self.permanent_errors.inc(0)
         for reason in RejectReason:
             self.dead_lettered.labels(reason.value)
         for outcome in ("ok", "fenced", "error"):
             self.flushes.labels(outcome)
+
+    def count_error(self, exc: BaseException) -> None:
+        """One error talking to the parts around the worker, by component and class."""
+        self.errors.labels(component_of(exc), type(exc).__name__).inc()

@@ -23,8 +23,9 @@ import asyncpg
 from tally.contracts.metric import UsageMetric
 from tally.core.metrics import MetricIndex, PeriodCaches, compile_metric
 from tally.core.periods import zone
+from tally.errors import is_transient
 from tally.store.definitions import Refused, load_definitions, revision
-from tally.store.pool import DATABASE_ERRORS, is_transient
+from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
 
 log = Log("tally.definitions")

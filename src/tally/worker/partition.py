@@ -65,9 +65,11 @@ class PartitionState:
         """Consumed past the stored offset (even if every record was a duplicate)."""
         return self.next_offset != self.stored_offset
 
-    def loaded(self, stored_offset: int) -> None:
+    def loaded(self, stored_offset: int, resume_at: int | None = None) -> None:
+        """State read from PostgreSQL; consuming resumes at `resume_at` (the
+        stored offset unless it lay outside the log, worker/positions.py)."""
         self.stored_offset = stored_offset
-        self.next_offset = stored_offset
+        self.next_offset = stored_offset if resume_at is None else resume_at
         self.clear()
         self.ready = True
 

@@ -10,6 +10,7 @@ compares-and-sets the offsets the previous one stored.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from tally.core.aggregate import Deltas
@@ -24,13 +25,30 @@ class FlushPipeline:
         checkpointer: Checkpointer,
         states: Callable[[], Iterable[PartitionState]],
         wall: Callable[[], float],
+        *,
+        timeout: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.checkpointer = checkpointer
         self.states = states
         self.wall = wall
+        self.timeout = timeout
+        self.monotonic = monotonic
         self.deltas = Deltas()  # where consumed events go
         self._batch: FlushBatch | None = None
         self._task: asyncio.Task[FlushResult] | None = None
+        self._started = 0.0
+
+    def started_at(self) -> float | None:
+        """When the flush in flight started (monotonic), None when none is."""
+        return self._started if self._task is not None else None
+
+    async def _write(self, batch: FlushBatch) -> FlushResult:
+        # A flush that hangs (a lock, a silent server) is abandoned and given
+        # back; if its commit did land after all, the next one is fenced and
+        # the worker reloads: never counted twice.
+        async with asyncio.timeout(self.timeout):
+            return await self.checkpointer.write(batch)
 
     @property
     def busy(self) -> bool:
@@ -49,7 +67,8 @@ class FlushPipeline:
             return False
         self.deltas = Deltas()
         self._batch = batch
-        self._task = asyncio.create_task(self.checkpointer.write(batch), name=f"flush-{reason}")
+        self._started = self.monotonic()
+        self._task = asyncio.create_task(self._write(batch), name=f"flush-{reason}")
         return True
 
     async def settle(self) -> None:
@@ -97,3 +116,19 @@ class FlushPipeline:
         """Forget all pending work (after a fence): the events will be re-read."""
         assert self._task is None, "settle the flush in flight first"
         self.deltas = Deltas()
+
+    def abandon(self) -> None:
+        """Cancel the flush in flight without waiting for it, and forget all
+        pending work; the caller reloads every partition. If the cancelled
+        transaction committed after all, the next flush is fenced: the
+        database stays the truth either way."""
+        task, self._task, self._batch = self._task, None, None
+        if task is not None:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+        self.deltas = Deltas()
+
+
+def _retrieve(task: asyncio.Task[FlushResult]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,21 +1,22 @@
 """`tally run`: one consumer in the group, the core, and the flush pipeline.
 
 The loop: load state for newly assigned partitions and seek to their stored
-offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it;
-when the interval or a pending-work limit says so, hand the pending work
-to the flush pipeline and go on consuming while it is written. Errors from
-PostgreSQL or Kafka are retried with capped backoff while the pending work
-stays in memory (fetching pauses when it is full); nothing is lost, since
-no offset is stored before the rollups it produced.
+offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it
+(worker/intake.py); when the interval or a pending-work limit says so, hand
+the pending work to the flush pipeline and go on consuming while it is
+written. Transient errors from PostgreSQL or Kafka are retried with capped
+backoff while the pending work stays in memory (fetching pauses when it is
+full); nothing is lost, since no offset is stored before the rollups it
+produced. An error retrying cannot mend stops the worker loudly
+(`PermanentError`): readiness false, `tally_permanent_errors_total`, one log
+line with the reason, /metrics kept up for `stop_linger`, exit status 3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
-import math
 import os
 import socket
 from collections.abc import Iterable
@@ -23,14 +24,15 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
-from tally.core.dedup import BUCKET_SECONDS, digest
-from tally.core.events import DecodeLimits, Rejection, RejectReason, UsageEvent, decode_event
+from tally.core.dedup import BUCKET_SECONDS
+from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
+from tally.errors import CorruptBatch, PermanentError, UnreadableBatch, is_transient
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
 from tally.store.flush import Fenced, load_partition
@@ -40,9 +42,13 @@ from tally.telemetry.logs import Log
 from tally.telemetry.metrics import Telemetry
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
+from tally.worker.health import Health
+from tally.worker.intake import Intake
 from tally.worker.partition import PartitionState
 from tally.worker.pipeline import FlushPipeline
-from tally.worker.retry import RETRYABLE, Backoff, Clock, error_kind, retry_until
+from tally.worker.positions import check_jumps, resume_points
+from tally.worker.retry import Clock, Retry, describe, retry_until
+from tally.zones import zone_data_version
 
 log = Log("tally.worker")
 
@@ -51,8 +57,7 @@ log = Log("tally.worker")
 # the sends, instead of holding up to TALLY_MAX_PENDING_EVENTS of them.
 MAX_PENDING_DEAD_LETTERS = 10_000
 MAX_PENDING_DEAD_LETTER_BYTES = 64 * 1024 * 1024  # their records, held until sent
-# An internal error's detail (class and message) in the dead letter's header.
-MAX_DETAIL_CHARS = 1000
+JUMP_CHECK_SECONDS = 5.0  # how often fetches that skipped offsets are checked for losses
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -79,32 +84,50 @@ class Worker:
     metrics_port: int = 0
 
     def __post_init__(self) -> None:
-        self.owner = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        settings = self.settings
+        self.owner = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.telemetry = Telemetry(self.registry)
-        self.limits = DecodeLimits(
-            max_bytes=self.settings.max_event_bytes,
-            max_lateness_seconds=self.settings.max_lateness,
-            max_future_seconds=self.settings.max_future_skew,
-        )
+        self.telemetry.zone_data.labels(zone_data_version()).set(1)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.dead_letters: DeadLetters | None = None
         self.checkpointer = Checkpointer(
             self.pool, self.telemetry, self.owner, self.clock.wall, self._commit_kafka
         )
-        self.pipeline = FlushPipeline(self.checkpointer, self.states.values, self.clock.wall)
-        self.watcher = DefinitionWatcher(self.pool, self._set_index)
-        self.backoff = Backoff(self.settings.retry_max_backoff)
+        self.pipeline = FlushPipeline(
+            self.checkpointer,
+            self.states.values,
+            self.clock.wall,
+            timeout=settings.flush_timeout,
+            monotonic=self.clock.monotonic,
+        )
+        self.intake = Intake(
+            telemetry=self.telemetry,
+            limits=DecodeLimits(
+                max_bytes=settings.max_event_bytes,
+                max_lateness_seconds=settings.max_lateness,
+                max_future_seconds=settings.max_future_skew,
+            ),
+            clock=self.clock,
+            deltas=lambda: self.pipeline.deltas,
+            index=lambda: self.index,
+        )
+        self.watcher = DefinitionWatcher(self.pool, self._set_index, clock=self.clock.wall)
+        self.retry = Retry(self.telemetry, settings.retry_max_backoff, settings.permanent_attempts)
+        self.health = Health(self.clock, settings.stall_timeout)
+        self.health.flush_started = self.pipeline.started_at
         self.paused_for_backpressure = False
         self.joined = False
         self.loading = asyncio.Lock()
         self.retry_at = 0.0
-        self.internal_errors = 0
-        self.internal_error_logged = -math.inf
+        self.jumps_checked = 0.0
 
     def _set_index(self, index: MetricIndex) -> None:
         self.index = index
-        self.telemetry.metrics_defined.set(len(index))
+        t = self.telemetry
+        t.metrics_defined.set(len(index))
+        t.metrics_refused.clear()
+        for refused in self.watcher.refused:
+            t.metrics_refused.labels(refused.uid, refused.reason).set(1)
 
     # -- partition lifecycle ----------------------------------------------
 
@@ -113,28 +136,29 @@ class Worker:
         leaving = [self.states[tp] for tp in revoked if tp in self.states]
         if not leaving:
             return
+        timeout = self.settings.session_timeout
         try:
             # Deltas are shared by all partitions: hand over everything pending.
-            if self.settings.revoke_policy == "flush":
-                await asyncio.wait_for(
-                    self.pipeline.flush("revoke"), timeout=self.settings.session_timeout
-                )
-            else:
-                await self.pipeline.settle()
-                self._drop_pending("revocation with revoke_policy=drop")
+            async with asyncio.timeout(timeout):
+                if self.settings.revoke_policy == "flush":
+                    await self.pipeline.flush("revoke")
+                else:
+                    await self.pipeline.settle()
+                    self._drop_pending("revocation with revoke_policy=drop")
         except Fenced as exc:
             self._fenced(exc)
-        except (TimeoutError, *RETRYABLE) as exc:
-            self.telemetry.errors.labels(*error_kind(exc)).inc()
+        except Exception as exc:
+            self.telemetry.count_error(exc)
             log.warning(
-                "flush on revocation failed; the next owner re-reads",
-                reason=f"{type(exc).__name__}: {exc}",
+                "flush on revocation failed or took longer than the session timeout; "
+                "the next owner re-reads",
+                reason=describe(exc),
             )
-            with contextlib.suppress(BaseException):
-                await self.pipeline.settle()
+            self.pipeline.abandon()
             self._drop_pending("failed flush on revocation")
         for state in leaving:
             self.states.pop(state.tp, None)
+            self.intake.offsets.forget(state.tp)
             with contextlib.suppress(KeyError):  # another worker reports its lag now
                 self.telemetry.lag.remove(state.topic, str(state.partition))
         self._update_gauges()
@@ -176,11 +200,9 @@ class Worker:
                 self.consumer.pause(*loading)
         try:
             await self.load_partitions()
-        except RETRYABLE as exc:
-            self.telemetry.errors.labels(*error_kind(exc)).inc()
-            log.warning(
-                "partition state not loaded yet; will retry", reason=f"{type(exc).__name__}: {exc}"
-            )
+        except Exception as exc:  # the loop retries, and stops on a permanent error
+            self.telemetry.count_error(exc)
+            log.warning("partition state not loaded yet; will retry", reason=describe(exc))
         self._update_gauges()
         log.info(
             "partitions assigned",
@@ -188,122 +210,49 @@ class Worker:
         )
 
     async def load_partitions(self) -> None:
-        """Load stored offsets and dedup windows of partitions not ready yet, then seek."""
+        """Load stored offsets and dedup windows of partitions not ready yet, then
+        seek, one partition at a time (bounded memory, a bounded wait each)."""
         async with self.loading:  # the rebalance callback and the loop may both ask
-            pending = [s for s in self.states.values() if not s.ready]
-            if not pending:
-                return
-            now = self.clock.wall()
-            window = self.settings.dedup_window
-            min_bucket = int((now - window) // BUCKET_SECONDS) if window > 0 else None
-            async with self.pool.acquire() as connection:
-                loaded = [
-                    (
-                        state,
-                        await load_partition(connection, state.topic, state.partition, min_bucket),
-                    )
-                    for state in pending
-                ]
-            from_start = []
-            assignment = self.consumer.assignment() if self.consumer is not None else set()
-            for state, (offset, rows) in loaded:
-                if self.states.get(state.tp) is not state:
-                    continue  # revoked while we were loading
-                if state.dedup is not None:
-                    state.dedup.load(rows, now)
-                state.loaded(offset)
-                if self.consumer is not None and state.tp in assignment:
-                    if offset >= 0:
-                        self.consumer.seek(state.tp, offset)
-                    else:
-                        from_start.append(state.tp)
-                log.info(
-                    "partition ready",
-                    topic=state.topic,
-                    partition=state.partition,
-                    offset=offset,
-                    dedup_ids=state.dedup.held if state.dedup is not None else 0,
-                )
-            if self.consumer is not None:
-                if from_start:
-                    await self.consumer.seek_to_beginning(*from_start)
-                ready = [s.tp for s, _ in loaded if s.ready and s.tp in assignment]
-                if ready and not self.paused_for_backpressure:
-                    self.consumer.resume(*ready)
+            for state in [s for s in self.states.values() if not s.ready]:
+                async with asyncio.timeout(self.settings.load_timeout):
+                    await self._load(state)
 
-    # -- consuming -----------------------------------------------------------
-
-    def consume(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        # Never awaits: aiokafka runs the rebalance callbacks in another task,
-        # and a revoke that flushed half-way through a batch would store an
-        # offset past events not yet in the deltas.
-        state = self.states.get(tp)
-        if state is None or not state.ready:
-            return  # fetched before a revoke or a reload; re-read after the seek
-        self.telemetry.consumed.labels(tp.topic, str(tp.partition)).inc(len(records))
+    async def _load(self, state: PartitionState) -> None:
         now = self.clock.wall()
-        limits = self.limits
-        accepted: list[tuple[ConsumerRecord, UsageEvent]] = []
-        for record in records:
-            if record.offset < state.next_offset:
-                continue
-            state.next_offset = record.offset + 1
-            state.records += 1
-            try:
-                result = decode_event(record.value, now, limits)
-            except Exception as exc:  # a bug: this record, not the worker, pays for it
-                result = self._internal_error(record, exc)
-            if type(result) is Rejection:
-                self._dead_letter(state, record, result)
-            else:
-                accepted.append((record, result))  # type: ignore[arg-type]
-        if not accepted:
-            return
-        dedup = state.dedup
-        if dedup is None:
-            for record, event in accepted:
-                self._apply(state, record, event)
-            return
-        digests = [digest(event.id) for _, event in accepted]
-        pending = dedup.pending
-        for (record, event), key, seen in zip(accepted, digests, dedup.seen(digests), strict=True):
-            if seen or key in pending:
-                state.duplicates += 1
-            elif self._apply(state, record, event):
-                pending.add(key)  # remembered only once applied
-
-    def _apply(self, state: PartitionState, record: ConsumerRecord, event: UsageEvent) -> bool:
-        """Add one event to the deltas; an exception dead-letters the record
-        instead (Deltas.add changes nothing when it raises)."""
-        try:
-            self.pipeline.deltas.add(event, self.index)
-        except Exception as exc:
-            self._dead_letter(state, record, self._internal_error(record, exc))
-            return False
-        return True
-
-    def _dead_letter(self, state: PartitionState, record: ConsumerRecord, why: Rejection) -> None:
-        assert self.dead_letters is not None
-        letter = self.dead_letters.send(record, why)
-        state.dead_letters.append(letter)
-        state.dead_letter_bytes += letter.size
-        state.rejected[why.reason.value] += 1
-
-    def _internal_error(self, record: ConsumerRecord, exc: Exception) -> Rejection:
-        detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS]
-        now = self.clock.monotonic()
-        self.internal_errors += 1
-        if now - self.internal_error_logged >= 10.0:  # a flood of them is one line per 10 s
-            self.internal_error_logged = now
-            log.error(
-                "a record raised inside Tally; it goes to the dead-letter topic",
-                reason=detail,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                since_start=self.internal_errors,
+        window = self.settings.dedup_window
+        min_bucket = int((now - window) // BUCKET_SECONDS) if window > 0 else None
+        async with self.pool.acquire() as connection:
+            offset, rows = await load_partition(
+                connection, state.topic, state.partition, min_bucket
             )
-        return Rejection(RejectReason.INTERNAL_ERROR, detail)
+        if self.states.get(state.tp) is not state:
+            return  # revoked while we were loading
+        consumer = self.consumer
+        assigned = consumer is not None and state.tp in consumer.assignment()
+        start = offset
+        if consumer is not None and assigned:
+            start = (await resume_points(consumer, {state.tp: offset}, self.telemetry))[state.tp]
+            if self.states.get(state.tp) is not state:
+                return
+        if state.dedup is not None:
+            state.dedup.load(rows, now)
+        state.loaded(offset, start)
+        if consumer is not None and assigned:
+            if start >= 0:
+                consumer.seek(state.tp, start)
+            else:
+                await consumer.seek_to_beginning(state.tp)
+            if not self.paused_for_backpressure:
+                consumer.resume(state.tp)
+        log.info(
+            "partition ready",
+            topic=state.topic,
+            partition=state.partition,
+            offset=offset,
+            dedup_ids=state.dedup.held if state.dedup is not None else 0,
+        )
+
+    # -- pending work and gauges ---------------------------------------------
 
     def pending(self) -> tuple[int, int]:
         """(events, rollups) consumed but not yet flushed, the flush in flight excluded."""
@@ -352,18 +301,19 @@ class Worker:
         return None
 
     async def _settle(self) -> bool:
-        """Settle the flush in flight; False if it failed (and was dealt with)."""
+        """Settle the flush in flight; False if it failed (and was dealt with).
+        Raises PermanentError when flushing keeps failing in a way retrying cannot mend."""
         try:
             await self.pipeline.settle()
         except Fenced as exc:
             self._fenced(exc)
             return False
-        except RETRYABLE as exc:
+        except Exception as exc:
             self._failed(exc, "flushing")
             if self.pending()[0] >= self.settings.max_pending_events:
                 self._set_backpressure(True)
             return False
-        self.backoff.reset()
+        self.retry.succeeded()
         self._set_backpressure(False)
         return True
 
@@ -381,19 +331,21 @@ class Worker:
             self.consumer.resume(*ready)
 
     def _failed(self, exc: BaseException, doing: str) -> None:
-        self.telemetry.errors.labels(*error_kind(exc)).inc()
-        delay = self.backoff.next_delay()
+        delay = self.retry.failed(exc, doing)  # raises PermanentError when it is time to stop
         log.warning(
             f"error while {doing}; pending work kept, retrying",
-            reason=f"{type(exc).__name__}: {exc}",
+            reason=describe(exc),
+            transient=is_transient(exc),
             retry_in=round(delay, 2),
             pending_events=self.pending()[0],
         )
         self.retry_at = self.clock.monotonic() + delay
 
-    # -- the loop ------------------------------------------------------------
+    # -- health --------------------------------------------------------------
 
     async def ready_check(self) -> tuple[bool, str]:
+        if self.health.stopping:
+            return False, f"stopping: {self.health.stopping}"
         if not self.joined:
             return False, "not yet in the consumer group"
         if any(not s.ready for s in self.states.values()):
@@ -405,6 +357,9 @@ class Worker:
             and self.pending()[0]
         ):
             return False, f"last successful flush {age:.0f} s ago"
+        stale = self.watcher.age()
+        if stale is not None and stale > max(30.0, 10 * self.settings.metrics_poll_interval):
+            return False, f"definitions last read {stale:.0f} s ago"
         try:
             async with self.pool.acquire(timeout=2) as connection:
                 await connection.fetchval("SELECT 1", timeout=2)
@@ -412,41 +367,52 @@ class Worker:
             return False, f"database unreachable: {type(exc).__name__}"
         return True, f"ok: {len(self.states)} partitions"
 
+    # -- the loop ------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         self.telemetry.up_since.set(self.clock.wall())
         server = TelemetryServer(
-            self.registry, self.ready_check, settings.metrics_host, settings.metrics_port
+            self.registry,
+            self.ready_check,
+            settings.metrics_host,
+            settings.metrics_port,
+            live=self.health.live,
         )
         self.metrics_port = await server.start()
         log.info(
             "telemetry listening", url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics"
         )
-        retry = functools.partial(
-            retry_until, stop, telemetry=self.telemetry, max_backoff=settings.retry_max_backoff
-        )
-        await retry(self.watcher.refresh, "load metric definitions")
-        self.producer = self.producer_factory(settings)
-        await retry(self.producer.start, "start the dead-letter producer")
-        self.dead_letters = self.checkpointer.dead_letters = DeadLetters(
-            self.producer, settings.dead_letter_topic
-        )
-        self.consumer = self.consumer_factory(settings)
-        self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
-        await retry(self.consumer.start, "join the consumer group")
-        watcher = asyncio.create_task(self.watcher.run(settings.metrics_poll_interval, stop))
-        # Pending rollups are many long-lived small objects: full collections
-        # would scan them again and again for cycles they never form.
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
-        log.info(
-            "worker started",
-            owner=self.owner,
-            topics=",".join(settings.topic),
-            group=settings.group,
-        )
+        watcher: asyncio.Task[None] | None = None
         try:
-            await self._loop(stop)
+            await retry_until(stop, self.watcher.refresh, "load metric definitions", self.retry)
+            self.producer = self.producer_factory(settings)
+            await retry_until(
+                stop, self.producer.start, "start the dead-letter producer", self.retry
+            )
+            self.intake.dead_letters = self.checkpointer.dead_letters = DeadLetters(
+                self.producer, settings.dead_letter_topic
+            )
+            self.consumer = self.consumer_factory(settings)
+            self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
+            await retry_until(stop, self.consumer.start, "join the consumer group", self.retry)
+            watcher = asyncio.create_task(
+                self.watcher.run(settings.metrics_poll_interval, stop), name="definitions"
+            )
+            # Pending rollups are many long-lived small objects: full collections
+            # would scan them again and again for cycles they never form.
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 100)
+            log.info(
+                "worker started",
+                owner=self.owner,
+                topics=",".join(settings.topic),
+                group=settings.group,
+            )
+            await self._loop(stop, watcher)
+        except PermanentError as exc:
+            await self._stop_permanently(exc, watcher, server, stop)
+            raise
         except BaseException:
             # An unexpected error may have left a batch half-consumed (offsets
             # moved past events not yet in the deltas): storing that would lose
@@ -455,17 +421,33 @@ class Worker:
             raise
         await self._shutdown(watcher, server, final_flush=True)
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _loop(self, stop: asyncio.Event, watcher: asyncio.Task[None]) -> None:
         assert self.consumer is not None
         consumer = self.consumer
         last_flush = self.clock.monotonic()
         while not stop.is_set():
+            self.health.turned()
+            if watcher.done():  # a side task that dies stops the worker visibly
+                error = None if watcher.cancelled() else watcher.exception()
+                raise PermanentError(
+                    f"the definitions watcher stopped: {describe(error) if error else 'ended'}",
+                    component="tally",
+                    kind="definitions_watcher",
+                ) from error
             now = self.clock.monotonic()
             if now >= self.retry_at and any(not s.ready for s in self.states.values()):
                 try:
                     await self.load_partitions()
-                except RETRYABLE as exc:
+                except Exception as exc:
                     self._failed(exc, "loading partition state")
+            if (self.intake.offsets.jumps or self.intake.offsets.resets) and (
+                now - self.jumps_checked >= JUMP_CHECK_SECONDS
+            ):
+                self.jumps_checked = now
+                try:
+                    await check_jumps(consumer, self.intake.offsets, self.telemetry)
+                except Exception as exc:  # checked again with the next jump
+                    self.telemetry.count_error(exc)
             # Never 0: a fetch that need not wait does not yield to the event loop,
             # and the flush in flight only advances when the loop yields.
             timeout = max(0.005, min(0.5, self.settings.flush_interval - (now - last_flush)))
@@ -473,12 +455,27 @@ class Worker:
                 batch = await consumer.getmany(
                     timeout_ms=int(timeout * 1000), max_records=self.settings.max_batch
                 )
-            except KafkaError as exc:
+            except UnsupportedCodecError as exc:
+                raise UnreadableBatch(
+                    f"cannot read a record batch: {exc}; install tally with its dependencies "
+                    "(cramjam reads snappy, lz4 and zstd)",
+                    component="kafka",
+                    kind="unsupported_codec",
+                ) from exc
+            except CorruptRecordException as exc:
+                # Re-fetching may mend a batch damaged on the way; one damaged
+                # on disk stays so, and then the worker must stop and say so.
+                self._failed(CorruptBatch(describe(exc)), "fetching")
+                await asyncio.sleep(self.retry_at - self.clock.monotonic())
+                continue
+            except Exception as exc:
                 self._failed(exc, "fetching")
-                await asyncio.sleep(self.backoff.next_delay())
+                await asyncio.sleep(self.retry_at - self.clock.monotonic())
                 continue
             for tp, records in batch.items():
-                self.consume(tp, records)
+                state = self.states.get(tp)
+                if state is not None and state.ready:  # else fetched before a revoke or reload
+                    self.intake.consume(state, records)
             await asyncio.sleep(0)  # let the flush in flight take its turn
             if self.pipeline.landed:
                 await self._settle()
@@ -489,28 +486,51 @@ class Worker:
             elif reason is not None:
                 if self.pipeline.busy and reason != "interval":
                     await self._settle()  # a limit is reached: wait for the database
-                if (
-                    not self.pipeline.busy
-                    and self.clock.monotonic() >= self.retry_at  # that settle may have failed
-                    and self.pipeline.start(reason)
-                ):
+                if not self.pipeline.busy and self.clock.monotonic() >= self.retry_at:
+                    # Also when there was nothing to flush: an idle worker then
+                    # waits out a whole interval in getmany, instead of spinning.
+                    self.pipeline.start(reason)
                     last_flush = self.clock.monotonic()
             elif self.paused_for_backpressure:
                 self._set_backpressure(False)  # below every limit again
             self._update_gauges()
 
+    async def _stop_permanently(
+        self,
+        exc: PermanentError,
+        watcher: asyncio.Task[None] | None,
+        server: TelemetryServer,
+        stop: asyncio.Event,
+    ) -> None:
+        """Say why, loudly, and give the partitions up; /metrics stays up a
+        little so Prometheus sees the counter and the reason."""
+        self.health.stopping = str(exc)
+        self.telemetry.permanent_errors.inc()
+        self.telemetry.stopping.labels(exc.component, exc.kind).set(1)
+        log.error("stopping: an error retrying cannot mend", reason=str(exc), kind=exc.kind)
+        await self._shutdown(watcher, None, final_flush=False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=self.settings.stop_linger)
+        await server.stop()
+
     async def _shutdown(
-        self, watcher: asyncio.Task[None], server: TelemetryServer, *, final_flush: bool
+        self,
+        watcher: asyncio.Task[None] | None,
+        server: TelemetryServer | None,
+        *,
+        final_flush: bool,
     ) -> None:
         deadline = self.clock.monotonic() + self.settings.shutdown_timeout
-        backoff = Backoff(2.0)
         if not final_flush:
             # Nothing half-consumed may be flushed, here or by the revoke
             # callback that consumer.stop() runs: no partition is ready now.
             for state in self.states.values():
                 state.ready = False
             with contextlib.suppress(BaseException):
-                await self.pipeline.settle()  # a whole batch, taken before the error
+                async with asyncio.timeout(self.settings.flush_timeout):
+                    await self.pipeline.settle()  # a whole batch, taken before the error
+            self.pipeline.abandon()
+        retry = Retry(self.telemetry, 2.0, 1)
         while final_flush:
             try:
                 await self.pipeline.flush("shutdown")
@@ -518,20 +538,23 @@ class Worker:
             except Fenced as exc:
                 self._fenced(exc)
                 break
-            except RETRYABLE as exc:
-                self.telemetry.errors.labels(*error_kind(exc)).inc()
-                if self.clock.monotonic() + 0.5 >= deadline:
+            except Exception as exc:
+                self.telemetry.count_error(exc)
+                if not is_transient(exc) or self.clock.monotonic() + 0.5 >= deadline:
                     log.warning(
                         "final flush failed; the next owner re-reads the pending events",
-                        reason=f"{type(exc).__name__}: {exc}",
+                        reason=describe(exc),
                         pending_events=self.pending()[0],
                     )
+                    self.pipeline.abandon()
                     break
-                await asyncio.sleep(backoff.next_delay())
-        watcher.cancel()
+                await asyncio.sleep(retry.backoff.next_delay())
+        if watcher is not None:
+            watcher.cancel()
         if self.consumer is not None:
             await self.consumer.stop()  # leaves the group; the revoke callback finds nothing left
         if self.producer is not None:
             await self.producer.stop()
-        await server.stop()
+        if server is not None:
+            await server.stop()
         log.info("worker stopped", owner=self.owner)
