@@ -14,7 +14,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -34,8 +41,23 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"{value!r} is not a duration (examples: 2.5, 500ms, 30s, 5m, 24h, 35d)")
 
 
+def format_duration(seconds: float) -> str:
+    """`36d`, `90m`, `1.5s`: the largest unit that divides the value."""
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
 Seconds = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
+
+
+# How much longer than the lateness window UNIQUE members must be kept, at
+# least: the clock skew between workers and whoever runs retention, and the
+# time an accepted event may wait in memory before its flush commits.
+MEMBER_RETENTION_MARGIN = 86400.0
 
 
 def env_name(field: str) -> str:
@@ -81,6 +103,19 @@ class Settings(BaseModel):
         35 * 86400.0, description="oldest accepted event time, before now"
     )
     max_future_skew: Seconds = Field(300.0, description="furthest accepted event time, after now")
+    member_retention: Seconds = Field(
+        125 * 86400.0,
+        description="UNIQUE members of a period are deleted once the period ended this long ago"
+        " (values stay); at least max_lateness + 1d; 0 keeps them forever",
+        validate_default=True,  # a longer max_lateness alone must be refused too
+    )
+    retention_interval: Seconds = Field(
+        600.0, description="time between retention passes of a worker; 0 runs none"
+    )
+    retention_batch_size: int = Field(
+        10_000, ge=1, description="rows deleted per retention transaction, at most"
+    )
+    retention_pause: Seconds = Field(0.1, description="pause between two retention batches")
     max_event_bytes: int = Field(64 * 1024, ge=64, description="largest accepted message value")
     session_timeout: Positive = Field(10.0, description="Kafka consumer session timeout")
     revoke_policy: Literal["flush", "drop"] = Field(
@@ -138,6 +173,9 @@ class Settings(BaseModel):
         "dedup_window",
         "max_lateness",
         "max_future_skew",
+        "member_retention",
+        "retention_interval",
+        "retention_pause",
         "session_timeout",
         "metrics_poll_interval",
         "ready_flush_age",
@@ -148,6 +186,22 @@ class Settings(BaseModel):
     @classmethod
     def _durations(cls, value: object) -> float:
         return parse_duration(value)
+
+    @field_validator("member_retention")
+    @classmethod
+    def _member_retention(cls, value: float, info: ValidationInfo) -> float:
+        # A late event for a period whose members were deleted would insert its
+        # member again and count it twice: never delete a period that can still
+        # receive events (docs/operations.md, "Retention").
+        lateness = info.data.get("max_lateness")
+        if value and lateness is not None and value < lateness + MEMBER_RETENTION_MARGIN:
+            raise ValueError(
+                f"is {format_duration(value)}; it must be 0 (keep members forever) or at least"
+                f" max_lateness ({format_duration(lateness)}) + 1d"
+                f" = {format_duration(lateness + MEMBER_RETENTION_MARGIN)}: members of a period"
+                " that can still receive late events would be counted again"
+            )
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod
