@@ -65,12 +65,15 @@ SHORTEST_PERIOD_SECONDS = {
 
 STATEMENT_TIMEOUT_SECONDS = 60.0
 
-# Per batch transaction: never wait long for a lock or a statement, and plan
-# each statement for its own parameters (a generic plan could scan the table).
+# Per batch transaction: never wait long for a lock or a statement; plan
+# each statement for its own parameters (a generic plan could scan the
+# table); and commit without waiting for the WAL to reach disk: a batch
+# lost in a crash is found and deleted again by the next pass.
 _LIMITS = (
     "SELECT set_config('lock_timeout', '5s', true),"
     f" set_config('statement_timeout', '{int(STATEMENT_TIMEOUT_SECONDS * 1000)}', true),"
-    " set_config('plan_cache_mode', 'force_custom_plan', true)"
+    " set_config('plan_cache_mode', 'force_custom_plan', true),"
+    " set_config('synchronous_commit', 'off', true)"
 )
 
 # The next period of a metric (in unique_members_period order) after the
