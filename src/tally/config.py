@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -58,6 +59,9 @@ Positive = Annotated[float, Field(gt=0)]
 # least: the clock skew between workers and whoever runs retention, and the
 # time an accepted event may wait in memory before its flush commits.
 MEMBER_RETENTION_MARGIN = 86400.0
+# By default members are kept this long past the lateness window, for
+# queries that union periods (rolling 30- and 90-day UNIQUE).
+ROLLING_WINDOW = 90 * 86400.0
 
 
 def env_name(field: str) -> str:
@@ -104,10 +108,10 @@ class Settings(BaseModel):
     )
     max_future_skew: Seconds = Field(300.0, description="furthest accepted event time, after now")
     member_retention: Seconds = Field(
-        125 * 86400.0,
+        125 * 86400.0,  # when not given: max_lateness + 90d (`_default_member_retention`)
         description="UNIQUE members of a period are deleted once the period ended this long ago"
-        " (values stay); at least max_lateness + 1d; 0 keeps them forever",
-        validate_default=True,  # a longer max_lateness alone must be refused too
+        " (values stay); default max_lateness + 90d; at least max_lateness + 1d; 0 keeps them"
+        " forever",
     )
     retention_interval: Seconds = Field(
         600.0, description="time between retention passes of a worker; 0 runs none"
@@ -115,7 +119,9 @@ class Settings(BaseModel):
     retention_batch_size: int = Field(
         10_000, ge=1, description="rows deleted per retention transaction, at most"
     )
-    retention_pause: Seconds = Field(0.1, description="pause between two retention batches")
+    retention_pause: Seconds = Field(
+        0.5, description="pause between two retention batches (gentler on flushes when longer)"
+    )
     max_event_bytes: int = Field(64 * 1024, ge=64, description="largest accepted message value")
     session_timeout: Positive = Field(10.0, description="Kafka consumer session timeout")
     revoke_policy: Literal["flush", "drop"] = Field(
@@ -186,6 +192,19 @@ class Settings(BaseModel):
     @classmethod
     def _durations(cls, value: object) -> float:
         return parse_duration(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_member_retention(cls, data: Any) -> Any:
+        """Not given: the lateness window plus a 90-day rolling window, so a
+        longer max_lateness moves it along (35d + 90d = 125d by default)."""
+        if isinstance(data, dict) and data.get("member_retention") is None:
+            try:
+                lateness = parse_duration(data.get("max_lateness", 35 * 86400.0))
+            except ValueError:
+                return data  # max_lateness's own validator says what is wrong
+            data = {**data, "member_retention": lateness + ROLLING_WINDOW}
+        return data
 
     @field_validator("member_retention")
     @classmethod

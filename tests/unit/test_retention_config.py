@@ -22,7 +22,7 @@ def test_the_defaults_keep_members_for_the_lateness_window_and_a_90_day_rolling_
     assert settings.member_retention == 125 * DAY
     assert settings.retention_interval == 600
     assert settings.retention_batch_size == 10_000
-    assert settings.retention_pause == 0.1
+    assert settings.retention_pause == 0.5
 
 
 @pytest.mark.parametrize("retention", ["30d", "35d", "35.5d", "859000s"])
@@ -35,9 +35,13 @@ def test_a_retention_inside_the_lateness_window_and_its_margin_is_refused(retent
     assert "counted again" in message
 
 
-def test_a_longer_lateness_alone_is_refused_against_the_default_retention() -> None:
+def test_the_default_retention_follows_a_longer_lateness() -> None:
+    """Not given, it is max_lateness + 90 days, so a longer lateness window
+    alone cannot make a worker refuse to start (or delete too early)."""
+    settings = load_settings({}, environ={"TALLY_MAX_LATENESS": "200d"})
+    assert settings.member_retention == 290 * DAY
     with pytest.raises(ConfigError, match=r"max_lateness \(200d\) \+ 1d = 201d"):
-        load_settings({}, environ={"TALLY_MAX_LATENESS": "200d"})
+        load_settings({}, environ={"TALLY_MAX_LATENESS": "200d", "TALLY_MEMBER_RETENTION": "125d"})
 
 
 def test_the_flag_is_named_when_the_flag_was_given() -> None:
