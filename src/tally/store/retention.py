@@ -136,7 +136,7 @@ class Policy:
     member_retention: float  # seconds; 0 keeps members forever
     dedup_window: float  # seconds; 0 (dedup off here) leaves segments alone
     batch_size: int = 10_000
-    pause: float = 0.1  # seconds between two batches
+    pause: float = 0.5  # seconds between two batches
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
