@@ -528,3 +528,53 @@ async def test_the_command_counts_deletes_and_refuses_while_a_pass_runs(
     refused = tally("--member-retention", "20d", dsn=fresh_database)
     assert refused.returncode == 2
     assert "--member-retention: is 20d" in refused.stderr
+
+
+async def test_a_stopping_worker_ends_its_pass_at_the_next_pause(fresh_database: str) -> None:
+    now = at("2026-06-01T00:00:00+00:00")
+    connection = await connect(fresh_database)
+    pool = await create_pool(fresh_database, min_size=1, max_size=2)
+    try:
+        await migrate(connection)
+        await flush_at(connection, now - 200 * DAY, [f"u{n}" for n in range(100)])
+        settings = Settings(retention_batch_size=10, retention_pause=3600)  # type: ignore[arg-type]
+        task = RetentionTask(pool, settings, wall=lambda: now, first_delay=0)
+        stop = asyncio.Event()
+        running = asyncio.create_task(task.run(stop))
+        for _ in range(600):  # until the first batch is deleted and the pass pauses
+            if await count(connection, "unique_members") < 300:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)  # not the hour's pause
+        assert await count(connection, "unique_members") == 290
+        report = await run_pass(connection, policy(), now)  # the lock is free again
+        assert report.ran
+        assert report.members_total == 290
+    finally:
+        await pool.close()
+        await connection.close()
+
+
+async def test_a_database_error_waits_for_the_next_pass(fresh_database: str) -> None:
+    """No schema (an error from PostgreSQL): each pass fails, is counted, and
+    the task keeps going until stopped."""
+    pool = await create_pool(fresh_database, min_size=1, max_size=1)
+    try:
+        registry = CollectorRegistry()
+        settings = Settings(retention_interval=0.05)  # type: ignore[arg-type]
+        task = RetentionTask(pool, settings, registry, first_delay=0)
+        stop = asyncio.Event()
+        running = asyncio.create_task(task.run(stop))
+        errors = {"outcome": "error"}
+        for _ in range(600):
+            if (registry.get_sample_value("tally_retention_passes_total", errors) or 0) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert not running.done()
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)
+        assert (registry.get_sample_value("tally_retention_passes_total", errors) or 0) >= 2
+        assert registry.get_sample_value("tally_retention_passes_total", {"outcome": "ok"}) == 0
+    finally:
+        await pool.close()
