@@ -14,7 +14,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -34,8 +42,26 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"{value!r} is not a duration (examples: 2.5, 500ms, 30s, 5m, 24h, 35d)")
 
 
+def format_duration(seconds: float) -> str:
+    """`36d`, `90m`, `1.5s`: the largest unit that divides the value."""
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
 Seconds = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
+
+
+# How much longer than the lateness window UNIQUE members must be kept, at
+# least: the clock skew between workers and whoever runs retention, and the
+# time an accepted event may wait in memory before its flush commits.
+MEMBER_RETENTION_MARGIN = 86400.0
+# By default members are kept this long past the lateness window, for
+# queries that union periods (rolling 30- and 90-day UNIQUE).
+ROLLING_WINDOW = 90 * 86400.0
 
 
 def env_name(field: str) -> str:
@@ -84,6 +110,21 @@ class Settings(BaseModel):
         35 * 86400.0, description="oldest accepted event time, before now"
     )
     max_future_skew: Seconds = Field(300.0, description="furthest accepted event time, after now")
+    member_retention: Seconds = Field(
+        125 * 86400.0,  # when not given: max_lateness + 90d (`_default_member_retention`)
+        description="UNIQUE members of a period are deleted once the period ended this long ago"
+        " (values stay); default max_lateness + 90d; at least max_lateness + 1d; 0 keeps them"
+        " forever",
+    )
+    retention_interval: Seconds = Field(
+        600.0, description="time between retention passes of a worker; 0 runs none"
+    )
+    retention_batch_size: int = Field(
+        10_000, ge=1, description="rows deleted per retention transaction, at most"
+    )
+    retention_pause: Seconds = Field(
+        0.5, description="pause between two retention batches (gentler on flushes when longer)"
+    )
     max_event_bytes: int = Field(64 * 1024, ge=64, description="largest accepted message value")
     session_timeout: Positive = Field(10.0, description="Kafka consumer session timeout")
     revoke_policy: Literal["flush", "drop"] = Field(
@@ -177,6 +218,9 @@ class Settings(BaseModel):
         "dedup_window",
         "max_lateness",
         "max_future_skew",
+        "member_retention",
+        "retention_interval",
+        "retention_pause",
         "session_timeout",
         "metrics_poll_interval",
         "ready_flush_age",
@@ -203,6 +247,35 @@ class Settings(BaseModel):
             raise ValueError(
                 f"must be longer than flush_timeout and load_timeout ({longest:g} s), "
                 "or liveness would fail attempts still within their own timeout"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_member_retention(cls, data: Any) -> Any:
+        """Not given: the lateness window plus a 90-day rolling window, so a
+        longer max_lateness moves it along (35d + 90d = 125d by default)."""
+        if isinstance(data, dict) and data.get("member_retention") is None:
+            try:
+                lateness = parse_duration(data.get("max_lateness", 35 * 86400.0))
+            except ValueError:
+                return data  # max_lateness's own validator says what is wrong
+            data = {**data, "member_retention": lateness + ROLLING_WINDOW}
+        return data
+
+    @field_validator("member_retention")
+    @classmethod
+    def _member_retention(cls, value: float, info: ValidationInfo) -> float:
+        # A late event for a period whose members were deleted would insert its
+        # member again and count it twice: never delete a period that can still
+        # receive events (docs/operations.md, "Retention").
+        lateness = info.data.get("max_lateness")
+        if value and lateness is not None and value < lateness + MEMBER_RETENTION_MARGIN:
+            raise ValueError(
+                f"is {format_duration(value)}; it must be 0 (keep members forever) or at least"
+                f" max_lateness ({format_duration(lateness)}) + 1d"
+                f" = {format_duration(lateness + MEMBER_RETENTION_MARGIN)}: members of a period"
+                " that can still receive late events would be counted again"
             )
         return value
 

@@ -1,11 +1,11 @@
-"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory`."""
+"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory` | `retention [MEMBERS] [WINDOW_SECONDS]`."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from tally.bench import core, dedup
+from tally.bench import core, dedup, retention
 
 
 def main(argv: list[str]) -> int:
@@ -20,8 +20,17 @@ def main(argv: list[str]) -> int:
         dsn = os.environ.get("TALLY_DATABASE_URL", "postgresql://localhost:5432/tally")
         dedup.main(dsn, int(argv[1]) if len(argv) > 1 else 200_000)
         return 0
+    if argv[:1] == ["retention"]:
+        dsn = os.environ.get("TALLY_DATABASE_URL", "postgresql://localhost:5432/tally")
+        retention.main(
+            dsn,
+            int(argv[1]) if len(argv) > 1 else 4_000_000,
+            float(argv[2]) if len(argv) > 2 else 5.0,
+        )
+        return 0
     print(
-        "usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS] | memory",
+        "usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS] | memory"
+        " | retention [MEMBERS] [WINDOW_SECONDS]",
         file=sys.stderr,
     )
     return 2

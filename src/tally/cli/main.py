@@ -208,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--markdown", help="also write the report to this file")
 
+    from tally.cli import retention
+
+    keep = sub.add_parser("retention", help="delete old UNIQUE members and expired dedup ids")
+    ksub = keep.add_subparsers(dest="retention_command", metavar="ACTION")
+    keep_run = _command(
+        ksub,
+        "run",
+        "one retention pass now (workers run one every TALLY_RETENTION_INTERVAL)",
+        retention.run,
+        [*DATABASE, *LOGGING, *retention.FIELDS],
+    )
+    keep_run.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
+    keep.set_defaults(handler=None, parser=keep)
+
     api = sub.add_parser("api", help="the HTTP API over metric definitions and values")
     asub = api.add_subparsers(dest="api_command", metavar="ACTION")
     _command(
