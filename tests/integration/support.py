@@ -46,7 +46,7 @@ class WorkerProcess:
         log.write(f"---- start {self.starts} ----\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tally", "run", *self.args],
+            [sys.executable, "-m", "tally", "--debug", "run", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -30,13 +30,15 @@ GRANTS: dict[str, dict[str, set[str]]] = {
         "tally_api": {SEL, INS, UPD},
         "tally_reader": {SEL},
     },
-    "unique_members": {"tally_worker": {SEL, INS}},
+    "unique_members": {"tally_worker": {SEL, INS, DEL}},  # DELETE: retention passes
     "partition_offsets": {"tally_worker": {SEL, INS, UPD}},
     "dedup_segments": {"tally_worker": {SEL, INS, DEL}},
     "dedup_segments_segment_id_seq": {"tally_worker": {"USAGE"}},
     "api_idempotency": {"tally_api": {SEL, INS, UPD, DEL}},
     "value_adjustments": {"tally_api": {SEL, INS}},
     "value_adjustments_seq_seq": {"tally_api": {"USAGE"}},
+    "parked_dead_letters": {"tally_worker": {INS}},
+    "parked_dead_letters_id_seq": {"tally_worker": {"USAGE"}},
     "metric_revision": {},  # no longer drawn from
 }
 TABLES = [name for name in GRANTS if not name.endswith(("_seq", "metric_revision"))]
@@ -52,6 +54,9 @@ A_ROW = {
     " group_key, delta, value_before, value_after, reason, principal, idempotency_key)"
     " VALUES ('m', 'c', 'day', '2026-01-01Z', '2026-01-02Z', '', 1, 0, 1, 'r', 'p', 'k')",
     "schema_migrations": "VALUES (999, 'x')",
+    "parked_dead_letters": "(topic, partition, \"offset\", reason, detail, send_error,"
+    " header_names, header_values, record_timestamp) VALUES ('t', 0, 1, 'r', 'd', 'e', '{}',"
+    " '{}', 0)",
 }
 
 UPDATED = {
@@ -64,6 +69,7 @@ UPDATED = {
     "api_idempotency": "key",
     "value_adjustments": "reason",
     "schema_migrations": "name",
+    "parked_dead_letters": "reason",
 }
 
 

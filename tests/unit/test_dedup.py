@@ -144,3 +144,15 @@ def test_memory_per_remembered_id_is_about_20_bytes() -> None:
     nbytes = window.closed_hi.nbytes + window.closed_lo.nbytes + window.closed_bucket.nbytes
     nbytes += sum(r.hi.nbytes + r.lo.nbytes for r in window.open_runs)
     assert 16 <= nbytes / held <= 20
+
+
+def test_a_reload_one_segment_at_a_time_peaks_near_36_bytes_per_id() -> None:
+    """Issue 11 item 9: reloads peaked at 84 bytes per id (every blob, each
+    hour's copies and their concatenation at once). A bound, measured by
+    tracemalloc (bytes, not time): the arrays' 20, the sort order's 8 and one
+    array being reordered, 8."""
+    from tally.bench.memory import reload_memory
+
+    measured = reload_memory(200_000)
+    assert measured["reload, one segment at a time: peak"] < 40
+    assert measured["reload, one segment at a time: held after"] < 21

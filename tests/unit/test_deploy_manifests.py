@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import read_definitions
 from tally.telemetry.metrics import Telemetry
+from tally.worker.retention import RetentionTelemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -56,6 +57,12 @@ EXPECTED_ALERTS = {
     "TallyNoRecentFlush",
     "TallyDeadLettersHigh",
     "TallyDatabaseErrors",
+    "TallyWorkerStoppedOnError",
+    "TallyOffsetGap",
+    "TallyDeadLettersParked",
+    "TallyMetricRefused",
+    "TallyZoneDataDiffers",
+    "TallyRetentionFailing",
 }
 
 
@@ -102,6 +109,7 @@ def exported_sample_names() -> set[str]:
     """Every sample name the worker's /metrics can show, from its own Telemetry."""
     registry = CollectorRegistry()
     Telemetry(registry)
+    RetentionTelemetry(registry)  # the worker's retention task registers its own
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),

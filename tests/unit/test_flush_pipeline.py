@@ -123,9 +123,8 @@ async def test_a_worker_stopped_by_an_unexpected_error_flushes_nothing_half_cons
     state.loaded(10)
     worker.states[state.tp] = state
     consume(worker.pipeline, state, 4)  # as if the error struck half-way through a batch
-    idle = asyncio.create_task(asyncio.sleep(3600))
     server = TelemetryServer(worker.registry, worker.ready_check, "127.0.0.1", 0)
-    await worker._shutdown(idle, server, final_flush=False)
+    await worker._shutdown(server, final_flush=False)
     assert checkpointer.gates == []  # no flush was even started
     assert state.stored_offset == 10
     # And the revocation that leaving the group runs finds nothing to flush either.

@@ -21,7 +21,7 @@ from tally.api import errors, openapi, routes_health, routes_metrics, routes_val
 from tally.api.auth import Authenticator, Reader
 from tally.api.deps import JSON
 from tally.config import Settings
-from tally.store.pool import create_pool
+from tally.store.pool import close_pool, create_pool
 from tally.telemetry.logs import Log
 
 log = Log("tally.api")
@@ -63,7 +63,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await own.close()
+            await close_pool(own)
 
     app = TallyApi(
         title="Tally",

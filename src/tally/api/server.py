@@ -14,7 +14,7 @@ from tally.api.app import create_app
 from tally.api.auth import parse_entries
 from tally.config import ConfigError, Settings
 from tally.store.migrate import check_schema, migrate
-from tally.store.pool import create_pool
+from tally.store.pool import close_pool, create_pool
 from tally.telemetry.logs import Log
 
 log = Log("tally.api")
@@ -86,4 +86,4 @@ async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bo
         stop.set()
         raise
     finally:
-        await pool.close()
+        await close_pool(pool)

@@ -1,11 +1,11 @@
-"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory` | `retention [MEMBERS] [WINDOW_SECONDS]`."""
+"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory [IDS]` | `retention [MEMBERS] [WINDOW_SECONDS]`."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from tally.bench import core, dedup, retention
+from tally.bench import core, dedup, memory, retention
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +14,13 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["memory"]:
         for kind, size in core.rollup_memory().items():
-            print(f"{kind:<22} {size:7.0f} bytes per pending rollup")
+            print(f"{kind:<42} {size:7.0f} bytes per pending rollup")
+        for name, size in memory.reload_memory(
+            int(argv[1]) if len(argv) > 1 else 1_000_000
+        ).items():
+            print(f"{name:<42} {size:7.1f} bytes per dedup id")
+        size = memory.dead_letter_memory()
+        print(f"{'pending dead letter (beyond its record)':<42} {size:7.0f} bytes")
         return 0
     if argv[:1] == ["dedup"]:
         dsn = os.environ.get("TALLY_DATABASE_URL", "postgresql://localhost:5432/tally")

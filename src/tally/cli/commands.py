@@ -26,7 +26,7 @@ from tally.contracts.metric import (
 )
 from tally.store import definitions as store
 from tally.store.migrate import migrate as run_migrations
-from tally.store.pool import connect, create_pool
+from tally.store.pool import close_pool, connect, create_pool
 from tally.synthetic import Workload, events
 from tally.telemetry import logs
 
@@ -199,7 +199,7 @@ async def run(args: argparse.Namespace) -> int:
     pool = await create_pool(
         settings.database_url,
         min_size=2,
-        max_size=4,
+        max_size=5,  # flushes, loads, the definitions watcher, readiness, a retention pass
         statement_timeout=settings.database_timeout,
         lock_timeout=settings.lock_timeout,
     )
@@ -217,7 +217,7 @@ async def run(args: argparse.Namespace) -> int:
         stop.set()
         if api_task is not None:
             await asyncio.wait([api_task])
-        await pool.close()
+        await close_pool(pool)
     if api_task is not None and not api_task.cancelled() and api_task.exception() is not None:
         raise UserError(f"the HTTP API stopped: {api_task.exception()}")
     return 0

@@ -45,6 +45,10 @@ WORKER = [
     "stall_timeout",
     "permanent_attempts",
     "stop_linger",
+    "member_retention",
+    "retention_interval",
+    "retention_batch_size",
+    "retention_pause",
     "worker_id",
 ]
 API = ["api_host", "api_port", "api_tokens", "database_timeout", "lock_timeout"]

@@ -115,6 +115,68 @@ class FlushPlan:
     expire_before: int  # delete rows of buckets below this
 
 
+class WindowLoad:
+    """One reload of a `DedupWindow`, segment by segment.
+
+    Closed hours are copied into arrays allocated once for all of them and
+    sorted at the end: the peak is their 20 bytes per id, plus 8 for the sort
+    order and 8 for one array being reordered, plus the one blob in hand (the
+    old way held every blob, each hour's copies and their concatenation: about
+    84 bytes per id). `python -m tally.bench memory` measures it."""
+
+    __slots__ = ("bucket", "current", "cutoff", "filled", "hi", "lo", "window")
+
+    def __init__(self, window: DedupWindow, now: float, ids: int) -> None:
+        self.window = window
+        self.current = int(now // BUCKET_SECONDS)
+        self.cutoff = window._expire_before(now)
+        self.hi = np.empty(ids, np.uint64)
+        self.lo = np.empty(ids, np.uint64)
+        self.bucket = np.empty(ids, np.int32)
+        self.filled = 0
+        window.open_runs = []
+        window.rows = {}
+        window.pending = set()
+        window.flying = set()
+        window.open_bucket = self.current
+
+    def add(self, segment_id: int, bucket: int, blob: bytes) -> None:
+        if bucket < self.cutoff:
+            return
+        window = self.window
+        window.rows.setdefault(bucket, []).append(segment_id)
+        records = np.frombuffer(blob, dtype=_RECORD)  # a view of the blob, no copy
+        if bucket >= self.current:
+            window.open_runs.append(
+                _Run(records["hi"].astype(np.uint64), records["lo"].astype(np.uint64))
+            )
+            return
+        start, end = self.filled, self.filled + len(records)
+        if end > len(self.hi):  # more than announced: grow (not on the worker's path)
+            grow = max(end, 2 * len(self.hi))
+            self.hi = np.resize(self.hi, grow)
+            self.lo = np.resize(self.lo, grow)
+            self.bucket = np.resize(self.bucket, grow)
+        self.hi[start:end] = records["hi"]
+        self.lo[start:end] = records["lo"]
+        self.bucket[start:end] = bucket
+        self.filled = end
+
+    def finish(self) -> None:
+        window = self.window
+        n = self.filled
+        order = _order(self.hi[:n])
+        # One array at a time, each old one freed before the next is made.
+        hi = self.hi[:n][order]
+        self.hi = np.empty(0, np.uint64)
+        lo = self.lo[:n][order]
+        self.lo = np.empty(0, np.uint64)
+        bucket = self.bucket[:n][order]
+        self.bucket = np.empty(0, np.int32)
+        window.closed_hi, window.closed_lo, window.closed_bucket = hi, lo, bucket
+        window._compact_open()
+
+
 @dataclass(slots=True)
 class DedupWindow:
     window_seconds: float
@@ -136,25 +198,16 @@ class DedupWindow:
 
     def load(self, rows: Iterable[tuple[int, int, bytes]], now: float) -> None:
         """Rebuild from `(segment_id, bucket, blob)` rows, dropping expired hours."""
-        current = int(now // BUCKET_SECONDS)
-        cutoff = self._expire_before(now)
-        closed: list[tuple[U64, U64, npt.NDArray[np.int32]]] = []
-        self.open_runs = []
-        self.rows = {}
-        self.pending = set()
-        self.flying = set()
-        self.open_bucket = current
+        rows = list(rows)
+        loading = self.loader(now, sum(len(blob) for _, _, blob in rows) // _RECORD.itemsize)
         for segment_id, bucket, blob in rows:
-            if bucket < cutoff:
-                continue
-            self.rows.setdefault(bucket, []).append(segment_id)
-            hi, lo = _words(blob)
-            if bucket >= current:
-                self.open_runs.append(_Run(hi, lo))
-            else:
-                closed.append((hi, lo, np.full(len(hi), bucket, np.int32)))
-        self._set_closed(closed)
-        self._compact_open()
+            loading.add(segment_id, bucket, blob)
+        loading.finish()
+
+    def loader(self, now: float, ids: int) -> WindowLoad:
+        """Rebuild from segments given one at a time (`ids`: at most how many
+        they hold), so a reload never holds every blob at once."""
+        return WindowLoad(self, now, ids)
 
     def _expire_before(self, now: float) -> int:
         return int((now - self.window_seconds) // BUCKET_SECONDS)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tally.core.aggregate import Deltas
-from tally.core.dedup import FlushPlan
+from tally.core.dedup import DedupWindow, FlushPlan
 from tally.core.metrics import COUNT, SUM, UNIQUE
 from tally.core.values import decimal_text
 from tally.store.pool import Connection
@@ -310,3 +310,47 @@ async def load_partition(
             )
             rows = [(r["segment_id"], r["bucket"], r["ids"]) for r in records]
     return int(offset), rows
+
+
+async def load_partition_into(
+    connection: Connection,
+    topic: str,
+    partition: int,
+    min_bucket: int | None,
+    window: DedupWindow | None,
+    now: float,
+) -> int:
+    """The stored offset of a partition, its dedup window rebuilt in place,
+    from one snapshot. Segments stream through a cursor into the window, so
+    memory holds one blob at a time, never all of them (`WindowLoad`)."""
+    await connection.execute(
+        "INSERT INTO tally.partition_offsets (topic, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        topic,
+        partition,
+    )
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        offset = await connection.fetchval(
+            "SELECT next_offset FROM tally.partition_offsets WHERE topic = $1 AND partition = $2",
+            topic,
+            partition,
+        )
+        if window is not None and min_bucket is not None:
+            ids = await connection.fetchval(
+                "SELECT coalesce(sum(id_count), 0) FROM tally.dedup_segments"
+                " WHERE topic = $1 AND partition = $2 AND bucket >= $3",
+                topic,
+                partition,
+                min_bucket,
+            )
+            loading = window.loader(now, int(ids))
+            async for row in connection.cursor(
+                "SELECT segment_id, bucket, ids FROM tally.dedup_segments"
+                " WHERE topic = $1 AND partition = $2 AND bucket >= $3 ORDER BY segment_id",
+                topic,
+                partition,
+                min_bucket,
+                prefetch=4,
+            ):
+                loading.add(row["segment_id"], row["bucket"], row["ids"])
+            loading.finish()
+    return int(offset)

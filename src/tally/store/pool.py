@@ -122,6 +122,15 @@ async def create_pool(
     return pool
 
 
+async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    """Close gracefully if the server answers, else drop the connections: a
+    black-holed one would make pool.close() wait, then raise TimeoutError."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=timeout)
+    except (TimeoutError, *DATABASE_ERRORS):
+        pool.terminate()
+
+
 async def connect(dsn: str) -> asyncpg.Connection:
     try:
         # No statement timeout: migrations and reports may take long.

@@ -35,7 +35,7 @@ from tally.core.metrics import MetricIndex
 from tally.errors import CorruptBatch, PermanentError, UnreadableBatch, is_transient
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
-from tally.store.flush import Fenced, load_partition
+from tally.store.flush import Fenced, load_partition_into
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
 from tally.telemetry.logs import Log
@@ -47,6 +47,7 @@ from tally.worker.intake import Intake
 from tally.worker.partition import PartitionState
 from tally.worker.pipeline import FlushPipeline
 from tally.worker.positions import check_jumps, resume_points
+from tally.worker.retention import RetentionTask
 from tally.worker.retry import Clock, Retry, describe, retry_until
 from tally.zones import zone_data_version
 
@@ -120,6 +121,7 @@ class Worker:
         self.loading = asyncio.Lock()
         self.retry_at = 0.0
         self.jumps_checked = 0.0
+        self.side_tasks: list[asyncio.Task[None]] = []  # supervised by the loop
 
     def _set_index(self, index: MetricIndex) -> None:
         self.index = index
@@ -222,8 +224,8 @@ class Worker:
         window = self.settings.dedup_window
         min_bucket = int((now - window) // BUCKET_SECONDS) if window > 0 else None
         async with self.pool.acquire() as connection:
-            offset, rows = await load_partition(
-                connection, state.topic, state.partition, min_bucket
+            offset = await load_partition_into(
+                connection, state.topic, state.partition, min_bucket, state.dedup, now
             )
         if self.states.get(state.tp) is not state:
             return  # revoked while we were loading
@@ -234,8 +236,6 @@ class Worker:
             start = (await resume_points(consumer, {state.tp: offset}, self.telemetry))[state.tp]
             if self.states.get(state.tp) is not state:
                 return
-        if state.dedup is not None:
-            state.dedup.load(rows, now)
         state.loaded(offset, start)
         if consumer is not None and assigned:
             if start >= 0:
@@ -383,7 +383,6 @@ class Worker:
         log.info(
             "telemetry listening", url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics"
         )
-        watcher: asyncio.Task[None] | None = None
         try:
             await retry_until(stop, self.watcher.refresh, "load metric definitions", self.retry)
             self.producer = self.producer_factory(settings)
@@ -396,9 +395,13 @@ class Worker:
             self.consumer = self.consumer_factory(settings)
             self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
             await retry_until(stop, self.consumer.start, "join the consumer group", self.retry)
-            watcher = asyncio.create_task(
-                self.watcher.run(settings.metrics_poll_interval, stop), name="definitions"
-            )
+            retention = RetentionTask(self.pool, settings, self.registry)
+            self.side_tasks = [
+                asyncio.create_task(
+                    self.watcher.run(settings.metrics_poll_interval, stop), name="definitions"
+                ),
+                asyncio.create_task(retention.run(stop), name="retention"),
+            ]
             # Pending rollups are many long-lived small objects: full collections
             # would scan them again and again for cycles they never form.
             gc.freeze()
@@ -409,31 +412,32 @@ class Worker:
                 topics=",".join(settings.topic),
                 group=settings.group,
             )
-            await self._loop(stop, watcher)
+            await self._loop(stop)
         except PermanentError as exc:
-            await self._stop_permanently(exc, watcher, server, stop)
+            await self._stop_permanently(exc, server, stop)
             raise
         except BaseException:
             # An unexpected error may have left a batch half-consumed (offsets
             # moved past events not yet in the deltas): storing that would lose
             # them. Nothing is flushed; the next owner re-reads from PostgreSQL.
-            await self._shutdown(watcher, server, final_flush=False)
+            await self._shutdown(server, final_flush=False)
             raise
-        await self._shutdown(watcher, server, final_flush=True)
+        await self._shutdown(server, final_flush=True)
 
-    async def _loop(self, stop: asyncio.Event, watcher: asyncio.Task[None]) -> None:
+    async def _loop(self, stop: asyncio.Event) -> None:
         assert self.consumer is not None
         consumer = self.consumer
         last_flush = self.clock.monotonic()
         while not stop.is_set():
             self.health.turned()
-            if watcher.done():  # a side task that dies stops the worker visibly
-                error = None if watcher.cancelled() else watcher.exception()
-                raise PermanentError(
-                    f"the definitions watcher stopped: {describe(error) if error else 'ended'}",
-                    component="tally",
-                    kind="definitions_watcher",
-                ) from error
+            for task in self.side_tasks:  # a side task that dies stops the worker visibly
+                if task.done():
+                    error = None if task.cancelled() else task.exception()
+                    raise PermanentError(
+                        f"the {task.get_name()} task stopped: {describe(error) if error else 'ended'}",
+                        component="tally",
+                        kind=task.get_name(),
+                    ) from error
             now = self.clock.monotonic()
             if now >= self.retry_at and any(not s.ready for s in self.states.values()):
                 try:
@@ -498,7 +502,6 @@ class Worker:
     async def _stop_permanently(
         self,
         exc: PermanentError,
-        watcher: asyncio.Task[None] | None,
         server: TelemetryServer,
         stop: asyncio.Event,
     ) -> None:
@@ -508,14 +511,13 @@ class Worker:
         self.telemetry.permanent_errors.inc()
         self.telemetry.stopping.labels(exc.component, exc.kind).set(1)
         log.error("stopping: an error retrying cannot mend", reason=str(exc), kind=exc.kind)
-        await self._shutdown(watcher, None, final_flush=False)
+        await self._shutdown(None, final_flush=False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=self.settings.stop_linger)
         await server.stop()
 
     async def _shutdown(
         self,
-        watcher: asyncio.Task[None] | None,
         server: TelemetryServer | None,
         *,
         final_flush: bool,
@@ -549,8 +551,10 @@ class Worker:
                     self.pipeline.abandon()
                     break
                 await asyncio.sleep(retry.backoff.next_delay())
-        if watcher is not None:
-            watcher.cancel()
+        for task in self.side_tasks:
+            task.cancel()
+        if self.side_tasks:
+            await asyncio.wait(self.side_tasks, timeout=5)
         if self.consumer is not None:
             await self.consumer.stop()  # leaves the group; the revoke callback finds nothing left
         if self.producer is not None:

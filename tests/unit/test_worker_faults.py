@@ -1,0 +1,149 @@
+"""Faults inside the worker, with fakes for Kafka and the clock: a revocation
+whose flush never ends, a stuck loop, a permanent error, an idle loop, a
+flood of large dead letters. (Real broker and database: tests/integration/
+test_worker_timeouts.py and test_offset_gaps.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import asyncpg
+import pytest
+from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from tally.config import Settings
+from tally.errors import PermanentError
+from tally.telemetry.http import TelemetryServer
+from tally.worker.checkpoint import Checkpointer
+from tally.worker.health import Health
+from tally.worker.partition import PartitionState
+from tally.worker.retry import Clock, Retry
+from tally.worker.runner import MAX_PENDING_DEAD_LETTER_BYTES, Worker
+from tests.integration.support import http_get
+from tests.unit.test_flush_pipeline import GatedCheckpointer, consume
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> Clock:
+        return Clock(wall=lambda: self.now + 1.7e9, monotonic=lambda: self.now)
+
+
+class IdleConsumer:
+    """A consumer with nothing to fetch: getmany 'waits' its timeout on the fake clock."""
+
+    def __init__(self, time: FakeTime, stop: asyncio.Event, until: float) -> None:
+        self.time = time
+        self.stop = stop
+        self.until = until
+        self.calls = 0
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        self.calls += 1
+        self.time.now += timeout_ms / 1000
+        if self.time.now >= self.until:
+            self.stop.set()
+        await asyncio.sleep(0)
+        return {}
+
+    def assignment(self) -> set[Any]:
+        return set()
+
+    def highwater(self, tp: Any) -> None:
+        return None
+
+
+def worker(time: FakeTime, **settings: Any) -> Worker:
+    return Worker(
+        Settings(**settings), cast(asyncpg.Pool, None), CollectorRegistry(), clock=time.clock()
+    )
+
+
+async def test_an_idle_worker_waits_in_fetch_instead_of_spinning() -> None:
+    time = FakeTime()
+    stop = asyncio.Event()
+    w = worker(time, flush_interval=1.0)
+    consumer = IdleConsumer(time, stop, until=time.now + 60)
+    w.consumer = cast(Any, consumer)
+    await w._loop(stop)
+    # One fetch per half second at most (0.5 s cap) and one per flush interval:
+    # the loop polled every 5 ms once an interval passed with nothing to flush.
+    assert consumer.calls <= 60 * 2 + 60
+
+
+async def test_a_revocation_whose_flush_never_ends_gives_up_after_the_session_timeout() -> None:
+    w = Worker(
+        Settings(session_timeout=0.2, revoke_policy="drop"),
+        cast(asyncpg.Pool, None),
+        CollectorRegistry(),
+    )
+    checkpointer = GatedCheckpointer()  # its gate is never opened: a hung flush
+    w.pipeline.checkpointer = cast(Checkpointer, checkpointer)
+    state = PartitionState(TopicPartition("t", 0), window_seconds=0)
+    state.loaded(10)
+    w.states[state.tp] = state
+    consume(w.pipeline, state, 5)
+    assert w.pipeline.start("interval")
+    await asyncio.wait_for(w.partitions_revoked({state.tp}), timeout=5)
+    assert not w.pipeline.busy
+    assert w.states == {}
+    assert state.stored_offset == 10  # nothing was stored: the next owner re-reads
+
+
+async def test_liveness_fails_when_the_loop_stops_turning_or_a_flush_hangs() -> None:
+    time = FakeTime()
+    health = Health(time.clock(), stall_timeout=180)
+    server = TelemetryServer(CollectorRegistry(), _ready, "127.0.0.1", 0, live=health.live)
+    port = await server.start()
+    try:
+        assert await http_get(f"http://127.0.0.1:{port}/healthz") == "ok\n"
+        time.now += 181
+        assert "not turned for 181 s" in await http_get(f"http://127.0.0.1:{port}/healthz")
+        health.turned()
+        assert health.live() == (True, "ok")
+        started = time.now
+        health.flush_started = lambda: started
+        time.now += 200
+        health.turned()
+        ok, why = health.live()
+        assert not ok
+        assert "flush has been in flight for 200 s" in why
+    finally:
+        await server.stop()
+
+
+async def _ready() -> tuple[bool, str]:
+    return True, "ok"
+
+
+async def test_a_permanent_error_is_retried_a_bounded_number_of_times() -> None:
+    retry = Retry(worker(FakeTime()).telemetry, max_backoff=1.0, permanent_attempts=3)
+    undefined = asyncpg.UndefinedColumnError("column v.value does not exist")
+    retry.failed(undefined, "flushing")
+    retry.failed(undefined, "flushing")
+    with pytest.raises(PermanentError) as raised:
+        retry.failed(undefined, "flushing")
+    assert "flushing failed 3 times" in str(raised.value)
+    assert "UndefinedColumnError" in str(raised.value)
+    for _ in range(50):  # transient ones are retried as long as they last
+        retry.failed(asyncpg.AdminShutdownError("restarting"), "flushing")
+    retry.succeeded()
+    retry.failed(undefined, "flushing")  # the count is of failures in a row
+
+
+async def test_large_dead_letters_are_flushed_by_their_bytes_not_only_their_number() -> None:
+    time = FakeTime()
+    w = worker(time)
+    state = PartitionState(TopicPartition("t", 0), window_seconds=0)
+    state.loaded(0)
+    w.states[state.tp] = state
+    state.dead_letter_bytes = MAX_PENDING_DEAD_LETTER_BYTES - 1
+    assert w._flush_due(last_flush=time.now) is None
+    state.dead_letter_bytes += 1
+    assert w._flush_due(last_flush=time.now) == "pending_dead_letters"
