@@ -54,7 +54,7 @@ A_ROW = {
     " group_key, delta, value_before, value_after, reason, principal, idempotency_key)"
     " VALUES ('m', 'c', 'day', '2026-01-01Z', '2026-01-02Z', '', 1, 0, 1, 'r', 'p', 'k')",
     "schema_migrations": "VALUES (999, 'x')",
-    "parked_dead_letters": "(topic, partition, \"offset\", reason, detail, send_error,"
+    "parked_dead_letters": '(topic, partition, "offset", reason, detail, send_error,'
     " header_names, header_values, record_timestamp) VALUES ('t', 0, 1, 'r', 'd', 'e', '{}',"
     " '{}', 0)",
 }

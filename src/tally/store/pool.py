@@ -122,11 +122,14 @@ async def create_pool(
     return pool
 
 
-async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+POOL_CLOSE_SECONDS = 10.0
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
     """Close gracefully if the server answers, else drop the connections: a
     black-holed one would make pool.close() wait, then raise TimeoutError."""
     try:
-        await asyncio.wait_for(pool.close(), timeout=timeout)
+        await asyncio.wait_for(pool.close(), timeout=POOL_CLOSE_SECONDS)
     except (TimeoutError, *DATABASE_ERRORS):
         pool.terminate()
 
