@@ -86,7 +86,11 @@ class WorkerProcess:
         assert self.process is not None
         if self.alive:
             self.signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()  # never leave a worker behind for the next test
+            raise
 
     async def wait_log(self, pattern: str, timeout: float = 60, since: int = 0) -> int:
         """Wait until `pattern` appears in this start's log after offset `since`;
