@@ -38,9 +38,13 @@ endef
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the project metadata changes.
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+NATIVE := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
+CARGO := PATH="$$HOME/.cargo/bin:$$PATH" cargo
+
+# Reinstall when the project metadata or the native core changes: the
+# editable install builds the Rust extension (maturin, release profile).
+$(INSTALLED): pyproject.toml $(NATIVE) | $(BIN)/python
+	PATH="$$HOME/.cargo/bin:$$PATH" $(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
 install: $(INSTALLED)
@@ -53,6 +57,9 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+	$(CARGO) fmt --manifest-path native/Cargo.toml --check
+	$(CARGO) clippy --manifest-path native/Cargo.toml --all-targets --features python -- -D warnings
+	$(CARGO) test --manifest-path native/Cargo.toml --release -q
 
 services:
 	@$(KAFKA) start
@@ -66,7 +73,7 @@ run: $(INSTALLED)
 	@bash deploy/local/run.sh $(RUN_ARGS)
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage build dist
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage build dist native/target
 	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean services-stop

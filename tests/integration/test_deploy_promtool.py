@@ -33,7 +33,9 @@ def run(promtool: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
 def test_promtool_check_rules_accepts_the_alerts(promtool: str) -> None:
     result = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    rules = sum(len(g["rules"]) for g in yaml.safe_load(ALERTS.read_text())["groups"])
+    assert rules >= 11
+    assert f"SUCCESS: {rules} rules found" in result.stdout
 
 
 def test_promtool_test_rules_passes(promtool: str) -> None:

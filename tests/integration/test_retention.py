@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
 from tally.contracts.metric import parse_metric
-from tally.core.aggregate import Deltas
 from tally.core.dedup import BUCKET_SECONDS, DedupWindow, digest
-from tally.core.events import DecodeLimits, UsageEvent, decode_event
+from tally.core.engine import Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
 from tally.store.flush import PartitionFlush, load_partition, write_flush
 from tally.store.migrate import migrate
@@ -76,12 +76,10 @@ def event(when: float, user: str, customer: str = "acme", n: int = 0) -> bytes:
 
 
 def deltas_of(values: Sequence[bytes], now: float, index: MetricIndex = INDEX) -> Deltas:
-    deltas = Deltas()
-    for value in values:
-        decoded = decode_event(value, now, DecodeLimits())
-        assert isinstance(decoded, UsageEvent), decoded
-        deltas.add(decoded, index)
-    return deltas
+    core = new_core(index)
+    batch = core.decode(list(values), now, DecodeLimits().native())
+    assert batch.rejections == [], batch.rejections
+    return aggregate(core, values, now, DecodeLimits())
 
 
 async def flush_at(connection: Any, when: float, users: Sequence[str], **kw: Any) -> None:
@@ -331,7 +329,7 @@ async def flush_ids(
     window.check([digest(i) for i in ids])
     plan = window.plan_flush(when)
     flushed = PartitionFlush("t", partition, offset, offset + len(ids), plan)
-    result = await write_flush(connection, [flushed], Deltas(), "test")
+    result = await write_flush(connection, [flushed], Deltas(new_core()), "test")
     window.commit(plan, *vars_of(result.dedup_rows[("t", partition)]))
 
 

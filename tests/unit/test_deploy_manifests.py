@@ -505,7 +505,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
         if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags)
         for source in c.value[:-1]
     }
-    assert copied == allowed == {"pyproject.toml", "README.md", "src"}
+    assert copied == allowed == {"pyproject.toml", "README.md", "src", "native"}
 
 
 # --- the metrics the dashboard and the alerts use ----------------------------------------

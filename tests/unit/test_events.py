@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tally.contracts.event import UsageEventModel
+from tally.contracts.metric import parse_metric
+from tally.core.engine import aggregate, new_core
 from tally.core.events import DecodeLimits, Rejection, RejectReason, UsageEvent, decode_event
-from tally.core.values import number_text, sum_operand
+from tally.core.metrics import MetricIndex
+from tally.core.numbers import number_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "usage-event.schema.json").read_text())
@@ -145,12 +148,11 @@ def test_numbers_a_double_cannot_hold_are_read_exactly() -> None:
     )
     event = decode_event(raw, NOW, LIMITS)
     assert isinstance(event, UsageEvent)
-    props = event.exact_properties()
-    assert props["n"] == Decimal("0.1000000000000000000001")
-    assert props["big"] == 12345678901234567890
+    assert event.properties["n"] == Decimal("0.1000000000000000000001")
+    assert event.properties["big"] == 12345678901234567890
     huge = decode_event(with_(properties={"n": 1}).replace(b'"n": 1', b'"n": 1e400'), NOW, LIMITS)
     assert isinstance(huge, UsageEvent)
-    assert sum_operand(huge.exact_properties()["n"]) == "out_of_range"
+    assert sum_outcome("1e400") == "out_of_range"
 
 
 def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
@@ -179,9 +181,9 @@ def test_value_text_forms() -> None:
         "1.5",
         "0",
     ]
-    assert sum(Decimal(str(sum_operand(0.1))) for _ in range(10)) == Decimal("1.0")
+    assert sum_outcome("0.1", times=10) == Decimal("1.0")
     assert [
-        sum_operand(v)
+        sum_outcome(json.dumps(v))
         for v in ("12.50", "-3", ".5", "1e2", "NaN", "Infinity", "1,5", " 1", "", True, None)
     ] == [
         Decimal("12.50"),
@@ -196,6 +198,35 @@ def test_value_text_forms() -> None:
         "not_a_number",
         "missing_value",
     ]
+
+
+SUM_METRIC = parse_metric(
+    {
+        "uid": "s",
+        "name": "s",
+        "eventType": "api_call",
+        "aggregationType": "SUM",
+        "aggregationProperty": "n",
+    }
+)
+
+
+def sum_outcome(literal: str, times: int = 1) -> Decimal | str:
+    """What a SUM of `literal` (JSON text) over `times` events holds, or its skip reason."""
+    core = new_core(MetricIndex([SUM_METRIC]))
+    raws = [
+        with_(id=f"e{n}", properties={"n": 0}).replace(b'"n": 0', b'"n": ' + literal.encode())
+        for n in range(times)
+    ]
+    deltas = aggregate(core, raws, NOW, LIMITS)
+    if deltas.skipped:
+        ((_, reason),) = deltas.skipped
+        return reason
+    values = {
+        value for (_, _, _, unit, _), (_, _, value) in deltas.snapshot().items() if unit == "day"
+    }
+    (value,) = values
+    return Decimal(value)
 
 
 def model_accepts(doc: Any) -> bool:

@@ -10,6 +10,7 @@ written twice, a committed one counted twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 import asyncpg
@@ -18,6 +19,8 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
+from tally.core.engine import Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
 from tally.store.flush import FlushResult
 from tally.telemetry.http import TelemetryServer
 from tally.worker.checkpoint import Checkpointer
@@ -50,19 +53,34 @@ class _Result:
     dedup_rows: dict[Any, Any] = {}  # noqa: RUF012 (no dedup in these partitions)
 
 
+CORE = new_core()  # no metrics: every event counts as consumed (and unmatched)
+NOW = time.time()
+STAMP = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 60))
+
+
 def pipeline_with_pending(events: int) -> tuple[FlushPipeline, GatedCheckpointer, PartitionState]:
     checkpointer = GatedCheckpointer()
     state = PartitionState(TopicPartition("t", 0), window_seconds=0)
     state.loaded(10)
-    pipeline = FlushPipeline(cast(Checkpointer, checkpointer), lambda: [state], lambda: 0.0)
+    pipeline = FlushPipeline(
+        cast(Checkpointer, checkpointer),
+        lambda: [state],
+        lambda: 0.0,
+        new_deltas=lambda: Deltas(CORE),
+    )
     consume(pipeline, state, events)
     return pipeline, checkpointer, state
 
 
 def consume(pipeline: FlushPipeline, state: PartitionState, events: int) -> None:
+    """`events` real events into the pipeline's pending deltas, as consuming does."""
+    values = [
+        f'{{"id":"e{state.next_offset + n}","eventType":"x","customerId":"c","timestamp":"{STAMP}"}}'.encode()
+        for n in range(events)
+    ]
+    aggregate(CORE, values, NOW, DecodeLimits(), deltas=pipeline.deltas)
     state.next_offset += events
     state.records += events
-    pipeline.deltas.events += events
 
 
 async def until(condition: Any) -> None:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tally.contracts.metric import parse_metric
-from tally.core.aggregate import Deltas, merged
+from tally.core.engine import Core, Deltas, aggregate, merged, new_core
 from tally.core.events import DecodeLimits, Rejection, RejectReason, UsageEvent, decode_event
 from tally.core.metrics import MetricIndex
 from tally.store.flush import MemberKey, member_columns, value_columns
@@ -35,15 +35,6 @@ FUZZ_EXAMPLES = int(os.environ.get("TALLY_FUZZ_EXAMPLES", "5000"))
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 DEFAULT_LIMITS = DecodeLimits()
 WIDE_LIMITS = DecodeLimits(max_lateness_seconds=1e12, max_future_seconds=1e12)
-
-
-def decode(raw: bytes | None, limits: DecodeLimits) -> UsageEvent | Rejection:
-    result = decode_event(raw, NOW, limits)
-    if isinstance(result, Rejection):
-        assert result.reason in RejectReason, result
-        assert result.reason is not RejectReason.INTERNAL_ERROR, result
-        assert result.detail
-    return result
 
 
 def flushed_values(deltas: Deltas, docs: list[dict[str, Any]]) -> dict[Any, tuple[Decimal, int]]:
@@ -65,28 +56,27 @@ def flushed_values(deltas: Deltas, docs: list[dict[str, Any]]) -> dict[Any, tupl
     return out
 
 
+def decoded(core: Core, raws: list[bytes | None], limits: DecodeLimits) -> list[bytes]:
+    """The values the core accepts; every refusal has a reason and a detail."""
+    batch = core.decode(list(raws), NOW, limits.native())
+    for _, reason, detail in batch.rejections:
+        assert RejectReason(reason) is not RejectReason.INTERNAL_ERROR, detail
+        assert detail
+    accepted = [raws[n] for n in batch.accepted]
+    assert len(accepted) + len(batch.rejections) == len(raws)
+    return [raw for raw in accepted if raw is not None]
+
+
 def check(docs: list[dict[str, Any]], raws: list[bytes | None], cut: int, wide: bool) -> None:
-    index = MetricIndex([parse_metric(d) for d in docs])
+    core = new_core(MetricIndex([parse_metric(d) for d in docs]))
     limits = WIDE_LIMITS if wide else DEFAULT_LIMITS
-    accepted: list[tuple[bytes, UsageEvent]] = []
-    for raw in raws:
-        result = decode(raw, limits)
-        if isinstance(result, UsageEvent):
-            assert raw is not None
-            accepted.append((raw, result))
-    events = [event for _, event in accepted]
-    whole = Deltas()
-    for event in events:
-        whole.add(event, index)
-    assert whole.events == len(events)
-    # Decoded again: the core may have turned floats into exact numbers in place.
-    left, right = Deltas(), Deltas()
-    for n, (raw, _) in enumerate(accepted):
-        event = decode(raw, limits)
-        assert isinstance(event, UsageEvent)
-        (left if n < cut else right).add(event, index)
-    assert merged([left, right]).snapshot() == whole.snapshot()
-    expected = reference.reference_values(docs, [raw for raw, _ in accepted])
+    accepted = decoded(core, raws, limits)
+    whole = aggregate(core, accepted, NOW, limits)
+    assert whole.events == len(accepted)
+    left = aggregate(core, accepted[:cut], NOW, limits)
+    right = aggregate(core, accepted[cut:], NOW, limits)
+    assert merged(core, [left, right]).snapshot() == whole.snapshot()
+    expected = reference.reference_values(docs, accepted)
     assert flushed_values(whole, docs) == expected
 
 

@@ -24,8 +24,8 @@ from pydantic_core import PydanticCustomError
 from tally.contracts.metric import UsageMetric
 from tally.contracts.value import DECIMAL_PATTERN, MetricValue
 from tally.core.events import parse_timestamp
+from tally.core.numbers import MAX_KEY_BYTES
 from tally.core.periods import TimeUnit
-from tally.core.values import MAX_KEY_BYTES
 
 # PostgreSQL text cannot hold NUL; every free-text parameter says so.
 NO_NUL = r"^[^\x00]*$"

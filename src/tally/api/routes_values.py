@@ -42,8 +42,8 @@ from tally.api.models import (
 )
 from tally.contracts.metric import AggregationType, MetricType
 from tally.contracts.value import MetricValue
+from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, period_bounds, period_end, zone
-from tally.core.values import decimal_text
 from tally.store import api_adjustments as adjustments
 from tally.store import values as store
 from tally.store.api_metrics import metric_by_uid

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import orjson
 
 from tally.contracts.metric import parse_metric
-from tally.core.aggregate import Deltas
-from tally.core.events import DecodeLimits, UsageEvent, decode_event
+from tally.core.engine import Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
 from tally.synthetic import Workload, encoded, metric_definitions
 
@@ -29,17 +29,19 @@ class CoreResult:
     rollups: int
 
 
+BATCH = 5000  # records per fetch, as the worker's max_batch
+
+
 def _runner(values: list[bytes], metrics: int, now: float) -> Callable[[], int]:
-    index = MetricIndex([parse_metric(d) for d in metric_definitions(metrics)])
-    limits = DecodeLimits()
+    core = new_core(MetricIndex([parse_metric(d) for d in metric_definitions(metrics)]))
+    limits = DecodeLimits().native()
+    batches = [list(values[i : i + BATCH]) for i in range(0, len(values), BATCH)]
 
     def run() -> int:
-        deltas = Deltas()
-        add = deltas.add
-        for value in values:
-            event = decode_event(value, now, limits)
-            if type(event) is UsageEvent:
-                add(event, index)
+        deltas = Deltas(core)
+        for chunk in batches:
+            batch = core.decode(chunk, now, limits)
+            core.apply(deltas, batch, bytes(len(batch)))
         return len(deltas)
 
     return run
@@ -92,33 +94,27 @@ def main(events: int = 200_000, rounds: int = 5) -> None:
 
 
 def rollup_memory(events: int = 100_000) -> dict[str, float]:
-    """Bytes of Python heap per pending rollup, by kind, measured with tracemalloc.
+    """Bytes of heap per pending rollup, by kind, as the native core counts
+    them (its tables' capacity, interned strings and member sets).
 
     Each kind is measured alone: one metric of that kind over the synthetic
-    workload, heap after aggregation minus heap before, over the rollups held.
+    workload, bytes held over the rollups held (over members for UNIQUE).
     """
-    import tracemalloc
-
     now = datetime(2026, 11, 25, 12, tzinfo=UTC).timestamp()
     values = [
         value for _, value in encoded(Workload(seed=9, end=now - 60, span_seconds=86400), events)
     ]
-    limits = DecodeLimits()
-    decoded = [decode_event(v, now, limits) for v in values]
-    kinds = {
+    base: dict[str, object] = {"uid": "m", "name": "m", "eventType": "api_call"}
+    kinds: dict[str, dict[str, object]] = {
         "COUNT": {
-            "uid": "m",
-            "name": "m",
-            "eventType": "api_call",
+            **base,
             "aggregationType": "COUNT",
             "metricType": "GROUPED",
             "groupingProperty": "endpoint",
             "timeUnits": ["hour"],
         },
         "SUM": {
-            "uid": "m",
-            "name": "m",
-            "eventType": "api_call",
+            **base,
             "aggregationType": "SUM",
             "aggregationProperty": "bytes",
             "metricType": "GROUPED",
@@ -126,9 +122,7 @@ def rollup_memory(events: int = 100_000) -> dict[str, float]:
             "timeUnits": ["hour"],
         },
         "UNIQUE (per member)": {
-            "uid": "m",
-            "name": "m",
-            "eventType": "api_call",
+            **base,
             "aggregationType": "UNIQUE",
             "aggregationProperty": "user",
             "timeUnits": ["day"],
@@ -136,17 +130,8 @@ def rollup_memory(events: int = 100_000) -> dict[str, float]:
     }
     result = {}
     for name, definition in kinds.items():
-        index = MetricIndex([parse_metric(definition)])
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        deltas = Deltas()
-        for event in decoded:
-            if type(event) is UsageEvent:
-                deltas.add(event, index)
-        after = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        held = len(deltas)
-        if name.startswith("UNIQUE"):
-            held = sum(len(acc[1]) for _, _, acc in deltas.rollups())
-        result[name] = (after - before) / held
+        core = new_core(MetricIndex([parse_metric(definition)]))
+        deltas = aggregate(core, values, now, DecodeLimits())
+        held = deltas.members if name.startswith("UNIQUE") else len(deltas)
+        result[name] = deltas.allocated() / max(1, held)
     return result

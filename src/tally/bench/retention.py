@@ -39,10 +39,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
+import orjson
 
 from tally.config import Settings
-from tally.core.aggregate import Deltas, Table
-from tally.core.metrics import UNIQUE
+from tally.contracts.metric import parse_metric
+from tally.core.engine import Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
+from tally.core.metrics import MetricIndex
 from tally.store.flush import PartitionFlush, load_partition, write_flush
 from tally.store.migrate import migrate
 from tally.store.pool import connect
@@ -61,6 +64,16 @@ CUSTOMERS = 400
 FLUSH_CUSTOMERS = 1000
 FLUSH_MEMBERS = 8  # per rollup and flush
 FLUSH_NEW = 1  # of which new
+_LIVE = {
+    "uid": "live",
+    "name": "live",
+    "eventType": "live",
+    "aggregationType": "UNIQUE",
+    "aggregationProperty": "user",
+    "timeUnits": ["day", "month"],
+}
+_CORE = new_core(MetricIndex([parse_metric(_LIVE)]))
+_WIDE = DecodeLimits(max_lateness_seconds=1e12, max_future_seconds=1e12)
 IDLE_PARTITIONS = 100
 IDLE_HOURS = 48
 ON_WINDOWS = 6  # of each "on" variant, each followed by an "off" window
@@ -91,19 +104,24 @@ class Flusher:
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
     def deltas(self) -> Deltas:
-        deltas = Deltas()
-        for key, unit, (start, end) in (
-            ("live:day", "day", (self.start, self.start + DAY)),
-            ("live:month", "month", self.month),
-        ):
-            table = Table("live", unit, UNIQUE)
-            table.ends[start] = end
-            first = self.n * FLUSH_NEW
-            for c in range(FLUSH_CUSTOMERS):
-                users = {f"user-{c}-{k}" for k in range(first, first + FLUSH_MEMBERS)}
-                table.rows[(f"live-{c:05d}", "", start)] = [FLUSH_MEMBERS, users]
-            deltas.tables[key] = table
-        return deltas
+        """Every customer's day and month rollup of the UNIQUE metric `live`,
+        FLUSH_MEMBERS members each, FLUSH_NEW of them new, through the core."""
+        first = self.n * FLUSH_NEW
+        stamp = datetime.fromtimestamp(self.start + 3600, UTC).isoformat()
+        values = [
+            orjson.dumps(
+                {
+                    "id": f"{self.n}-{c}-{k}",
+                    "eventType": "live",
+                    "customerId": f"live-{c:05d}",
+                    "timestamp": stamp,
+                    "properties": {"user": f"user-{c}-{k}"},
+                }
+            )
+            for c in range(FLUSH_CUSTOMERS)
+            for k in range(first, first + FLUSH_MEMBERS)
+        ]
+        return aggregate(_CORE, values, self.start + 7200, _WIDE)
 
     async def flush(self, label: str) -> None:
         deltas = self.deltas()

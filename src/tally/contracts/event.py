@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tally.core.events import MAX_TEXT_LENGTH, parse_timestamp
-from tally.core.values import contains_nul
+from tally.core.numbers import contains_nul
 
 # Sequence's names for the same fields; either may be used, not both differently.
 ALIASES: dict[str, str] = {

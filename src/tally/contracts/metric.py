@@ -32,8 +32,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from tally.core.events import parse_timestamp
+from tally.core.numbers import contains_nul, number_text
 from tally.core.periods import TimeUnit
-from tally.core.values import contains_nul, number_text
 
 UID_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
 _EARLIEST = -62135596800.0  # 0001-01-01T00:00:00Z

@@ -12,8 +12,8 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr
 from pydantic.alias_generators import to_camel
 
+from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit
-from tally.core.values import decimal_text
 
 DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"
 

@@ -238,18 +238,32 @@ class DedupWindow:
         once its event is applied."""
         if not digests:
             return []
-        words = np.frombuffer(b"".join(digests), dtype=_RECORD)
+        return self.seen_buffer(b"".join(digests))
+
+    def seen_buffer(self, buffer: bytes) -> list[bool]:
+        """`seen` for digests packed 16 bytes each (the native core's `Batch.digests`)."""
+        flags = self.persisted(buffer)
+        pending = self.pending
+        flying = self.flying
+        if pending or flying:
+            for i in range(len(flags)):
+                if not flags[i]:
+                    key = buffer[16 * i : 16 * i + 16]
+                    flags[i] = key in pending or key in flying
+        return flags
+
+    def persisted(self, buffer: bytes) -> list[bool]:
+        """For packed digests, whether each is in the stored hours (one
+        vectorised lookup; pending and flying ids are the caller's to check)."""
+        if not buffer:
+            return []
+        words = np.frombuffer(buffer, dtype=_RECORD)
         q_hi = words["hi"].astype(np.uint64)
         q_lo = words["lo"].astype(np.uint64)
         found = _contains(self.closed_hi, self.closed_lo, q_hi, q_lo)
         for run in self.open_runs:
             found |= _contains(run.hi, run.lo, q_hi, q_lo)
         flags: list[bool] = found.tolist()
-        pending = self.pending
-        flying = self.flying
-        for i, key in enumerate(digests):
-            if not flags[i] and (key in pending or key in flying):
-                flags[i] = True
         return flags
 
     def remember(self, digest: bytes) -> None:

@@ -39,7 +39,7 @@ import math
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["PeriodCache", "TimeUnit", "period_bounds", "period_end", "zone"]
+__all__ = ["PeriodCache", "TimeUnit", "native_bounds", "period_bounds", "period_end", "zone"]
 
 
 class TimeUnit(enum.StrEnum):
@@ -156,6 +156,12 @@ def period_bounds(ts: float, unit: TimeUnit, zone: ZoneInfo) -> tuple[int, int]:
     # Boundaries are whole seconds, so flooring never moves ts across one, and it keeps
     # fromtimestamp's microsecond rounding from pushing ts onto the next boundary.
     return _bounds(math.floor(ts), unit, zone)
+
+
+def native_bounds(unit: str, zone_name: str, second: int) -> tuple[int, int]:
+    """The period of `unit` in `zone_name` holding the whole second `second`:
+    what the native core asks on a cache miss (native/src/periods.rs)."""
+    return _bounds(second, TimeUnit(unit), zone(zone_name))
 
 
 def period_end(start: int, unit: TimeUnit, zone: ZoneInfo) -> int:

@@ -20,10 +20,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tally.core.aggregate import Deltas
 from tally.core.dedup import DedupWindow, FlushPlan
-from tally.core.metrics import COUNT, SUM, UNIQUE
-from tally.core.values import decimal_text
+from tally.core.engine import Deltas
 from tally.store.pool import Connection
 
 _CAS = """
@@ -202,57 +200,13 @@ ValueColumns = tuple[
 
 def member_columns(deltas: Deltas) -> MemberColumns:
     """The pending UNIQUE members as _INSERT_MEMBERS's arrays (pure)."""
-    uids: list[str] = []
-    customers: list[str] = []
-    units: list[str] = []
-    starts: list[int] = []
-    groups: list[str] = []
-    members: list[str] = []
-    for table in deltas.tables.values():
-        if table.kind != UNIQUE:
-            continue
-        uid, unit = table.uid, table.unit
-        for (customer, group, start), (_events, distinct) in table.rows.items():
-            count = len(distinct)
-            uids += [uid] * count
-            customers += [customer] * count
-            units += [unit] * count
-            starts += [start] * count
-            groups += [group] * count
-            members += distinct
-    return uids, customers, units, starts, groups, members
+    return deltas.member_columns()
 
 
 def value_columns(deltas: Deltas, added: Counter[MemberKey]) -> ValueColumns:
     """The rollup deltas as _UPSERT_VALUES's arrays (pure). A UNIQUE delta's
     value is the number of its members that were new to the table (`added`)."""
-    uids: list[str] = []
-    customers: list[str] = []
-    groups: list[str] = []
-    units: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    values: list[str] = []
-    counts: list[int] = []
-    for table in deltas.tables.values():
-        uid, unit, kind, period_ends = table.uid, table.unit, table.kind, table.ends
-        for (customer, group, start), acc in table.rows.items():
-            if kind == COUNT:
-                values.append(str(acc))
-                counts.append(acc)
-            elif kind == SUM:
-                values.append(str(acc[1]) if not acc[2] else decimal_text(table.value(acc)))
-                counts.append(acc[0])
-            else:
-                values.append(str(added.get((uid, customer, unit, start, group), 0)))
-                counts.append(acc[0])
-            uids.append(uid)
-            customers.append(customer)
-            groups.append(group)
-            units.append(unit)
-            starts.append(start)
-            ends.append(period_ends[start])
-    return uids, customers, groups, units, starts, ends, values, counts
+    return deltas.value_columns(added)
 
 
 async def _write_members(connection: Connection, deltas: Deltas) -> Counter[MemberKey]:

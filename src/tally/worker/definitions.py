@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 import asyncpg
 
 from tally.contracts.metric import UsageMetric
-from tally.core.metrics import MetricIndex, PeriodCaches, compile_metric
+from tally.core.engine import new_core
+from tally.core.metrics import MetricIndex, native_spec
 from tally.core.periods import zone
 from tally.errors import is_transient
 from tally.store.definitions import Refused, load_definitions, revision
@@ -45,7 +46,6 @@ class DefinitionWatcher:
         self.on_change = on_change
         self.clock = clock
         self.seen: int | None = None
-        self.caches = PeriodCaches()  # shared across reloads: warm period caches
         # The live definitions left out of the current index, and why.
         self.refused: tuple[Refused, ...] = ()
         # Wall time of the last poll that reached PostgreSQL (None before the first).
@@ -64,7 +64,7 @@ class DefinitionWatcher:
                 return False
             loaded = await load_definitions(connection)
         runnable, refused = self._runnable(loaded.metrics)
-        index = MetricIndex(runnable, self.caches)
+        index = MetricIndex(runnable)
         self._report([*loaded.refused, *refused])  # before on_change, which may read it
         self.on_change(index)
         first = self.seen is None
@@ -90,7 +90,7 @@ class DefinitionWatcher:
                 refused.append(Refused(metric.uid, "unknown_timezone", str(exc)))
                 continue
             try:
-                compile_metric(metric, self.caches)
+                new_core().set_metrics([native_spec(metric)])
             except Exception as exc:  # any reason at all: one metric, not the worker
                 refused.append(
                     Refused(metric.uid, "cannot_compile", f"{type(exc).__name__}: {exc}")

@@ -2,10 +2,11 @@
 
 Every record ends in exactly one place: applied to the deltas, sent to the
 dead-letter topic with a reason, or counted as a duplicate (its event then
-counts as unmatched or skipped per metric inside the deltas). An exception
-raised by Tally's own code while decoding or applying one record is that
-record's, not the worker's: it is dead-lettered as `internal_error` with the
-exception's class and message, and consuming goes on.
+counts as unmatched or skipped per metric inside the deltas). The native core
+decodes and applies a whole batch per call; the dedup window sits between the
+two calls. An error inside the core while decoding or applying one record
+(a panic, a failed period lookup) is that record's, not the worker's: it is
+dead-lettered as `internal_error` with what went wrong, and consuming goes on.
 
 `consume` never awaits: aiokafka runs rebalance callbacks in another task,
 and a revocation that flushed half-way through a batch would store an
@@ -22,10 +23,8 @@ from collections.abc import Callable
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from tally.core.aggregate import Deltas
-from tally.core.dedup import digest
-from tally.core.events import DecodeLimits, Rejection, RejectReason, UsageEvent, decode_event
-from tally.core.metrics import MetricIndex
+from tally.core.engine import Core, Deltas
+from tally.core.events import DecodeLimits, Rejection, RejectReason
 from tally.kafka.dead_letters import MAX_DETAIL_BYTES, DeadLetters
 from tally.telemetry.logs import Log
 from tally.telemetry.metrics import Telemetry
@@ -68,17 +67,17 @@ class Intake:
     def __init__(
         self,
         *,
+        core: Core,
         telemetry: Telemetry,
         limits: DecodeLimits,
         clock: Clock,
         deltas: Callable[[], Deltas],
-        index: Callable[[], MetricIndex],
     ) -> None:
+        self.core = core
         self.telemetry = telemetry
-        self.limits = limits
+        self.limits = limits.native()
         self.clock = clock
         self.deltas = deltas
-        self.index = index
         self.dead_letters: DeadLetters | None = None
         self.offsets = OffsetWatch()
         self.internal_errors = 0
@@ -93,44 +92,42 @@ class Intake:
         first = records[0].offset
         if state.next_offset >= 0 and first != state.next_offset:
             self.offsets.saw(tp, state.next_offset, first)
-        now = self.clock.wall()
-        limits = self.limits
-        accepted: list[tuple[ConsumerRecord, UsageEvent]] = []
-        for record in records:
-            state.next_offset = record.offset + 1
-            state.records += 1
-            try:
-                result = decode_event(record.value, now, limits)
-            except Exception as exc:  # a bug: this record, not the worker, pays for it
-                result = self._internal_error(record, exc)
-            if type(result) is Rejection:
-                self._dead_letter(state, record, result)
-            else:
-                accepted.append((record, result))  # type: ignore[arg-type]
+        batch = self.core.decode([r.value for r in records], self.clock.wall(), self.limits)
+        state.next_offset = records[-1].offset + 1
+        state.records += len(records)
+        for n, reason, detail in batch.rejections:
+            if reason == RejectReason.INTERNAL_ERROR:
+                detail = self._internal_error(records[n], detail)
+            self._dead_letter(state, records[n], Rejection(RejectReason(reason), detail))
+        accepted = batch.accepted
         if not accepted:
             return
         dedup = state.dedup
+        digests = batch.digests
         if dedup is None:
-            for record, event in accepted:
-                self._apply(state, record, event)
-            return
-        digests = [digest(event.id) for _, event in accepted]
-        pending = dedup.pending
-        for (record, event), key, seen in zip(accepted, digests, dedup.seen(digests), strict=True):
-            if seen or key in pending:
-                state.duplicates += 1
-            elif self._apply(state, record, event):
-                pending.add(key)  # remembered only once applied
-
-    def _apply(self, state: PartitionState, record: ConsumerRecord, event: UsageEvent) -> bool:
-        """Add one event to the deltas; an exception dead-letters the record
-        instead (Deltas.add changes nothing when it raises)."""
-        try:
-            self.deltas().add(event, self.index())
-        except Exception as exc:
-            self._dead_letter(state, record, self._internal_error(record, exc))
-            return False
-        return True
+            duplicates = bytes(len(accepted))
+        else:
+            flags = bytearray(len(accepted))
+            pending = dedup.pending
+            flying = dedup.flying
+            for i, stored in enumerate(dedup.persisted(digests)):
+                key = digests[16 * i : 16 * i + 16]
+                if stored or key in pending or key in flying:
+                    flags[i] = 1
+                else:
+                    pending.add(key)  # a repeat later in this batch is a duplicate
+            duplicates = bytes(flags)
+            state.duplicates += sum(flags)
+        for i, detail in self.core.apply(self.deltas(), batch, duplicates):
+            # The event changed nothing; its id is forgotten, so a replay after the fix counts.
+            if dedup is not None:
+                dedup.pending.discard(digests[16 * i : 16 * i + 16])
+            record = records[accepted[i]]
+            self._dead_letter(
+                state,
+                record,
+                Rejection(RejectReason.INTERNAL_ERROR, self._internal_error(record, detail)),
+            )
 
     def _dead_letter(self, state: PartitionState, record: ConsumerRecord, why: Rejection) -> None:
         assert self.dead_letters is not None, "the dead-letter producer starts before consuming"
@@ -139,8 +136,8 @@ class Intake:
         state.dead_letter_bytes += letter.size
         state.rejected[why.reason.value] += 1
 
-    def _internal_error(self, record: ConsumerRecord, exc: Exception) -> Rejection:
-        detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_BYTES]
+    def _internal_error(self, record: ConsumerRecord, detail: str) -> str:
+        detail = detail[:MAX_DETAIL_BYTES]
         now = self.clock.monotonic()
         self.internal_errors += 1
         if now - self._internal_error_logged >= 10.0:  # a flood of them is one line per 10 s
@@ -153,4 +150,4 @@ class Intake:
                 offset=record.offset,
                 since_start=self.internal_errors,
             )
-        return Rejection(RejectReason.INTERNAL_ERROR, detail)
+        return detail

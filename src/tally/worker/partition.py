@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from aiokafka.structs import TopicPartition
 
-from tally.core.aggregate import Deltas
 from tally.core.dedup import DedupWindow, FlushPlan
+from tally.core.engine import Deltas
 from tally.kafka.dead_letters import DeadLetter
 from tally.store.flush import DedupRows
 

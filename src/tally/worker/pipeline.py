@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from tally.core.aggregate import Deltas
+from tally.core.engine import Deltas
 from tally.store.flush import Fenced, FlushResult
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.partition import FlushBatch, PartitionState
@@ -26,15 +26,17 @@ class FlushPipeline:
         states: Callable[[], Iterable[PartitionState]],
         wall: Callable[[], float],
         *,
+        new_deltas: Callable[[], Deltas],
         timeout: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.checkpointer = checkpointer
         self.states = states
         self.wall = wall
+        self.new_deltas = new_deltas
         self.timeout = timeout
         self.monotonic = monotonic
-        self.deltas = Deltas()  # where consumed events go
+        self.deltas = new_deltas()  # where consumed events go
         self._batch: FlushBatch | None = None
         self._task: asyncio.Task[FlushResult] | None = None
         self._started = 0.0
@@ -65,7 +67,7 @@ class FlushPipeline:
         batch = FlushBatch.take(list(self.states()), self.deltas, self.wall(), reason)
         if not batch.parts:
             return False
-        self.deltas = Deltas()
+        self.deltas = self.new_deltas()
         self._batch = batch
         self._started = self.monotonic()
         self._task = asyncio.create_task(self._write(batch), name=f"flush-{reason}")
@@ -115,7 +117,7 @@ class FlushPipeline:
     def drop(self) -> None:
         """Forget all pending work (after a fence): the events will be re-read."""
         assert self._task is None, "settle the flush in flight first"
-        self.deltas = Deltas()
+        self.deltas = self.new_deltas()
 
     def abandon(self) -> None:
         """Cancel the flush in flight without waiting for it, and forget all
@@ -126,7 +128,7 @@ class FlushPipeline:
         if task is not None:
             task.cancel()
             task.add_done_callback(_retrieve)
-        self.deltas = Deltas()
+        self.deltas = self.new_deltas()
 
 
 def _retrieve(task: asyncio.Task[FlushResult]) -> None:

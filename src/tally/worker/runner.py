@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
 from tally.core.dedup import BUCKET_SECONDS
+from tally.core.engine import Deltas, new_core
 from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
 from tally.errors import CorruptBatch, PermanentError, UnreadableBatch, is_transient
@@ -94,14 +95,17 @@ class Worker:
         self.checkpointer = Checkpointer(
             self.pool, self.telemetry, self.owner, self.clock.wall, self._commit_kafka
         )
+        self.core = new_core(self.index)
         self.pipeline = FlushPipeline(
             self.checkpointer,
             self.states.values,
             self.clock.wall,
+            new_deltas=lambda: Deltas(self.core),
             timeout=settings.flush_timeout,
             monotonic=self.clock.monotonic,
         )
         self.intake = Intake(
+            core=self.core,
             telemetry=self.telemetry,
             limits=DecodeLimits(
                 max_bytes=settings.max_event_bytes,
@@ -110,7 +114,6 @@ class Worker:
             ),
             clock=self.clock,
             deltas=lambda: self.pipeline.deltas,
-            index=lambda: self.index,
         )
         self.watcher = DefinitionWatcher(self.pool, self._set_index, clock=self.clock.wall)
         self.retry = Retry(self.telemetry, settings.retry_max_backoff, settings.permanent_attempts)
@@ -125,6 +128,7 @@ class Worker:
 
     def _set_index(self, index: MetricIndex) -> None:
         self.index = index
+        self.core.set_metrics(index.specs)
         t = self.telemetry
         t.metrics_defined.set(len(index))
         t.metrics_refused.clear()

@@ -1,0 +1,285 @@
+//! Pending rollup deltas: one table per (metric, time unit), one small
+//! accumulator per (customer, group, period start).
+//!
+//! Each aggregation kind lives in its own unit (`accum`): initialise from an
+//! operand, add one, merge another, encode the flush value. Applying an event
+//! is all or nothing: every operand of every metric it matches (amount,
+//! member, group, periods) is computed first, and only then is anything
+//! changed, so an error leaves the deltas exactly as they were.
+
+use rustc_hash::FxHashMap;
+
+use crate::accum::{Acc, Operand};
+use crate::event::{Event, EventStore};
+use crate::index::Index;
+use crate::intern::Interner;
+use crate::metric::{Kind, Member};
+use crate::number::{bounded, bounded_big, parse_decimal_string, Decimal, Skip};
+use crate::periods::{PeriodCaches, Source};
+
+/// (customer, group, period start) inside one table.
+pub type RowKey = (u32, u32, i64);
+
+pub struct Table {
+    pub uid: u32, // the metric's id in the Index registry
+    pub unit: u8,
+    pub kind: Kind,
+    pub rows: FxHashMap<RowKey, Acc>,
+    pub ends: FxHashMap<i64, i64>, // period start -> end, for the rows' periods
+}
+
+impl Table {
+    fn new(uid: u32, unit: u8, kind: Kind) -> Table {
+        Table {
+            uid,
+            unit,
+            kind,
+            rows: FxHashMap::default(),
+            ends: FxHashMap::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Deltas {
+    /// Indexed by uid * UNITS + unit: a table is found without hashing.
+    pub tables: Vec<Option<Table>>,
+    pub strings: Interner,
+    pub events: u64,
+    pub unmatched: u64,
+    pub size: u64,    // rollups over all tables
+    pub members: u64, // UNIQUE members held
+    pub skipped: FxHashMap<(u32, Skip), u64>,
+    pub applied: FxHashMap<u32, u64>,
+    empty: Option<u32>,
+}
+
+/// One metric's share of an event, computed before anything changes.
+struct Step<'s> {
+    metric: usize,
+    operand: Operand,
+    member: Option<std::borrow::Cow<'s, str>>,
+    group: std::borrow::Cow<'s, str>,
+    bounds: [(i64, i64); 6],
+}
+
+fn amount(store: &EventStore, event: &Event, name: u32) -> Result<Operand, Skip> {
+    use crate::event::Prop;
+    let decimal = match store.prop(event, name) {
+        Some(Prop::Number(n)) => Decimal::parse(store.text(n)),
+        Some(Prop::String(s)) => parse_decimal_string(store.text(s))?,
+        Some(Prop::Bool(_)) => return Err(Skip::NotANumber),
+        Some(Prop::Null) | None => return Err(Skip::MissingValue),
+    };
+    match bounded(&decimal) {
+        Ok(small) => Ok(Operand::Amount(small)),
+        Err(_) => {
+            let (big, scale) = bounded_big(&decimal)?;
+            Ok(Operand::Big(big, scale))
+        }
+    }
+}
+
+impl Deltas {
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// The id of "" (the group of ungrouped metrics), interned once.
+    fn empty(&mut self) -> u32 {
+        match self.empty {
+            Some(id) => id,
+            None => {
+                let id = self.strings.id("");
+                self.empty = Some(id);
+                id
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    fn table(&mut self, uid: u32, unit: u8, kind: Kind) -> &mut Table {
+        let slot = uid as usize * 6 + unit as usize;
+        if self.tables.len() <= slot {
+            self.tables.resize_with(slot + 1, || None);
+        }
+        self.tables[slot].get_or_insert_with(|| Table::new(uid, unit, kind))
+    }
+
+    /// Apply one (already deduplicated) event to every metric it matches.
+    pub fn add(
+        &mut self,
+        store: &EventStore,
+        event: &Event,
+        index: &Index,
+        caches: &mut PeriodCaches,
+        source: &mut dyn Source,
+    ) -> Result<(), String> {
+        let Some(metrics) = index.by_event_type.get(store.text(event.event_type)) else {
+            self.events += 1;
+            self.unmatched += 1;
+            return Ok(());
+        };
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(metrics.len());
+        let mut skips: Vec<(u32, Skip)> = Vec::new();
+        for &m in metrics {
+            let metric = &index.metrics[m];
+            if !metric.matches(store, event) {
+                continue;
+            }
+            let uid = index.uid_ids[m];
+            let mut operand = Operand::One;
+            let mut member = None;
+            match metric.kind {
+                Kind::Count => {}
+                Kind::Sum => {
+                    let name = metric.value_property.unwrap_or(crate::event::UNREAD);
+                    match amount(store, event, name) {
+                        Ok(found) => operand = found,
+                        Err(skip) => {
+                            skips.push((uid, skip));
+                            continue;
+                        }
+                    }
+                }
+                Kind::Unique => {
+                    let name = metric.value_property.unwrap_or(crate::event::UNREAD);
+                    match metric.member(store, event, name) {
+                        Member::Text(text) => member = Some(text),
+                        Member::Absent => {
+                            skips.push((uid, Skip::MissingValue));
+                            continue;
+                        }
+                        Member::TooLong => {
+                            skips.push((uid, Skip::ValueTooLong));
+                            continue;
+                        }
+                    }
+                }
+            }
+            let group = match metric.group_property {
+                None => std::borrow::Cow::Borrowed(""),
+                Some(name) => match metric.member(store, event, name) {
+                    Member::Text(text) => text,
+                    Member::Absent => std::borrow::Cow::Borrowed(""),
+                    Member::TooLong => {
+                        skips.push((uid, Skip::ValueTooLong));
+                        continue;
+                    }
+                },
+            };
+            let mut bounds = [(0i64, 0i64); 6];
+            for (n, &(_, cache)) in metric.periods.iter().enumerate() {
+                bounds[n] = caches.caches[cache].bounds(event.micros, source)?;
+            }
+            steps.push(Step {
+                metric: m,
+                operand,
+                member,
+                group,
+                bounds,
+            });
+        }
+
+        // Nothing below can fail: every operand is bounded and in hand.
+        self.events += 1;
+        for skip in skips {
+            *self.skipped.entry(skip).or_insert(0) += 1;
+        }
+        if steps.is_empty() {
+            self.unmatched += 1;
+            return Ok(());
+        }
+        let customer = self.strings.id(store.text(event.customer));
+        for step in steps {
+            let metric = &index.metrics[step.metric];
+            let uid = index.uid_ids[step.metric];
+            *self.applied.entry(uid).or_insert(0) += 1;
+            let group = if step.group.is_empty() {
+                self.empty()
+            } else {
+                self.strings.id(&step.group)
+            };
+            let member = step.member.as_deref().map(|m| self.strings.id(m));
+            for (n, &(unit, _)) in metric.periods.iter().enumerate() {
+                let (start, end) = step.bounds[n];
+                let table = self.table(uid, unit, metric.kind);
+                table.ends.entry(start).or_insert(end);
+                let key = (customer, group, start);
+                let (new_row, new_member) = match table.rows.get_mut(&key) {
+                    Some(acc) => (false, acc.add(&step.operand, member)),
+                    None => {
+                        let (acc, added) = Acc::first(metric.kind, &step.operand, member);
+                        table.rows.insert(key, acc);
+                        (true, added)
+                    }
+                };
+                self.size += u64::from(new_row);
+                self.members += u64::from(new_member);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fold `other` in (other is left as it was); its strings are re-interned.
+    pub fn merge(&mut self, other: &Deltas) {
+        for table in other.tables.iter().flatten() {
+            let mut remap: FxHashMap<u32, u32> = FxHashMap::default();
+            let mut id = |strings: &mut Interner, theirs: u32| -> u32 {
+                *remap
+                    .entry(theirs)
+                    .or_insert_with(|| strings.id(other.strings.text(theirs)))
+            };
+            let mut rows: Vec<(RowKey, Acc)> = Vec::with_capacity(table.rows.len());
+            for (&(customer, group, start), acc) in &table.rows {
+                let key = (
+                    id(&mut self.strings, customer),
+                    id(&mut self.strings, group),
+                    start,
+                );
+                let acc = acc.remapped(|member| id(&mut self.strings, member));
+                rows.push((key, acc));
+            }
+            let mine = self.table(table.uid, table.unit, table.kind);
+            for (&start, &end) in &table.ends {
+                mine.ends.entry(start).or_insert(end);
+            }
+            let mut new_rows = 0;
+            let mut new_members = 0;
+            for (key, acc) in rows {
+                match mine.rows.get_mut(&key) {
+                    Some(existing) => new_members += existing.merge(&acc),
+                    None => {
+                        new_members += acc.member_count();
+                        mine.rows.insert(key, acc);
+                        new_rows += 1;
+                    }
+                }
+            }
+            self.size += new_rows;
+            self.members += new_members;
+        }
+        for (&k, &v) in &other.skipped {
+            *self.skipped.entry(k).or_insert(0) += v;
+        }
+        for (&k, &v) in &other.applied {
+            *self.applied.entry(k).or_insert(0) += v;
+        }
+        self.unmatched += other.unmatched;
+        self.events += other.events;
+    }
+
+    /// Heap bytes held by the rollups, members and strings (for the memory bench).
+    pub fn allocated(&self) -> usize {
+        let mut bytes = self.strings.allocated() + self.tables.capacity() * 8;
+        for table in self.tables.iter().flatten() {
+            let entry = std::mem::size_of::<(RowKey, Acc)>() + 1;
+            bytes += table.rows.capacity() * entry + table.ends.capacity() * 17;
+            bytes += table.rows.values().map(Acc::allocated).sum::<usize>();
+        }
+        bytes
+    }
+}

@@ -1,0 +1,546 @@
+//! One Kafka message value into a usage event, or the reason it is refused.
+//!
+//! The rules are the contract's (README, "Hostile input"): the reasons, in
+//! the order they are checked, are `empty`, `oversized`, `not_json` /
+//! `too_deep`, `not_an_object`, `invalid_field` for a NUL anywhere, then the
+//! fields `id`, `eventType`, `customerId`, `timestamp` (each by its name or
+//! its Sequence alias; both given must be equal), the time window, and
+//! `properties` (or `eventProperties`): an object of scalars.
+//!
+//! A decoded event is copied into the batch's arena (`EventStore`), so it
+//! outlives the message and costs no allocation of its own.
+
+use crate::intern::Interner;
+use crate::json::{Error as JsonError, Parser, Value};
+use crate::timestamp;
+
+pub const MAX_TEXT_LENGTH: usize = 256;
+pub const MAX_DEPTH: usize = 32;
+/// Event times outside [1900-01-01, 9998-01-01) UTC are refused.
+pub const EARLIEST_EVENT_MICROS: i64 = -2_208_988_800 * timestamp::MICROS;
+pub const LATEST_EVENT_MICROS: i64 = 253_339_228_800 * timestamp::MICROS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Empty,
+    Oversized,
+    NotJson,
+    NotAnObject,
+    MissingField,
+    InvalidField,
+    BadTimestamp,
+    TooLate,
+    TooFarInFuture,
+    TooDeep,
+    InternalError,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::Oversized => "oversized",
+            Reason::NotJson => "not_json",
+            Reason::NotAnObject => "not_an_object",
+            Reason::MissingField => "missing_field",
+            Reason::InvalidField => "invalid_field",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::TooLate => "too_late",
+            Reason::TooFarInFuture => "too_far_in_future",
+            Reason::TooDeep => "too_deep",
+            Reason::InternalError => "internal_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// The acceptance window and size limit. The two window texts are given
+/// (the Python side formats its seconds as the contract's messages say).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_lateness_micros: i64,
+    pub max_future_micros: i64,
+    pub late_detail: String,
+    pub future_detail: String,
+}
+
+/// A span of the arena: text the event owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prop {
+    Null,
+    Bool(bool),
+    /// A number's literal text.
+    Number(Span),
+    String(Span),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Event {
+    pub id: Span,
+    pub event_type: Span,
+    pub customer: Span,
+    pub micros: i64,
+    /// `EventStore::props[first .. first + count]`, in dict order, last value of a repeated key.
+    pub first_prop: u32,
+    pub prop_count: u32,
+}
+
+/// A property name no live metric reads.
+pub const UNREAD: u32 = u32::MAX;
+
+/// Decoded events of one batch, their text in one arena. Each property has
+/// its name's id among the names metrics read (`UNREAD` for the others), so
+/// the per-metric lookups compare integers, not strings.
+#[derive(Default)]
+pub struct EventStore {
+    pub arena: String,
+    pub props: Vec<(Span, u32, Prop)>,
+    pub events: Vec<Event>,
+}
+
+impl EventStore {
+    pub fn text(&self, span: Span) -> &str {
+        &self.arena[span.start as usize..(span.start + span.len) as usize]
+    }
+
+    fn put(&mut self, text: &str) -> Span {
+        let start = self.arena.len() as u32;
+        self.arena.push_str(text);
+        Span {
+            start,
+            len: text.len() as u32,
+        }
+    }
+
+    pub fn props_of(&self, event: &Event) -> &[(Span, u32, Prop)] {
+        &self.props[event.first_prop as usize..(event.first_prop + event.prop_count) as usize]
+    }
+
+    /// The value of the property whose name has id `name`, if the event has it.
+    pub fn prop(&self, event: &Event, name: u32) -> Option<Prop> {
+        self.props_of(event)
+            .iter()
+            .find(|(_, id, _)| *id == name)
+            .map(|(_, _, v)| *v)
+    }
+
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.props.clear();
+        self.events.clear();
+    }
+}
+
+const FIELDS: [&str; 9] = [
+    "id",
+    "customerEventId",
+    "eventType",
+    "customerId",
+    "customerAlias",
+    "timestamp",
+    "eventTimestamp",
+    "properties",
+    "eventProperties",
+];
+
+/// Equality of JSON values as the contract means it for aliases: strings by
+/// text, numbers by exact value (`1` equals `1.0`), true is not 1.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    use crate::number::Decimal;
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Number(x), Value::Number(y)) => x == y || Decimal::parse(x) == Decimal::parse(y),
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
+        (Value::Object(_), Value::Object(_)) => {
+            let (x, y) = (a.members(), b.members());
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.iter().any(|(k2, v2)| k == k2 && json_eq(v, v2)))
+        }
+        _ => false,
+    }
+}
+
+/// `name`'s text value, taking its alias into account (`_text_field`).
+fn text_field<'v>(
+    document: &'v Value<'v>,
+    name: &'static str,
+    alias: Option<&'static str>,
+) -> Result<&'v str, Rejection> {
+    let mut shown = name;
+    let mut value = document.get(name).filter(|v| **v != Value::Null);
+    if let Some(alias) = alias {
+        let aliased = document.get(alias).filter(|v| **v != Value::Null);
+        match (value, aliased) {
+            (None, Some(_)) => {
+                value = aliased;
+                shown = alias;
+            }
+            (Some(v), Some(a)) if !json_eq(v, a) => {
+                return Err(reject(
+                    Reason::InvalidField,
+                    format!("{name} and its alias {alias} differ"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let Some(value) = value else {
+        return Err(reject(Reason::MissingField, format!("{shown} is missing")));
+    };
+    let Some(text) = value.as_str() else {
+        return Err(reject(
+            Reason::InvalidField,
+            format!("{shown} must be a string"),
+        ));
+    };
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_TEXT_LENGTH {
+        return Err(reject(
+            Reason::InvalidField,
+            format!("{shown} must be 1 to {MAX_TEXT_LENGTH} characters"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Decode one message value into `store` (returning the event's index), or say why not.
+/// `names`: the property names metrics read. With `keep_unread` false, the
+/// event keeps only those (a batch for the core); true keeps all (tools).
+pub fn decode(
+    raw: Option<&[u8]>,
+    now_micros: i64,
+    limits: &Limits,
+    names: &Interner,
+    keep_unread: bool,
+    store: &mut EventStore,
+) -> Result<usize, Rejection> {
+    let raw = match raw {
+        Some(raw) if !raw.is_empty() => raw,
+        _ => return Err(reject(Reason::Empty, "the message has no value")),
+    };
+    if raw.len() > limits.max_bytes {
+        return Err(reject(
+            Reason::Oversized,
+            format!("{} bytes, the limit is {}", raw.len(), limits.max_bytes),
+        ));
+    }
+    let not_json = || reject(Reason::NotJson, "the value is not UTF-8 JSON");
+    let too_deep = || {
+        reject(
+            Reason::TooDeep,
+            format!("nested more than {MAX_DEPTH} levels deep"),
+        )
+    };
+    let mut parser = Parser::new(raw, MAX_DEPTH).map_err(|_| not_json())?;
+    let parsed = parser
+        .object_with(|key| FIELDS.contains(&key))
+        .and_then(|value| {
+            parser.finish()?;
+            Ok(value)
+        });
+    let document = match parsed {
+        Ok(document) => document,
+        Err(JsonError::TooDeep) => return Err(too_deep()),
+        Err(JsonError::NotJson) => return Err(not_json()),
+    };
+    if !matches!(document, Value::Object(_)) {
+        return Err(reject(
+            Reason::NotAnObject,
+            "the value is not a JSON object",
+        ));
+    }
+    if parser.has_nul {
+        // PostgreSQL text cannot hold NUL: better refused here than a flush that never succeeds.
+        return Err(reject(
+            Reason::InvalidField,
+            "contains a NUL character (\\u0000)",
+        ));
+    }
+    let id = text_field(&document, "id", Some("customerEventId"))?;
+    let event_type = text_field(&document, "eventType", None)?;
+    let customer = text_field(&document, "customerId", Some("customerAlias"))?;
+    let stamp = text_field(&document, "timestamp", Some("eventTimestamp")).map_err(|r| {
+        if r.reason == Reason::InvalidField {
+            Rejection {
+                reason: Reason::BadTimestamp,
+                detail: r.detail,
+            }
+        } else {
+            r
+        }
+    })?;
+    let Some(micros) = timestamp::parse(stamp) else {
+        return Err(reject(
+            Reason::BadTimestamp,
+            "timestamp must be an RFC 3339 date-time with an offset",
+        ));
+    };
+    if !(EARLIEST_EVENT_MICROS..LATEST_EVENT_MICROS).contains(&micros) {
+        return Err(reject(
+            Reason::BadTimestamp,
+            "timestamp must fall between the years 1900 and 9997 (UTC)",
+        ));
+    }
+    if micros < now_micros - limits.max_lateness_micros {
+        return Err(reject(Reason::TooLate, limits.late_detail.clone()));
+    }
+    if micros > now_micros + limits.max_future_micros {
+        return Err(reject(Reason::TooFarInFuture, limits.future_detail.clone()));
+    }
+    let named = document.get("properties").filter(|v| **v != Value::Null);
+    let aliased = document
+        .get("eventProperties")
+        .filter(|v| **v != Value::Null);
+    let properties = match (named, aliased) {
+        (Some(p), Some(a)) if !json_eq(p, a) => {
+            return Err(reject(
+                Reason::InvalidField,
+                "properties and its alias eventProperties differ",
+            ));
+        }
+        (Some(p), _) => Some(p),
+        (None, a) => a,
+    };
+    let members = match properties {
+        None => Vec::new(),
+        Some(p @ Value::Object(_)) => p.members(),
+        Some(_) => return Err(reject(Reason::InvalidField, "properties must be an object")),
+    };
+    for (key, value) in &members {
+        if matches!(value, Value::Array(_) | Value::Object(_)) {
+            let shown: String = key.chars().take(64).collect();
+            return Err(reject(
+                Reason::InvalidField,
+                format!("properties.{shown} must be a string, number, boolean or null"),
+            ));
+        }
+    }
+    let first_prop = store.props.len() as u32;
+    for (key, value) in &members {
+        let name = names.find(key).unwrap_or(UNREAD);
+        if name == UNREAD && !keep_unread {
+            continue;
+        }
+        let key = store.put(key);
+        let prop = match value {
+            Value::Null => Prop::Null,
+            Value::Bool(b) => Prop::Bool(*b),
+            Value::Number(text) => Prop::Number(store.put(text)),
+            Value::String(text) => Prop::String(store.put(text)),
+            Value::Array(_) | Value::Object(_) => unreachable!("refused above"),
+        };
+        store.props.push((key, name, prop));
+    }
+    let event = Event {
+        id: store.put(id),
+        event_type: store.put(event_type),
+        customer: store.put(customer),
+        micros,
+        first_prop,
+        prop_count: store.props.len() as u32 - first_prop,
+    };
+    store.events.push(event);
+    Ok(store.events.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000 * timestamp::MICROS;
+
+    fn limits() -> Limits {
+        Limits {
+            max_bytes: 64 * 1024,
+            max_lateness_micros: 35 * 86_400 * timestamp::MICROS,
+            max_future_micros: 300 * timestamp::MICROS,
+            late_detail: "late".into(),
+            future_detail: "future".into(),
+        }
+    }
+
+    type Decoded = (String, String, String, i64, Vec<(String, Prop)>);
+
+    fn run(text: &str) -> Result<Decoded, Rejection> {
+        let mut store = EventStore::default();
+        let i = decode(
+            Some(text.as_bytes()),
+            NOW,
+            &limits(),
+            &Interner::default(),
+            true,
+            &mut store,
+        )?;
+        let e = store.events[i];
+        let props = store
+            .props_of(&e)
+            .iter()
+            .map(|(k, _, v)| (store.text(*k).to_string(), *v))
+            .collect();
+        Ok((
+            store.text(e.id).into(),
+            store.text(e.event_type).into(),
+            store.text(e.customer).into(),
+            e.micros,
+            props,
+        ))
+    }
+
+    fn reason(text: &str) -> Reason {
+        run(text)
+            .err()
+            .map(|r| r.reason)
+            .unwrap_or(Reason::InternalError)
+    }
+
+    const GOOD: &str = r#"{"id":"e1","eventType":"a","customerId":"c","timestamp":"2026-11-18T08:00:00Z","properties":{"n":1.5,"s":"x","b":true,"z":null}}"#;
+
+    #[test]
+    fn a_good_event_and_its_properties() {
+        let (id, ty, customer, micros, props) = run(GOOD).unwrap();
+        assert_eq!(
+            (id.as_str(), ty.as_str(), customer.as_str()),
+            ("e1", "a", "c")
+        );
+        assert_eq!(micros, 1_794_988_800 * timestamp::MICROS);
+        assert_eq!(props.len(), 4);
+        assert_eq!(props[2], ("b".to_string(), Prop::Bool(true)));
+        assert_eq!(props[3], ("z".to_string(), Prop::Null));
+    }
+
+    #[test]
+    fn every_reason_in_its_order() {
+        let mut store = EventStore::default();
+        assert_eq!(
+            decode(None, NOW, &limits(), &Interner::default(), true, &mut store)
+                .unwrap_err()
+                .reason,
+            Reason::Empty
+        );
+        assert_eq!(
+            decode(
+                Some(b""),
+                NOW,
+                &limits(),
+                &Interner::default(),
+                true,
+                &mut store
+            )
+            .unwrap_err()
+            .reason,
+            Reason::Empty
+        );
+        let huge = vec![b'x'; 64 * 1024 + 1];
+        let r = decode(
+            Some(&huge),
+            NOW,
+            &limits(),
+            &Interner::default(),
+            true,
+            &mut store,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (r.reason, r.detail.as_str()),
+            (Reason::Oversized, "65537 bytes, the limit is 65536")
+        );
+        assert_eq!(reason("{not json"), Reason::NotJson);
+        assert_eq!(reason("[1]"), Reason::NotAnObject);
+        assert_eq!(reason(r#"{"id":"a\u0000"}"#), Reason::InvalidField);
+        assert_eq!(reason(r#"{"eventType":"a"}"#), Reason::MissingField);
+        assert_eq!(
+            reason(&GOOD.replace(r#""id":"e1""#, r#""id":null"#)),
+            Reason::MissingField
+        );
+        assert_eq!(
+            reason(&GOOD.replace(r#""id":"e1""#, r#""id":12"#)),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(&GOOD.replace(r#""id":"e1""#, r#""id":"""#)),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(&GOOD.replace("2026-11-18T08:00:00Z", "2026-11-18T08:00:00")),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(&GOOD.replace(r#""2026-11-18T08:00:00Z""#, "17")),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(&GOOD.replace("2026-11-18", "2020-01-01")),
+            Reason::TooLate
+        );
+        assert_eq!(
+            reason(&GOOD.replace("2026-11-18", "2026-12-18")),
+            Reason::TooFarInFuture
+        );
+        assert_eq!(
+            reason(&GOOD.replace(r#""properties":{"#, r#""properties":{"o":{"a":1},"#)),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(&GOOD.replace(
+                r#""properties":{"n":1.5,"s":"x","b":true,"z":null}"#,
+                "\"properties\":[1]"
+            )),
+            Reason::InvalidField
+        );
+        let deep = format!(r#"{{"x":{}{},"id":"e1"}}"#, "[".repeat(40), "]".repeat(40));
+        assert_eq!(reason(&deep), Reason::TooDeep);
+    }
+
+    #[test]
+    fn aliases_must_agree() {
+        let aliased = r#"{"customerEventId":"e1","eventType":"a","customerAlias":"c","eventTimestamp":"2026-11-18T08:00:00Z","eventProperties":{"n":1}}"#;
+        let (id, _, customer, _, props) = run(aliased).unwrap();
+        assert_eq!(
+            (id.as_str(), customer.as_str(), props.len()),
+            ("e1", "c", 1)
+        );
+        let differ = GOOD.replace(r#""id":"e1""#, r#""id":"e1","customerEventId":"e2""#);
+        let r = run(&differ).unwrap_err();
+        assert_eq!(r.detail, "id and its alias customerEventId differ");
+        let same = GOOD.replace(
+            r#""properties":"#,
+            r#""eventProperties":{"n":1.50,"s":"x","b":true,"z":null},"properties":"#,
+        );
+        assert!(run(&same).is_ok());
+        let stamp = GOOD.replace(
+            r#""timestamp":"#,
+            r#""eventTimestamp":"2026-11-18T09:00:00Z","timestamp":"#,
+        );
+        assert_eq!(reason(&stamp), Reason::BadTimestamp);
+    }
+
+    #[test]
+    fn a_repeated_key_takes_its_last_value() {
+        let text = GOOD.replace(r#""id":"e1""#, r#""id":"first","id":"e9""#);
+        assert_eq!(run(&text).unwrap().0, "e9");
+    }
+}
