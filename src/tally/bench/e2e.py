@@ -45,6 +45,7 @@ from tally.bench.peers import (
 from tally.bench.workers import (
     PARTITIONS,
     Fleet,
+    TransactionGate,
     backend_cpu,
     create_topic,
     delete_topics,
@@ -52,7 +53,7 @@ from tally.bench.workers import (
     end_offsets,
     flush_interval,
     fresh_database,
-    scrape_all,
+    settled_scrape,
     wait_offsets,
     worker_env,
 )
@@ -217,23 +218,37 @@ async def run_tally(
     *,
     workers: int = 1,
     live: bool = False,
+    gate: TransactionGate | None = None,
 ) -> RunResult:
     """`workers` worker processes of one group over the whole topic, one database;
-    `keep(dsn)` runs before the database is dropped."""
+    `keep(dsn)` runs before the database is dropped.
+
+    Without a `gate`, the clock starts at the first "partition ready" of any
+    worker. With one (`gate.topic` is then the topic), the workers first
+    settle on a balanced assignment over the gate's uncommitted events, and
+    the clock, and the CPU counts, start when it commits them.
+    """
     async with fresh_database(admin_dsn, scenario.metrics) as (name, dsn):
-        ends = await end_offsets(bootstrap, topic)
+        ends = await end_offsets(bootstrap, topic) if gate is None else {}
         group = f"bench-{uuid.uuid4().hex[:8]}"
         env = worker_env(bootstrap, dsn, topic, group, dedup=scenario.dedup, live=live)
         fleet = Fleet(env, workers).start()
+        cpu_before = database_before = 0.0
         try:
             ports, started = await fleet.wait_ready()
-            all_ready = await wait_offsets(dsn, topic, ends, fleet)
-            done = time.monotonic()
-            seconds = done - started
-            cpu, rss = fleet.cpu_seconds(), fleet.peak_rss()
-            database_cpu = await backend_cpu(dsn, name)
-            totals = await asyncio.to_thread(scrape_all, ports)
-            assignments = fleet.assignments()
+            if gate is not None:
+                await fleet.wait_balanced()
+                cpu_before = fleet.cpu_seconds()
+                database_before = await backend_cpu(dsn, name)
+                assigned_before = fleet.assignments()
+                started = time.monotonic()
+                ends = await gate.release()
+            await wait_offsets(dsn, topic, ends, fleet)
+            seconds = time.monotonic() - started
+            cpu, rss = fleet.cpu_seconds() - cpu_before, fleet.peak_rss()
+            database_cpu = await backend_cpu(dsn, name) - database_before
+            totals = await asyncio.to_thread(settled_scrape, ports)
+            assignments = fleet.assignments() - (assigned_before if gate is not None else 0)
         finally:
             await fleet.stop()
         counts = await durable_counts(dsn, topic)
@@ -258,18 +273,26 @@ async def run_tally(
             "flushes": totals.get("tally_flushes_total", 0.0),
             "rollup_upserts": totals.get("tally_rollup_rows_written_total", 0.0),
             "workers": float(workers),
+            # "partitions assigned" lines; with a gate, only those after its release
+            # (0: no rebalance while the clock ran)
             "assignments": float(assignments),
-            # From the moment every worker held partitions: the fleet's own rate,
-            # without the first worker's head start and the rebalance before it.
-            "all_ready_after_seconds": float("nan")
-            if all_ready is None
-            else all_ready[0] - started,
-            "all_ready_rate": float("nan")
-            if all_ready is None or done <= all_ready[0]
-            else (count - all_ready[1]) / (done - all_ready[0]),
         },
         results=None,
     )
+
+
+async def _gated(bootstrap: str, loaded: Loaded) -> TransactionGate:
+    """The workload's events again, in a topic of their own, held back by a transaction."""
+    gate = TransactionGate(bootstrap, f"tally-bench-gate-{uuid.uuid4().hex[:10]}")
+    try:
+        await gate.fill(
+            (d["customerId"].encode(), orjson.dumps(d))
+            for d in events(loaded.workload, loaded.count)
+        )
+    except BaseException:
+        await gate.close()
+        raise
+    return gate
 
 
 async def _run_checked(
@@ -282,6 +305,7 @@ async def _run_checked(
     customers: set[str],
     check: bool,
     say: Callable[[str], None],
+    gate: TransactionGate | None = None,
 ) -> RunResult:
     """One run, its values compared with the reference (when `check`) before its database goes."""
 
@@ -294,13 +318,14 @@ async def _run_checked(
 
     done = await run_tally(
         bootstrap,
-        loaded.topic,
+        loaded.topic if gate is None else gate.topic,
         loaded.count,
         dsn,
         scenario,
         keep,
         workers=workers,
         live=loaded.name == "live",
+        gate=gate,
     )
     say(f"  {done.events / done.seconds:,.0f} events/s")
     return done
@@ -363,12 +388,13 @@ async def bench(
             def run(
                 scenario: Scenario,
                 workers: int,
+                gate: TransactionGate | None = None,
                 loaded: Loaded = loaded,
                 values: list[bytes] = values,
                 customers: set[str] = customers,
             ) -> Awaitable[RunResult]:
                 return _run_checked(
-                    bootstrap, dsn, loaded, scenario, workers, values, customers, check, say
+                    bootstrap, dsn, loaded, scenario, workers, values, customers, check, say, gate
                 )
 
             runs = result.runs.setdefault(name, [])
@@ -396,11 +422,15 @@ async def bench(
                     runs.append(peer)
             if scale_out and name in scale_out_workloads:
                 scenario = table_of[scale_out_scenario]
-                say(f"{name}: scale-out, {scenario.name}: 1 worker ...")
-                one = await run(scenario, 1)
-                say(f"{name}: scale-out, {scenario.name}: 2 workers ...")
-                two = await run(scenario, 2)
-                result.scale_out.append(ScaleOut(name, scenario.name, one, two))
+                pair = []
+                for workers in (1, 2):
+                    say(f"{name}: scale-out, {scenario.name}: {workers} worker(s) ...")
+                    gate = await _gated(bootstrap, loaded)
+                    try:
+                        pair.append(await run(scenario, workers, gate))
+                    finally:
+                        await gate.close()
+                result.scale_out.append(ScaleOut(name, scenario.name, *pair))
         finally:
             if loaded.temporary:
                 await delete_topics(bootstrap, [loaded.topic])

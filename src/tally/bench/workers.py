@@ -18,13 +18,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tally.contracts.metric import parse_metric
@@ -207,6 +207,7 @@ def worker_env(
         "TALLY_GROUP": group,
         "TALLY_METRICS_PORT": "0",
         "TALLY_METRICS_HOST": "127.0.0.1",
+        "TALLY_LOG_FORMAT": "text",  # the bench reads the log lines
         "TALLY_DEDUP_WINDOW": "24h" if dedup else "0",
         "TALLY_MAX_LATENESS": "35d" if live else "100000d",
         "TALLY_MAX_FUTURE_SKEW": "5m" if live else "100000d",
@@ -265,9 +266,44 @@ class Fleet:
             await asyncio.sleep(0.02)
         raise RuntimeError("the bench workers did not get their partitions in time")
 
-    def all_ready(self) -> bool:
-        """Every worker has logged a ready partition (a late one only after its rebalance)."""
-        return all("partition ready" in self.text(n) for n in range(self.count))
+    def balanced(self) -> bool:
+        """Every worker holds partitions, they add up to all of them, and each
+        of its latest assignment's partitions has been ready (a worker logs a
+        ready line per partition as it loads it, then the assignment). A
+        partition reloaded after a rebalance may count as ready a moment early:
+        `wait_balanced` waits for the assignment to stay put a while anyway."""
+        held = 0
+        for n in range(self.count):
+            lines = self.text(n).splitlines()
+            assigned = [i for i, line in enumerate(lines) if "partitions assigned" in line]
+            if not assigned:
+                return False
+            found = re.search(r"partitions=(\S+)", lines[assigned[-1]])
+            mine = {int(p) for p in re.findall(r"\[(\d+)\]", found.group(1))} if found else set()
+            ready = {
+                int(m.group(1))
+                for line in lines
+                if "partition ready" in line and (m := re.search(r" partition=(\d+)", line))
+            }
+            if not mine or not mine <= ready:
+                return False
+            held += len(mine)
+        return held == PARTITIONS
+
+    async def wait_balanced(self, within: float = 120, steady: float = 0.5) -> None:
+        """Until `balanced()` has held for `steady` seconds with no new assignment."""
+        deadline = time.monotonic() + within
+        since: tuple[float, int] | None = None
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if not self.balanced():
+                since = None
+            elif since is None or since[1] != self.assignments():
+                since = (time.monotonic(), self.assignments())
+            elif time.monotonic() - since[0] >= steady:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the bench workers did not settle on a balanced assignment in time")
 
     def assignments(self) -> int:
         """ "partitions assigned" lines of all the workers: 1 per worker without a rebalance."""
@@ -295,25 +331,15 @@ class Fleet:
 
 async def wait_offsets(
     dsn: str, topic: str, ends: Mapping[int, int], fleet: Fleet, within: float | None = None
-) -> tuple[float, int] | None:
-    """Until PostgreSQL holds `ends` for every partition that has records.
-
-    Returns (time, records stored) at the first poll that found every worker
-    of the fleet holding a ready partition (None if that never happened): a
-    worker that joins late starts with a rebalance, and the rate from then on
-    is the fleet's own.
-    """
+) -> None:
+    """Until PostgreSQL holds `ends` for every partition that has records."""
     deadline = None if within is None else time.monotonic() + within
-    all_ready: tuple[float, int] | None = None
     connection = await asyncpg.connect(dsn)
     try:
         while True:
-            now = time.monotonic()
             stored = await stored_offsets(connection, topic)
-            if all_ready is None and fleet.all_ready():
-                all_ready = (now, sum(max(0, offset) for offset in stored.values()))
             if all(stored.get(p, -1) >= end for p, end in ends.items() if end > 0):
-                return all_ready
+                return
             fleet.check_alive()
             if deadline is not None and time.monotonic() > deadline:
                 raise RuntimeError(f"the workers did not reach {dict(ends)} in time: {stored}")
@@ -342,3 +368,75 @@ def scrape_all(ports: Sequence[str]) -> dict[str, float]:
         for name, value in scrape(port).items():
             totals[name] = totals.get(name, 0.0) + value
     return totals
+
+
+SETTLED = ("tally_flushes_total", "tally_rollup_rows_written_total")
+
+
+def settled_scrape(ports: Sequence[str], pause: float = 0.3, tries: int = 10) -> dict[str, float]:
+    """The workers' counters once the last flush's are in.
+
+    PostgreSQL may hold a flush's offsets a moment before the worker has
+    counted that flush, so scrape until two scrapes `pause` apart agree.
+    """
+    totals = scrape_all(ports)
+    for _ in range(tries):
+        time.sleep(pause)
+        again = scrape_all(ports)
+        if all(again.get(k) == totals.get(k) for k in SETTLED):
+            return again
+        totals = again
+    return totals
+
+
+class TransactionGate:
+    """A topic whose events are all produced in one open Kafka transaction.
+
+    Tally consumes with `read_committed`, so its workers see none of them until
+    `release()` commits: they can join the group, settle their assignment and
+    load their partitions first, and then all start on the same backlog at
+    once. The commit writes one control record at the end of every partition
+    it touched, so a partition is consumed once its stored offset reaches its
+    end offset less one (a worker may or may not store the position past the
+    marker; both count).
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.producer: AIOKafkaProducer | None = None
+        self.committed = False
+
+    async def fill(self, messages: Iterable[tuple[bytes, bytes]]) -> None:
+        await create_topic(self.bootstrap, self.topic, replace=True)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            transactional_id=f"tally-bench-{uuid.uuid4().hex[:12]}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=50,
+            max_batch_size=1 << 20,
+            transaction_timeout_ms=900_000,  # the broker's default maximum
+        )
+        await self.producer.start()
+        await self.producer.begin_transaction()
+        for key, value in messages:
+            await self.producer.send(self.topic, value, key=key)
+        await self.producer.flush()
+
+    async def release(self) -> dict[int, int]:
+        """Commit; the offsets that mean "all consumed", per partition with records."""
+        assert self.producer is not None
+        await self.producer.commit_transaction()
+        self.committed = True
+        ends = await end_offsets(self.bootstrap, self.topic)
+        return {p: end - 1 for p, end in ends.items() if end > 0}
+
+    async def close(self) -> None:
+        try:
+            if self.producer is not None:
+                if not self.committed:
+                    await self.producer.abort_transaction()
+                await self.producer.stop()
+        finally:
+            await delete_topics(self.bootstrap, [self.topic])
