@@ -69,6 +69,22 @@ async def create_topic(bootstrap: str, topic: str, *, replace: bool = False) -> 
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     finally:
         await admin.close()
+    await _wait_known(bootstrap, topic)
+
+
+async def _wait_known(bootstrap: str, topic: str, within: float = 30) -> None:
+    """Until the broker's metadata has the topic (a producer that starts
+    sooner logs that the topic is missing, and retries)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + within
+    try:
+        await consumer.start()
+        while topic not in await consumer.topics():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no metadata after {within:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
 
 
 async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
