@@ -117,7 +117,7 @@ def report(results: Sequence[RunResult]) -> str:
         upserts = r.detail.get("rollup_upserts", float(r.rows))
         lines.append(
             f"| {r.name} | {rate[r.name]:,.0f} | "
-            f"{rate[r.name] / rate[ceiling.name] if ceiling else float('nan'):.2f} | "
+            f"{f'{rate[r.name] / rate[ceiling.name]:.2f}' if ceiling else '-'} | "
             f"{r.cpu_seconds / r.events * 1e6:.1f} | "
             f"{'-' if database is None else f'{database / r.events * 1e6:.1f}'} | "
             f"{r.peak_rss_bytes / 2**20:.0f} | {upserts:,.0f} |"
