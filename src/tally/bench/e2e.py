@@ -434,6 +434,8 @@ async def bench(
         finally:
             if loaded.temporary:
                 await delete_topics(bootstrap, [loaded.topic])
+    if freshness and not live_rates:
+        say("freshness: skipped, it runs at half each scenario's rate over the live workload")
     if freshness:
         for scenario_name, rate in live_rates.items():
             if freshness_scenarios is not None and scenario_name not in freshness_scenarios:
