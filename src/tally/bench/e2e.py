@@ -55,6 +55,7 @@ from tally.bench.workers import (
     fresh_database,
     settled_scrape,
     wait_offsets,
+    with_dead_letters,
     worker_env,
 )
 from tally.synthetic import Workload, events, metric_definitions
@@ -433,7 +434,7 @@ async def bench(
                 result.scale_out.append(ScaleOut(name, scenario.name, *pair))
         finally:
             if loaded.temporary:
-                await delete_topics(bootstrap, [loaded.topic])
+                await delete_topics(bootstrap, with_dead_letters(loaded.topic))
     if freshness and not live_rates:
         say("freshness: skipped, it runs at half each scenario's rate over the live workload")
     if freshness:

@@ -43,6 +43,7 @@ from tally.bench.workers import (
     fresh_database,
     stored_offsets,
     wait_offsets,
+    with_dead_letters,
     worker_env,
 )
 
@@ -173,7 +174,7 @@ async def run_freshness(
                 await fleet.stop()
             counts = await durable_counts(dsn, topic)
     finally:
-        await delete_topics(bootstrap, [topic])
+        await delete_topics(bootstrap, with_dead_letters(topic))
     if counts["records"] != report["events"] or counts["dead_letters"]:
         raise AssertionError(f"freshness run: produced {report['events']}, stored {counts}")
     sent, seen = visible_times(polls, report["batches"])

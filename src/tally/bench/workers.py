@@ -87,6 +87,11 @@ async def _wait_known(bootstrap: str, topic: str, within: float = 30) -> None:
         await consumer.stop()
 
 
+def with_dead_letters(topic: str) -> list[str]:
+    """A bench topic and the dead-letter topic its workers create (`<topic>.dlq`)."""
+    return [topic, f"{topic}.dlq"]
+
+
 async def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -455,4 +460,4 @@ class TransactionGate:
                     await self.producer.abort_transaction()
                 await self.producer.stop()
         finally:
-            await delete_topics(self.bootstrap, [self.topic])
+            await delete_topics(self.bootstrap, with_dead_letters(self.topic))
