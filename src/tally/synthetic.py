@@ -57,6 +57,13 @@ class Workload:
     end: float = 0.0
     span_seconds: float = 6 * 3600.0
     duplicate_ratio: float = 0.0
+    # A producer's stream instead of a shuffled backlog: event n's time is
+    # `end - span_seconds + span_seconds * n / count`, increasing with n, so a
+    # single producer writes every partition in event-time order; except a
+    # late tail: `late_share` of the events are up to `late_seconds` older.
+    ordered: bool = False
+    late_share: float = 0.0
+    late_seconds: float = 0.0
 
 
 def _customer_weights(count: int) -> list[float]:
@@ -76,7 +83,7 @@ def events(workload: Workload, count: int) -> Iterator[dict[str, Any]]:
             continue
         customer = rng.choices(customers, weights)[0]
         event_type = rng.choices(EVENT_TYPES, EVENT_TYPE_WEIGHTS)[0]
-        moment = datetime.fromtimestamp(end - rng.random() * workload.span_seconds, UTC)
+        moment = datetime.fromtimestamp(_event_time(rng, workload, end, n, count), UTC)
         document = {
             "id": f"evt_{workload.seed:x}_{n:010d}_{rng.getrandbits(40):010x}",
             "eventType": event_type,
@@ -87,6 +94,15 @@ def events(workload: Workload, count: int) -> Iterator[dict[str, Any]]:
         if workload.duplicate_ratio and len(sent) < 100_000:
             sent.append(document)
         yield document
+
+
+def _event_time(rng: random.Random, workload: Workload, end: float, n: int, count: int) -> float:
+    if not workload.ordered:
+        return end - rng.random() * workload.span_seconds  # the shuffled backlog
+    moment = end - workload.span_seconds + workload.span_seconds * n / count
+    if workload.late_share and rng.random() < workload.late_share:
+        moment -= rng.random() * workload.late_seconds
+    return moment
 
 
 def _properties(

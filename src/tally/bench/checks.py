@@ -10,12 +10,15 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
 from tally.bench.peers import PEER_JOB_METRICS, RunResult
+
+if TYPE_CHECKING:
+    from tally.bench.e2e import BenchReport
 
 # -- exactness -----------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ def report(results: Sequence[RunResult]) -> str:
         upserts = r.detail.get("rollup_upserts", float(r.rows))
         lines.append(
             f"| {r.name} | {rate[r.name]:,.0f} | "
-            f"{rate[r.name] / rate[ceiling.name] if ceiling else float('nan'):.2f} | "
+            f"{f'{rate[r.name] / rate[ceiling.name]:.2f}' if ceiling else '-'} | "
             f"{r.cpu_seconds / r.events * 1e6:.1f} | "
             f"{'-' if database is None else f'{database / r.events * 1e6:.1f}'} | "
             f"{r.peak_rss_bytes / 2**20:.0f} | {upserts:,.0f} |"
@@ -132,3 +135,146 @@ def report(results: Sequence[RunResult]) -> str:
         if tally_peer and r is not tally_peer and not r.name.startswith(("Tally", "ceiling"))
     ]
     return "\n".join(lines + (ratios if len(ratios) > 3 else []))
+
+
+# -- the whole report -------------------------------------------------------------------
+
+
+def _rate(r: RunResult) -> float:
+    return r.events / r.seconds
+
+
+def _upserts(r: RunResult) -> float:
+    return r.detail.get("rollup_upserts", float(r.rows))
+
+
+def _per_million(seconds: float | None, events: int) -> str:
+    return "-" if seconds is None else f"{seconds / events * 1e6:.1f}"
+
+
+def _ceiling(results: Sequence[RunResult]) -> RunResult | None:
+    return next((r for r in results if r.name.startswith("ceiling")), None)
+
+
+def _times_ceiling(r: RunResult | None, ceiling: RunResult | None) -> str:
+    if r is None or ceiling is None:
+        return "-"
+    return f"{_rate(r) / _rate(ceiling):.2f}"
+
+
+def side_by_side(runs: dict[str, list[RunResult]]) -> str:
+    """Each Tally scenario over the backfill and the live workload, as x its topic's ceiling."""
+    backfill, live = runs.get("backfill", []), runs.get("live", [])
+    ceilings = {"backfill": _ceiling(backfill), "live": _ceiling(live)}
+    names = list(dict.fromkeys(r.name for r in [*backfill, *live] if r.name.startswith("Tally")))
+    by = {(w, r.name): r for w, rs in runs.items() for r in rs}
+    lines = [
+        "| scenario | backfill events/s | backfill x ceiling | live events/s | live x ceiling"
+        " | live / backfill | worker CPU s / M (backfill, live) | PostgreSQL CPU s / M"
+        " (backfill, live) | rows written (backfill, live) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        b, v = by.get(("backfill", name)), by.get(("live", name))
+
+        def pair(get: Any, b: RunResult | None = b, v: RunResult | None = v) -> str:
+            return ", ".join("-" if r is None else get(r) for r in (b, v))
+
+        lines.append(
+            f"| {name.removeprefix('Tally: ')} | "
+            f"{'-' if b is None else f'{_rate(b):,.0f}'} | {_times_ceiling(b, ceilings['backfill'])} | "
+            f"{'-' if v is None else f'{_rate(v):,.0f}'} | {_times_ceiling(v, ceilings['live'])} | "
+            f"{'-' if b is None or v is None else f'{_rate(v) / _rate(b):.2f}'} | "
+            f"{pair(lambda r: _per_million(r.cpu_seconds, r.events))} | "
+            f"{pair(lambda r: _per_million(r.detail.get('db_backend_cpu_seconds'), r.events))} | "
+            f"{pair(lambda r: f'{_upserts(r):,.0f}')} |"
+        )
+    for workload, ceiling in ceilings.items():
+        if ceiling is not None:
+            lines.append(
+                f"| ceiling ({workload}) | "
+                + (
+                    f"{_rate(ceiling):,.0f} | 1.00 | - | - |"
+                    if workload == "backfill"
+                    else "- | - | "
+                )
+                + (f"{_rate(ceiling):,.0f} | 1.00 |" if workload == "live" else "")
+                + f" - | {_per_million(ceiling.cpu_seconds, ceiling.events)} | - | - |"
+            )
+    return "\n".join(lines)
+
+
+def freshness_table(report_: BenchReport) -> str:
+    lines = [
+        "| scenario | live max events/s | produced events/s (target: half) | events measured"
+        " | p50 s | p99 s | max s | worker flush interval s | worker CPU share | producer CPU share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {f.scenario} | {f.max_rate:,.0f} | {f.produced_rate:,.0f} ({f.target_rate:,.0f}) | "
+        f"{f.measured_events:,} | {f.p50:.2f} | {f.p99:.2f} | {f.max:.2f} | "
+        f"{f.flush_interval} | {f.worker_cpu_share:.2f} | {f.producer_cpu_share:.2f} |"
+        for f in report_.freshness
+    ]
+    return "\n".join(lines)
+
+
+def scale_out_table(report_: BenchReport) -> str:
+    lines = [
+        "| workload | scenario | workers | events/s | worker CPU s / M | PostgreSQL CPU s / M"
+        " | rows written | flushes | rebalances while timed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = [
+        "",
+        "| workload | events/s, 2 / 1 workers | PostgreSQL CPU s / M, 2 / 1"
+        " | worker CPU s / M, 2 / 1 |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in report_.scale_out:
+        lines += [
+            f"| {s.workload} | {s.scenario} | {r.detail.get('workers', 1):.0f} | {_rate(r):,.0f} | "
+            f"{_per_million(r.cpu_seconds, r.events)} | "
+            f"{_per_million(r.detail.get('db_backend_cpu_seconds'), r.events)} | "
+            f"{_upserts(r):,.0f} | {r.detail.get('flushes', 0):,.0f} | "
+            f"{r.detail.get('assignments', 0):.0f} |"
+            for r in (s.one, s.two)
+        ]
+        one_db = s.one.detail.get("db_backend_cpu_seconds", float("nan"))
+        two_db = s.two.detail.get("db_backend_cpu_seconds", float("nan"))
+        ratios.append(
+            f"| {s.workload} | {_rate(s.two) / _rate(s.one):.2f} | "
+            f"{(two_db / s.two.events) / (one_db / s.one.events):.2f} | "
+            f"{(s.two.cpu_seconds / s.two.events) / (s.one.cpu_seconds / s.one.events):.2f} |"
+        )
+    return "\n".join(lines + ratios)
+
+
+def full_report(report_: BenchReport) -> str:
+    """Markdown: each workload's table, the two side by side, freshness, scale-out."""
+    start, end = report_.load_average
+    parts = [
+        f"{report_.count:,} events per workload, seed {report_.seed}, 4 partitions; "
+        f"worker flush interval {report_.flush_interval} s; "
+        f"1-minute load average {start:.2f} at the start, {end:.2f} at the end; "
+        f"{report_.wall_seconds / 60:.1f} min in all.",
+    ]
+    for workload, results in report_.runs.items():
+        parts += ["", f"### {workload.capitalize()} workload", "", report(results)]
+    if len(report_.runs) > 1:
+        parts += ["", "### Backfill and live side by side", "", side_by_side(report_.runs)]
+    if report_.freshness:
+        parts += [
+            "",
+            "### Freshness (live events at half the scenario's live rate)",
+            "",
+            freshness_table(report_),
+        ]
+    if report_.scale_out:
+        parts += [
+            "",
+            "### Scale-out: 1 worker against 2, one database",
+            "",
+            scale_out_table(report_),
+        ]
+    return "\n".join(parts)

@@ -1,35 +1,40 @@
 """`tally bench`: Tally end to end against the consume ceiling and the peers.
 
-A topic is pre-loaded once with a fixed, seeded synthetic workload. Each
-scenario then runs a real `tally run` process against a fresh database,
-timed from its first partition assignment until PostgreSQL holds the end
-offsets of every partition. The baselines run in the same invocation, on
-the same broker and data (`tally.bench.peers`). Results are ratios: the
-machine is noisy, a ratio measured in one run is not.
+Two workloads, each a topic of seeded synthetic events (`tally.synthetic`):
+
+- **backfill**: event times shuffled over three days ending at a fixed
+  `BENCH_END`, a backlog replayed in no time order. Produced once and reused.
+- **live**: a producer's stream. Event times are spread, in increasing
+  order, over the `LIVE_SPAN_SECONDS` before the moment the topic is
+  produced, so each partition holds its events in event-time order, except
+  for a late tail of `LATE_SHARE` of the events up to `LATE_SECONDS` late.
+  It is the same for a seed apart from that shift of time, so the exactness
+  check holds; it is produced again by every run, and deleted after.
+
+Each scenario runs a real `tally run` process against a fresh database, timed
+from its first partition assignment until PostgreSQL holds the end offsets of
+every partition. The consume ceiling and the peers run on the same topic in
+the same invocation (`tally.bench.peers`). Then, over the live workload,
+freshness at half each scenario's measured rate (`tally.bench.freshness`),
+and scale-out: one worker against two on the same topic and database.
+Results are ratios: the machine is noisy, a ratio measured in one run is not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
 
-from tally.bench.checks import check_exact, check_peer, report, sample_customers
+from tally.bench.checks import check_exact, check_peer, full_report, sample_customers
+from tally.bench.freshness import FreshnessResult, run_freshness
 from tally.bench.peers import (
     PEER_JOB_METRICS,
     RunResult,
@@ -37,14 +42,31 @@ from tally.bench.peers import (
     run_quixstreams,
     run_sql_route,
 )
-from tally.contracts.metric import parse_metric
-from tally.store.definitions import apply_definitions
-from tally.store.migrate import migrate
-from tally.store.pool import connect
+from tally.bench.workers import (
+    PARTITIONS,
+    Fleet,
+    TransactionGate,
+    backend_cpu,
+    create_topic,
+    delete_topics,
+    durable_counts,
+    end_offsets,
+    flush_interval,
+    fresh_database,
+    settled_scrape,
+    wait_offsets,
+    with_dead_letters,
+    worker_env,
+)
 from tally.synthetic import Workload, events, metric_definitions
 
-PARTITIONS = 4
-BENCH_END = 1_795_000_000.0  # fixed event-time end, so the workload is the same every run
+BENCH_END = 1_795_000_000.0  # fixed event-time end, so the backfill is the same every run
+BACKFILL_SPAN_SECONDS = 3 * 86400.0
+LIVE_SPAN_SECONDS = 15 * 60.0
+LATE_SHARE = 0.01
+LATE_SECONDS = 6 * 3600.0
+WORKLOADS = ("backfill", "live")
+SCALE_OUT_SCENARIO = "10 metrics, dedup on"
 
 
 def count_sum_only(count: int) -> list[dict[str, Any]]:
@@ -114,109 +136,77 @@ def scenarios() -> dict[str, Scenario]:
     return {s.name: s for s in found}
 
 
-# -- the workload ---------------------------------------------------------------
+# -- the workloads ------------------------------------------------------------------------
 
 
-async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        await consumer.start()
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-    return {tp.partition: offset for tp, offset in ends.items()}
+def workload(name: str, seed: int, anchor: float = BENCH_END) -> Workload:
+    """The workload `name`; `anchor` is a live workload's end (the wall clock at production)."""
+    if name == "backfill":
+        return Workload(seed=seed, end=BENCH_END, span_seconds=BACKFILL_SPAN_SECONDS)
+    if name == "live":
+        return Workload(
+            seed=seed,
+            end=anchor,
+            span_seconds=LIVE_SPAN_SECONDS,
+            ordered=True,
+            late_share=LATE_SHARE,
+            late_seconds=LATE_SECONDS,
+        )
+    raise ValueError(f"unknown workload {name!r}; one of {WORKLOADS}")
 
 
-async def preload(bootstrap: str, count: int, seed: int) -> str:
-    """The topic holding `count` seeded events; produced once, reused after."""
-    topic = f"tally-bench-s{seed}-n{count}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        exists = topic in await admin.list_topics()
-        if exists and sum((await _end_offsets(bootstrap, topic)).values()) == count:
-            return topic
-        if exists:
-            await admin.delete_topics([topic])
-            await asyncio.sleep(2)
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    name: str  # "backfill" | "live"
+    topic: str
+    workload: Workload
+    count: int
+    temporary: bool  # deleted when the bench ends
+
+
+async def _produce(bootstrap: str, topic: str, chosen: Workload, count: int) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20, acks="all"
     )
     await producer.start()
     try:
-        for document in events(Workload(seed=seed, end=BENCH_END, span_seconds=3 * 86400), count):
+        # In order, through one producer: each partition gets its events in the
+        # order they are generated (a live workload's event-time order).
+        for document in events(chosen, count):
             await producer.send(topic, orjson.dumps(document), key=document["customerId"].encode())
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def preload(bootstrap: str, count: int, seed: int) -> str:
+    """The backfill topic holding `count` seeded events; produced once, reused after."""
+    topic = f"tally-bench-s{seed}-n{count}"
+    await create_topic(bootstrap, topic)
+    if sum((await end_offsets(bootstrap, topic)).values()) == count:
+        return topic
+    await create_topic(bootstrap, topic, replace=True)
+    await _produce(bootstrap, topic, workload("backfill", seed), count)
     return topic
 
 
-def workload_values(count: int, seed: int) -> list[bytes]:
-    return [
-        orjson.dumps(d)
-        for d in events(Workload(seed=seed, end=BENCH_END, span_seconds=3 * 86400), count)
-    ]
+async def load(bootstrap: str, name: str, count: int, seed: int) -> Loaded:
+    if name == "backfill":
+        topic = await preload(bootstrap, count, seed)
+        return Loaded(name, topic, workload(name, seed), count, temporary=False)
+    anchor = float(int(time.time()))  # whole seconds: the shift is the only difference
+    chosen = workload(name, seed, anchor)
+    topic = f"tally-bench-live-s{seed}-n{count}-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, topic, replace=True)
+    await _produce(bootstrap, topic, chosen, count)
+    return Loaded(name, topic, chosen, count, temporary=True)
+
+
+def workload_values(count: int, seed: int, chosen: Workload | None = None) -> list[bytes]:
+    return [orjson.dumps(d) for d in events(chosen or workload("backfill", seed), count)]
 
 
 # -- one Tally run ----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Database:
-    admin_dsn: str
-    name: str = field(default_factory=lambda: f"tally_bench_{uuid.uuid4().hex[:12]}")
-
-    async def __aenter__(self) -> _Database:
-        connection = await asyncpg.connect(self.admin_dsn)
-        try:
-            await connection.execute(f'CREATE DATABASE "{self.name}"')
-        finally:
-            await connection.close()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        connection = await asyncpg.connect(self.admin_dsn)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-
-def _dsn_for(admin_dsn: str, database: str) -> str:
-    head, _, tail = admin_dsn.rpartition("/")
-    query = tail.partition("?")[2]
-    return f"{head}/{database}" + (f"?{query}" if query else "")
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-
-def _scrape(port: str) -> dict[str, float]:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
 
 
 async def run_tally(
@@ -225,134 +215,144 @@ async def run_tally(
     count: int,
     admin_dsn: str,
     scenario: Scenario,
-    keep: Callable[[str], Any] | None = None,
+    keep: Callable[[str], Awaitable[Any]] | None = None,
+    *,
+    workers: int = 1,
+    live: bool = False,
+    gate: TransactionGate | None = None,
 ) -> RunResult:
-    """One worker process over the whole topic; `keep(dsn)` runs before the database is dropped."""
-    database = _Database(admin_dsn)
-    async with database:
-        dsn = _dsn_for(admin_dsn, database.name)
-        connection = await connect(dsn)  # with the jsonb codec the definitions need
+    """`workers` worker processes of one group over the whole topic, one database;
+    `keep(dsn)` runs before the database is dropped.
+
+    Without a `gate`, the clock starts at the first "partition ready" of any
+    worker. With one (`gate.topic` is then the topic), the workers first
+    settle on a balanced assignment over the gate's uncommitted events, and
+    the clock, and the CPU counts, start when it commits them.
+    """
+    async with fresh_database(admin_dsn, scenario.metrics) as (name, dsn):
+        ends = await end_offsets(bootstrap, topic) if gate is None else {}
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        env = worker_env(bootstrap, dsn, topic, group, dedup=scenario.dedup, live=live)
+        fleet = Fleet(env, workers).start()
+        cpu_before = database_before = 0.0
         try:
-            await migrate(connection)
-            await apply_definitions(connection, [parse_metric(d) for d in scenario.metrics])
+            ports, started = await fleet.wait_ready()
+            if gate is not None:
+                await fleet.wait_balanced()
+                cpu_before = fleet.cpu_seconds()
+                database_before = await backend_cpu(dsn, name)
+                assigned_before = fleet.assignments()
+                started = time.monotonic()
+                ends = await gate.release()
+            await wait_offsets(dsn, topic, ends, fleet)
+            seconds = time.monotonic() - started
+            cpu, rss = fleet.cpu_seconds() - cpu_before, fleet.peak_rss()
+            database_cpu = await backend_cpu(dsn, name) - database_before
+            totals = await asyncio.to_thread(settled_scrape, ports)
+            assignments = fleet.assignments() - (assigned_before if gate is not None else 0)
         finally:
-            await connection.close()
-        ends = await _end_offsets(bootstrap, topic)
-        env = {
-            **os.environ,
-            "TALLY_KAFKA_BOOTSTRAP": bootstrap,
-            "TALLY_DATABASE_URL": dsn,
-            "TALLY_TOPIC": topic,
-            "TALLY_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-            "TALLY_METRICS_PORT": "0",
-            "TALLY_METRICS_HOST": "127.0.0.1",
-            "TALLY_DEDUP_WINDOW": "24h" if scenario.dedup else "0",
-            "TALLY_MAX_LATENESS": "100000d",
-            "TALLY_MAX_FUTURE_SKEW": "100000d",
-            # The next flush starts as soon as the previous one has settled (the
-            # pipeline allows one in flight), so a short interval keeps PostgreSQL
-            # busy instead of leaving the last events waiting out a long timer.
-            "TALLY_FLUSH_INTERVAL": os.environ.get("TALLY_FLUSH_INTERVAL", "1"),
-        }
-        with tempfile.NamedTemporaryFile("w+b", prefix="tally-bench-", suffix=".log") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "tally", "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                port, started = await _wait_assigned(Path(log.name), worker)
-                await _wait_offsets(dsn, topic, ends, worker, Path(log.name))
-                seconds = time.monotonic() - started
-                cpu, rss = _cpu_seconds(worker.pid), _peak_rss(worker.pid)
-                database_cpu = await _backend_cpu(dsn, database.name)
-                totals = await asyncio.to_thread(_scrape, port)
-            finally:
-                os.killpg(worker.pid, signal.SIGTERM)
-                await asyncio.to_thread(worker.wait, 60)
-        connection = await asyncpg.connect(dsn)
-        try:
-            rows = int(await connection.fetchval("SELECT count(*) FROM tally.metric_values"))
-        finally:
-            await connection.close()
+            await fleet.stop()
+        counts = await durable_counts(dsn, topic)
+        if counts["records"] != count or counts["dead_letters"]:
+            raise AssertionError(f"{scenario.name}: {count} events, but stored {counts}")
         if keep is not None:
             await keep(dsn)
     return RunResult(
-        name=f"Tally: {scenario.name}",
+        name=f"Tally: {scenario.name}" + (f", {workers} workers" if workers > 1 else ""),
         events=count,
         seconds=seconds,
         cpu_seconds=cpu,
         peak_rss_bytes=rss,
-        rows=rows,
+        rows=int(counts["rows"]),
         detail={
             # The PostgreSQL backends' own CPU (the server runs on this machine):
             # what the database spent on this run, next to the worker's.
             "db_backend_cpu_seconds": database_cpu,
-            "flush_in_flight_share": totals.get("tally_flush_duration_seconds_sum", 0.0) / seconds,
+            "flush_in_flight_share": totals.get("tally_flush_duration_seconds_sum", 0.0)
+            / seconds
+            / workers,
             "flushes": totals.get("tally_flushes_total", 0.0),
             "rollup_upserts": totals.get("tally_rollup_rows_written_total", 0.0),
+            "workers": float(workers),
+            # "partitions assigned" lines; with a gate, only those after its release
+            # (0: no rebalance while the clock ran)
+            "assignments": float(assignments),
         },
         results=None,
     )
 
 
-async def _backend_cpu(dsn: str, database: str) -> float:
-    """CPU seconds of the server processes serving `database` (a local server)."""
-    connection = await asyncpg.connect(dsn)
+async def _gated(bootstrap: str, loaded: Loaded) -> TransactionGate:
+    """The workload's events again, in a topic of their own, held back by a transaction."""
+    gate = TransactionGate(bootstrap, f"tally-bench-gate-{uuid.uuid4().hex[:10]}")
     try:
-        own = await connection.fetchval("SELECT pg_backend_pid()")
-        pids = await connection.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1", database
+        await gate.fill(
+            (d["customerId"].encode(), orjson.dumps(d))
+            for d in events(loaded.workload, loaded.count)
         )
-    finally:
-        await connection.close()
-    total = 0.0
-    for row in pids:
-        if row["pid"] != own:
-            try:
-                total += _cpu_seconds(row["pid"])
-            except OSError:  # not on this machine, or gone
-                return float("nan")
-    return total
+    except BaseException:
+        await gate.close()
+        raise
+    return gate
 
 
-async def _wait_assigned(log: Path, worker: subprocess.Popen[bytes]) -> tuple[str, float]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        port = re.findall(r"url=http://[^:]+:(\d+)/metrics", text)
-        if port and "partition ready" in text:
-            return port[-1], time.monotonic()
-        if worker.poll() is not None:
-            raise RuntimeError(f"the bench worker exited:\n{text[-3000:]}")
-        await asyncio.sleep(0.02)
-    raise RuntimeError("the bench worker did not get its partitions in time")
+async def _run_checked(
+    bootstrap: str,
+    dsn: str,
+    loaded: Loaded,
+    scenario: Scenario,
+    workers: int,
+    values: list[bytes],
+    customers: set[str],
+    check: bool,
+    say: Callable[[str], None],
+    gate: TransactionGate | None = None,
+) -> RunResult:
+    """One run, its values compared with the reference (when `check`) before its database goes."""
 
-
-async def _wait_offsets(
-    dsn: str, topic: str, ends: dict[int, int], worker: subprocess.Popen[bytes], log: Path
-) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        while True:
-            rows = await connection.fetch(
-                "SELECT partition, next_offset FROM tally.partition_offsets WHERE topic = $1", topic
+    async def keep(database: str) -> None:
+        if check:
+            compared = await check_exact(
+                database, scenario.metrics, values, customers, scenario.dedup
             )
-            stored = {r["partition"]: r["next_offset"] for r in rows}
-            if all(stored.get(p, -1) >= end for p, end in ends.items() if end > 0):
-                return
-            if worker.poll() is not None:
-                raise RuntimeError(
-                    f"the bench worker exited:\n{log.read_text(errors='replace')[-3000:]}"
-                )
-            await asyncio.sleep(0.05)
-    finally:
-        await connection.close()
+            say(f"  exact: {compared:,} rollups of {len(customers)} customers equal the reference")
+
+    done = await run_tally(
+        bootstrap,
+        loaded.topic if gate is None else gate.topic,
+        loaded.count,
+        dsn,
+        scenario,
+        keep,
+        workers=workers,
+        live=loaded.name == "live",
+        gate=gate,
+    )
+    say(f"  {done.events / done.seconds:,.0f} events/s")
+    return done
 
 
 # -- the whole bench ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOut:
+    workload: str
+    scenario: str
+    one: RunResult
+    two: RunResult
+
+
+@dataclass(slots=True)
+class BenchReport:
+    count: int
+    seed: int
+    flush_interval: str
+    runs: dict[str, list[RunResult]] = field(default_factory=dict)  # by workload
+    freshness: list[FreshnessResult] = field(default_factory=list)
+    scale_out: list[ScaleOut] = field(default_factory=list)
+    load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end
+    wall_seconds: float = 0.0
 
 
 async def bench(
@@ -365,45 +365,103 @@ async def bench(
     peers: bool,
     check: bool,
     check_share: float,
+    workloads: Sequence[str] = WORKLOADS,
+    freshness: bool = True,
+    freshness_seconds: float = 30.0,
+    freshness_warmup: float = 10.0,
+    freshness_scenarios: Sequence[str] | None = None,
+    scale_out: bool = True,
+    scale_out_scenario: str = SCALE_OUT_SCENARIO,
+    scale_out_workloads: Sequence[str] = WORKLOADS,
     say: Callable[[str], None] = print,
-) -> list[RunResult]:
-    say(f"pre-loading {count:,} events (seed {seed}) ...")
-    topic = await preload(bootstrap, count, seed)
-    values = workload_values(count, seed) if check else []
-    customers = sample_customers(values, check_share) if check else set()
-    results: list[RunResult] = []
+) -> BenchReport:
+    began = time.monotonic()
+    result = BenchReport(count, seed, flush_interval(), load_average=(os.getloadavg()[0], 0.0))
     table_of = scenarios()
-    for name in chosen:
-        scenario = table_of[name]
-        say(f"running Tally: {name} ...")
+    live_rates: dict[str, float] = {}
+    for name in workloads:
+        say(f"{name}: producing {count:,} events (seed {seed}) ...")
+        loaded = await load(bootstrap, name, count, seed)
+        try:
+            values = workload_values(count, seed, loaded.workload) if check else []
+            customers = sample_customers(values, check_share) if check else set()
 
-        async def keep(database: str, scenario: Scenario = scenario) -> None:
-            if check:
-                compared = await check_exact(
-                    database, scenario.metrics, values, customers, scenario.dedup
-                )
-                say(
-                    f"  exact: {compared:,} rollups of {len(customers)} customers equal the reference"
+            def run(
+                scenario: Scenario,
+                workers: int,
+                gate: TransactionGate | None = None,
+                loaded: Loaded = loaded,
+                values: list[bytes] = values,
+                customers: set[str] = customers,
+            ) -> Awaitable[RunResult]:
+                return _run_checked(
+                    bootstrap, dsn, loaded, scenario, workers, values, customers, check, say, gate
                 )
 
-        result = await run_tally(bootstrap, topic, count, dsn, scenario, keep)
-        say(f"  {result.events / result.seconds:,.0f} events/s")
-        results.append(result)
-    if peers:
-        for runner in (run_ceiling, run_quixstreams, run_sql_route):
-            say(f"running {runner.__name__.removeprefix('run_')} ...")
-            args = (
-                (bootstrap, topic, count)
-                if runner is run_ceiling
-                else (bootstrap, topic, count, dsn)
+            runs = result.runs.setdefault(name, [])
+            for scenario_name in chosen:
+                say(f"{name}: running Tally: {scenario_name} ...")
+                runs.append(await run(table_of[scenario_name], 1))
+                if name == "live":
+                    live_rates[scenario_name] = runs[-1].events / runs[-1].seconds
+            if peers:
+                for runner in (run_ceiling, run_quixstreams, run_sql_route):
+                    say(f"{name}: running {runner.__name__.removeprefix('run_')} ...")
+                    args = (
+                        (bootstrap, loaded.topic, count)
+                        if runner is run_ceiling
+                        else (bootstrap, loaded.topic, count, dsn)
+                    )
+                    peer = await asyncio.to_thread(runner, *args)
+                    if check and peer.results is not None:
+                        check_peer(peer, values, customers)
+                        say(
+                            f"  exact: {peer.name} equals the reference for"
+                            f" {len(customers)} customers"
+                        )
+                    say(f"  {peer.events / peer.seconds:,.0f} events/s")
+                    runs.append(peer)
+            if scale_out and name in scale_out_workloads:
+                scenario = table_of[scale_out_scenario]
+                pair = []
+                for workers in (1, 2):
+                    say(f"{name}: scale-out, {scenario.name}: {workers} worker(s) ...")
+                    gate = await _gated(bootstrap, loaded)
+                    try:
+                        pair.append(await run(scenario, workers, gate))
+                    finally:
+                        await gate.close()
+                result.scale_out.append(ScaleOut(name, scenario.name, *pair))
+        finally:
+            if loaded.temporary:
+                await delete_topics(bootstrap, with_dead_letters(loaded.topic))
+    if freshness and not live_rates:
+        say("freshness: skipped, it runs at half each scenario's rate over the live workload")
+    if freshness:
+        for scenario_name, rate in live_rates.items():
+            if freshness_scenarios is not None and scenario_name not in freshness_scenarios:
+                continue
+            scenario = table_of[scenario_name]
+            say(
+                f"freshness: {scenario_name} at {rate / 2:,.0f} events/s"
+                f" ({freshness_warmup:.0f} s warm-up, {freshness_seconds:.0f} s measured) ..."
             )
-            result = await asyncio.to_thread(runner, *args)
-            if check and result.results is not None:
-                check_peer(result, values, customers)
-                say(f"  exact: {result.name} equals the reference for {len(customers)} customers")
-            say(f"  {result.events / result.seconds:,.0f} events/s")
-            results.append(result)
-    return results
+            fresh = await run_freshness(
+                bootstrap,
+                dsn,
+                scenario=scenario_name,
+                metrics=scenario.metrics,
+                dedup=scenario.dedup,
+                max_rate=rate,
+                seconds=freshness_seconds,
+                warmup=freshness_warmup,
+                seed=seed,
+            )
+            say(f"  p50 {fresh.p50:.2f} s, p99 {fresh.p99:.2f} s")
+            result.freshness.append(fresh)
+    result.load_average = (result.load_average[0], os.getloadavg()[0])
+    result.wall_seconds = time.monotonic() - began
+    return result
 
 
 def main(
@@ -415,9 +473,10 @@ def main(
     peers: bool,
     check: bool,
     check_share: float,
+    **options: Any,
 ) -> str:
     names = list(chosen) if chosen else list(scenarios())
-    results = asyncio.run(
+    found = asyncio.run(
         bench(
             bootstrap,
             dsn,
@@ -427,6 +486,10 @@ def main(
             peers=peers,
             check=check,
             check_share=check_share,
+            **options,
         )
     )
-    return report(results)
+    return full_report(found)
+
+
+__all__ = ["PARTITIONS", "BenchReport", "ScaleOut", "bench", "main", "run_tally", "scenarios"]

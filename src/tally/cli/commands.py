@@ -302,9 +302,15 @@ async def bench(args: argparse.Namespace) -> int:
             print(name)
         return 0
     settings = settings_from(args)
-    unknown = [s for s in args.scenario or [] if s not in e2e.scenarios()]
+    unknown = [
+        s
+        for s in [*(args.scenario or []), *(args.freshness_scenario or []), args.scale_out_scenario]
+        if s not in e2e.scenarios()
+    ]
     if unknown:
         raise UserError(f"unknown scenario(s) {unknown}; tally bench --list shows them")
+    if args.freshness_seconds <= 0 or args.freshness_warmup < 0:
+        raise UserError("--freshness-seconds must be positive and --freshness-warmup not negative")
     text = await asyncio.to_thread(
         e2e.main,
         settings.kafka_bootstrap,
@@ -315,6 +321,13 @@ async def bench(args: argparse.Namespace) -> int:
         args.peers,
         args.check,
         args.check_share,
+        workloads=e2e.WORKLOADS if args.workload == "both" else (args.workload,),
+        freshness=args.freshness,
+        freshness_seconds=args.freshness_seconds,
+        freshness_warmup=args.freshness_warmup,
+        freshness_scenarios=args.freshness_scenario,
+        scale_out=args.scale_out,
+        scale_out_scenario=args.scale_out_scenario,
     )
     print(text)
     if args.markdown:

@@ -211,6 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-share", type=float, default=0.05, help="share of customers checked exactly"
     )
     bench.add_argument("--markdown", help="also write the report to this file")
+    bench.add_argument(
+        "--workload",
+        choices=["live", "backfill", "both"],
+        default="both",
+        help="backfill: 3 days of shuffled event times; live: times close to arrival, in"
+        " partition order, 1%% up to 6 h late (default: both)",
+    )
+    bench.add_argument(
+        "--no-freshness",
+        dest="freshness",
+        action="store_false",
+        help="skip freshness (produce to visible, at half each scenario's live rate)",
+    )
+    bench.add_argument(
+        "--freshness-seconds", type=float, default=30.0, help="measured window of a freshness run"
+    )
+    bench.add_argument(
+        "--freshness-warmup", type=float, default=10.0, help="warm-up before that window"
+    )
+    bench.add_argument(
+        "--freshness-scenario",
+        action="append",
+        help="measure freshness only for these (repeat); default: every scenario run live",
+    )
+    bench.add_argument(
+        "--no-scale-out",
+        dest="scale_out",
+        action="store_false",
+        help="skip 1 worker against 2 on one database",
+    )
+    bench.add_argument(
+        "--scale-out-scenario",
+        default="10 metrics, dedup on",
+        help="the scenario of the scale-out runs (see --list)",
+    )
 
     from tally.cli import retention
 
