@@ -52,21 +52,45 @@ pub struct Deltas {
     pub skipped: FxHashMap<(u32, Skip), u64>,
     pub applied: FxHashMap<u32, u64>,
     empty: Option<u32>,
+    /// Buffers reused by every event (no allocation per event).
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    steps: Vec<Step>,
+    skips: Vec<(u32, Skip)>,
+    memo: Memo,
 }
 
 /// One metric's share of an event, computed before anything changes.
-struct Step<'s> {
+struct Step {
     metric: usize,
     operand: Operand,
-    member: Option<std::borrow::Cow<'s, str>>,
-    group: std::borrow::Cow<'s, str>,
+    member: Option<u32>,
+    group: u32,
     bounds: [(i64, i64); 6],
+}
+
+/// What one event has already worked out, for the metrics after the first:
+/// a property's key text as an interned id (per name and folding), and a
+/// period cache's bounds. Metrics share both often.
+#[derive(Default)]
+struct Memo {
+    keys: Vec<(u32, bool, Result<Option<u32>, Skip>)>,
+    bounds: Vec<(usize, (i64, i64))>,
 }
 
 fn amount(store: &EventStore, event: &Event, name: u32) -> Result<Operand, Skip> {
     use crate::event::Prop;
     let decimal = match store.prop(event, name) {
-        Some(Prop::Number(n)) => Decimal::parse(store.text(n)),
+        Some(Prop::Number(n)) => {
+            let text = store.text(n);
+            if let Some(amount) = crate::number::short_amount(text) {
+                return Ok(Operand::Amount(amount));
+            }
+            Decimal::parse(text)
+        }
         Some(Prop::String(s)) => parse_decimal_string(store.text(s))?,
         Some(Prop::Bool(_)) => return Err(Skip::NotANumber),
         Some(Prop::Null) | None => return Err(Skip::MissingValue),
@@ -109,6 +133,33 @@ impl Deltas {
         self.tables[slot].get_or_insert_with(|| Table::new(uid, unit, kind))
     }
 
+    /// The interned text of property `name` as a key (None: absent), once per event.
+    fn key(
+        &mut self,
+        memo: &mut Memo,
+        metric: &crate::metric::Metric,
+        store: &EventStore,
+        event: &Event,
+        name: u32,
+    ) -> Result<Option<u32>, Skip> {
+        if let Some((_, _, found)) = memo
+            .keys
+            .iter()
+            .find(|(n, f, _)| *n == name && *f == metric.fold)
+        {
+            return *found;
+        }
+        // Interning before the event is known to apply is harmless: an unused
+        // string changes no rollup.
+        let found = match metric.member(store, event, name) {
+            Member::Text(text) => Ok(Some(self.strings.id(&text))),
+            Member::Absent => Ok(None),
+            Member::TooLong => Err(Skip::ValueTooLong),
+        };
+        memo.keys.push((name, metric.fold, found));
+        found
+    }
+
     /// Apply one (already deduplicated) event to every metric it matches.
     pub fn add(
         &mut self,
@@ -123,8 +174,28 @@ impl Deltas {
             self.unmatched += 1;
             return Ok(());
         };
-        let mut steps: Vec<Step<'_>> = Vec::with_capacity(metrics.len());
-        let mut skips: Vec<(u32, Skip)> = Vec::new();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.add_with(store, event, index, metrics, caches, source, &mut scratch);
+        scratch.steps.clear();
+        scratch.skips.clear();
+        scratch.memo.keys.clear();
+        scratch.memo.bounds.clear();
+        self.scratch = scratch;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_with(
+        &mut self,
+        store: &EventStore,
+        event: &Event,
+        index: &Index,
+        metrics: &[usize],
+        caches: &mut PeriodCaches,
+        source: &mut dyn Source,
+        scratch: &mut Scratch,
+    ) -> Result<(), String> {
+        let Scratch { steps, skips, memo } = scratch;
         for &m in metrics {
             let metric = &index.metrics[m];
             if !metric.matches(store, event) {
@@ -133,47 +204,49 @@ impl Deltas {
             let uid = index.uid_ids[m];
             let mut operand = Operand::One;
             let mut member = None;
+            let value = metric.value_property.unwrap_or(crate::event::UNREAD);
             match metric.kind {
                 Kind::Count => {}
-                Kind::Sum => {
-                    let name = metric.value_property.unwrap_or(crate::event::UNREAD);
-                    match amount(store, event, name) {
-                        Ok(found) => operand = found,
-                        Err(skip) => {
-                            skips.push((uid, skip));
-                            continue;
-                        }
+                Kind::Sum => match amount(store, event, value) {
+                    Ok(found) => operand = found,
+                    Err(skip) => {
+                        skips.push((uid, skip));
+                        continue;
                     }
-                }
-                Kind::Unique => {
-                    let name = metric.value_property.unwrap_or(crate::event::UNREAD);
-                    match metric.member(store, event, name) {
-                        Member::Text(text) => member = Some(text),
-                        Member::Absent => {
-                            skips.push((uid, Skip::MissingValue));
-                            continue;
-                        }
-                        Member::TooLong => {
-                            skips.push((uid, Skip::ValueTooLong));
-                            continue;
-                        }
+                },
+                Kind::Unique => match self.key(memo, metric, store, event, value) {
+                    Ok(Some(id)) => member = Some(id),
+                    Ok(None) => {
+                        skips.push((uid, Skip::MissingValue));
+                        continue;
                     }
-                }
+                    Err(skip) => {
+                        skips.push((uid, skip));
+                        continue;
+                    }
+                },
             }
             let group = match metric.group_property {
-                None => std::borrow::Cow::Borrowed(""),
-                Some(name) => match metric.member(store, event, name) {
-                    Member::Text(text) => text,
-                    Member::Absent => std::borrow::Cow::Borrowed(""),
-                    Member::TooLong => {
-                        skips.push((uid, Skip::ValueTooLong));
+                None => self.empty(),
+                Some(name) => match self.key(memo, metric, store, event, name) {
+                    Ok(Some(id)) => id,
+                    Ok(None) => self.empty(),
+                    Err(skip) => {
+                        skips.push((uid, skip));
                         continue;
                     }
                 },
             };
             let mut bounds = [(0i64, 0i64); 6];
             for (n, &(_, cache)) in metric.periods.iter().enumerate() {
-                bounds[n] = caches.caches[cache].bounds(event.micros, source)?;
+                bounds[n] = match memo.bounds.iter().find(|(c, _)| *c == cache) {
+                    Some(&(_, found)) => found,
+                    None => {
+                        let found = caches.caches[cache].bounds(event.micros, source)?;
+                        memo.bounds.push((cache, found));
+                        found
+                    }
+                };
             }
             steps.push(Step {
                 metric: m,
@@ -186,7 +259,7 @@ impl Deltas {
 
         // Nothing below can fail: every operand is bounded and in hand.
         self.events += 1;
-        for skip in skips {
+        for &skip in skips.iter() {
             *self.skipped.entry(skip).or_insert(0) += 1;
         }
         if steps.is_empty() {
@@ -194,26 +267,20 @@ impl Deltas {
             return Ok(());
         }
         let customer = self.strings.id(store.text(event.customer));
-        for step in steps {
+        for step in steps.iter() {
             let metric = &index.metrics[step.metric];
             let uid = index.uid_ids[step.metric];
             *self.applied.entry(uid).or_insert(0) += 1;
-            let group = if step.group.is_empty() {
-                self.empty()
-            } else {
-                self.strings.id(&step.group)
-            };
-            let member = step.member.as_deref().map(|m| self.strings.id(m));
             for (n, &(unit, _)) in metric.periods.iter().enumerate() {
                 let (start, end) = step.bounds[n];
                 let table = self.table(uid, unit, metric.kind);
-                table.ends.entry(start).or_insert(end);
-                let key = (customer, group, start);
+                let key = (customer, step.group, start);
                 let (new_row, new_member) = match table.rows.get_mut(&key) {
-                    Some(acc) => (false, acc.add(&step.operand, member)),
+                    Some(acc) => (false, acc.add(&step.operand, step.member)),
                     None => {
-                        let (acc, added) = Acc::first(metric.kind, &step.operand, member);
+                        let (acc, added) = Acc::first(metric.kind, &step.operand, step.member);
                         table.rows.insert(key, acc);
+                        table.ends.entry(start).or_insert(end);
                         (true, added)
                     }
                 };

@@ -2,15 +2,11 @@
 //! the same bytes as Python's `hashlib.blake2b(id, digest_size=16)`, which
 //! the dedup window (tally/core/dedup.py) and its stored segments hold.
 
-use blake2::digest::{Update, VariableOutput};
-use blake2::Blake2bVar;
-
 pub fn digest(id: &str, out: &mut [u8; 16]) {
-    let mut hasher = Blake2bVar::new(16).expect("16 is a valid BLAKE2b output size");
-    hasher.update(id.as_bytes());
-    hasher
-        .finalize_variable(out)
-        .expect("the output is 16 bytes");
+    let hash = blake2b_simd::Params::new()
+        .hash_length(16)
+        .hash(id.as_bytes());
+    out.copy_from_slice(hash.as_bytes());
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! outlives the message and costs no allocation of its own.
 
 use crate::intern::Interner;
-use crate::json::{Error as JsonError, Parser, Value};
+use crate::json::{Error as JsonError, Filter, Parser, Value};
 use crate::timestamp;
 
 pub const MAX_TEXT_LENGTH: usize = 256;
@@ -150,17 +150,37 @@ impl EventStore {
     }
 }
 
-const FIELDS: [&str; 9] = [
-    "id",
-    "customerEventId",
-    "eventType",
-    "customerId",
-    "customerAlias",
-    "timestamp",
-    "eventTimestamp",
-    "properties",
-    "eventProperties",
-];
+/// The top-level fields read, each a slot of `Fields`; the rest are skipped.
+const ID: usize = 0;
+const ID_ALIAS: usize = 1;
+const EVENT_TYPE: usize = 2;
+const CUSTOMER: usize = 3;
+const CUSTOMER_ALIAS: usize = 4;
+const TIMESTAMP: usize = 5;
+const TIMESTAMP_ALIAS: usize = 6;
+const PROPERTIES: usize = 7;
+const PROPERTIES_ALIAS: usize = 8;
+
+fn slot_of(key: &str) -> Option<usize> {
+    Some(match key {
+        "id" => ID,
+        "customerEventId" => ID_ALIAS,
+        "eventType" => EVENT_TYPE,
+        "customerId" => CUSTOMER,
+        "customerAlias" => CUSTOMER_ALIAS,
+        "timestamp" => TIMESTAMP,
+        "eventTimestamp" => TIMESTAMP_ALIAS,
+        "properties" => PROPERTIES,
+        "eventProperties" => PROPERTIES_ALIAS,
+        _ => return None,
+    })
+}
+
+type Fields<'a> = [Option<Value<'a>>; 9];
+
+fn given<'v>(fields: &'v Fields<'v>, n: usize) -> Option<&'v Value<'v>> {
+    fields[n].as_ref().filter(|v| **v != Value::Null)
+}
 
 /// Equality of JSON values as the contract means it for aliases: strings by
 /// text, numbers by exact value (`1` equals `1.0`), true is not 1.
@@ -184,16 +204,16 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// `name`'s text value, taking its alias into account (`_text_field`).
+/// A text field's value, taking its alias into account (`_text_field`).
 fn text_field<'v>(
-    document: &'v Value<'v>,
-    name: &'static str,
-    alias: Option<&'static str>,
+    fields: &'v Fields<'v>,
+    (name, n): (&'static str, usize),
+    alias: Option<(&'static str, usize)>,
 ) -> Result<&'v str, Rejection> {
     let mut shown = name;
-    let mut value = document.get(name).filter(|v| **v != Value::Null);
-    if let Some(alias) = alias {
-        let aliased = document.get(alias).filter(|v| **v != Value::Null);
+    let mut value = given(fields, n);
+    if let Some((alias, a)) = alias {
+        let aliased = given(fields, a);
         match (value, aliased) {
             (None, Some(_)) => {
                 value = aliased;
@@ -217,7 +237,12 @@ fn text_field<'v>(
             format!("{shown} must be a string"),
         ));
     };
-    let chars = text.chars().count();
+    // Bytes first: a text of at most 256 bytes has at most 256 characters.
+    let chars = if text.len() <= MAX_TEXT_LENGTH {
+        text.len()
+    } else {
+        text.chars().count()
+    };
     if chars == 0 || chars > MAX_TEXT_LENGTH {
         return Err(reject(
             Reason::InvalidField,
@@ -227,7 +252,6 @@ fn text_field<'v>(
     Ok(text)
 }
 
-/// Decode one message value into `store` (returning the event's index), or say why not.
 /// `names`: the property names metrics read. With `keep_unread` false, the
 /// event keeps only those (a batch for the core); true keeps all (tools).
 pub fn decode(
@@ -238,15 +262,60 @@ pub fn decode(
     keep_unread: bool,
     store: &mut EventStore,
 ) -> Result<usize, Rejection> {
+    if keep_unread {
+        return decode_with(raw, now_micros, limits, names, true, store)
+            .map_err(Outcome::into_rejection);
+    }
+    // Properties no metric reads are skipped by the parser. Where that could
+    // change the answer (properties and its alias both given, or a nested
+    // value among them), the value is decoded again, whole.
+    match decode_with(raw, now_micros, limits, names, false, store) {
+        Err(Outcome::Whole) => decode_with(raw, now_micros, limits, names, true, store)
+            .map_err(Outcome::into_rejection),
+        other => other.map_err(Outcome::into_rejection),
+    }
+}
+
+enum Outcome {
+    Refused(Rejection),
+    /// Decode again with every property built.
+    Whole,
+}
+
+impl Outcome {
+    fn into_rejection(self) -> Rejection {
+        match self {
+            Outcome::Refused(r) => r,
+            Outcome::Whole => unreachable!("a whole decode never asks for another"),
+        }
+    }
+}
+
+impl From<Rejection> for Outcome {
+    fn from(r: Rejection) -> Outcome {
+        Outcome::Refused(r)
+    }
+}
+
+fn decode_with(
+    raw: Option<&[u8]>,
+    now_micros: i64,
+    limits: &Limits,
+    names: &Interner,
+    whole: bool,
+    store: &mut EventStore,
+) -> Result<usize, Outcome> {
+    let keep_unread = whole;
     let raw = match raw {
         Some(raw) if !raw.is_empty() => raw,
-        _ => return Err(reject(Reason::Empty, "the message has no value")),
+        _ => return Err(reject(Reason::Empty, "the message has no value").into()),
     };
     if raw.len() > limits.max_bytes {
         return Err(reject(
             Reason::Oversized,
             format!("{} bytes, the limit is {}", raw.len(), limits.max_bytes),
-        ));
+        )
+        .into());
     }
     let not_json = || reject(Reason::NotJson, "the value is not UTF-8 JSON");
     let too_deep = || {
@@ -256,34 +325,52 @@ pub fn decode(
         )
     };
     let mut parser = Parser::new(raw, MAX_DEPTH).map_err(|_| not_json())?;
-    let parsed = parser
-        .object_with(|key| FIELDS.contains(&key))
-        .and_then(|value| {
-            parser.finish()?;
-            Ok(value)
-        });
-    let document = match parsed {
-        Ok(document) => document,
-        Err(JsonError::TooDeep) => return Err(too_deep()),
-        Err(JsonError::NotJson) => return Err(not_json()),
+    let mut fields: Fields = Default::default();
+    let read = |key: &str| names.find(key).is_some();
+    let slot = |key: &str| {
+        slot_of(key).map(|n| {
+            if !whole && (n == PROPERTIES || n == PROPERTIES_ALIAS) {
+                (n, Filter::Members(&read))
+            } else {
+                (n, Filter::Whole)
+            }
+        })
     };
-    if !matches!(document, Value::Object(_)) {
-        return Err(reject(
-            Reason::NotAnObject,
-            "the value is not a JSON object",
-        ));
+    let parsed = parser.fields(slot, &mut fields).and_then(|object| {
+        parser.finish()?;
+        Ok(object)
+    });
+    match parsed {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(reject(Reason::NotAnObject, "the value is not a JSON object").into())
+        }
+        Err(JsonError::TooDeep) => return Err(too_deep().into()),
+        Err(JsonError::NotJson) => return Err(not_json().into()),
     }
     if parser.has_nul {
         // PostgreSQL text cannot hold NUL: better refused here than a flush that never succeeds.
-        return Err(reject(
-            Reason::InvalidField,
-            "contains a NUL character (\\u0000)",
-        ));
+        return Err(reject(Reason::InvalidField, "contains a NUL character (\\u0000)").into());
     }
-    let id = text_field(&document, "id", Some("customerEventId"))?;
-    let event_type = text_field(&document, "eventType", None)?;
-    let customer = text_field(&document, "customerId", Some("customerAlias"))?;
-    let stamp = text_field(&document, "timestamp", Some("eventTimestamp")).map_err(|r| {
+    if !whole
+        && (parser.filtered_container
+            || fields[PROPERTIES].is_some() && fields[PROPERTIES_ALIAS].is_some())
+    {
+        return Err(Outcome::Whole);
+    }
+    let id = text_field(&fields, ("id", ID), Some(("customerEventId", ID_ALIAS)))?;
+    let event_type = text_field(&fields, ("eventType", EVENT_TYPE), None)?;
+    let customer = text_field(
+        &fields,
+        ("customerId", CUSTOMER),
+        Some(("customerAlias", CUSTOMER_ALIAS)),
+    )?;
+    let stamp = text_field(
+        &fields,
+        ("timestamp", TIMESTAMP),
+        Some(("eventTimestamp", TIMESTAMP_ALIAS)),
+    )
+    .map_err(|r| {
         if r.reason == Reason::InvalidField {
             Rejection {
                 reason: Reason::BadTimestamp,
@@ -297,63 +384,84 @@ pub fn decode(
         return Err(reject(
             Reason::BadTimestamp,
             "timestamp must be an RFC 3339 date-time with an offset",
-        ));
+        )
+        .into());
     };
     if !(EARLIEST_EVENT_MICROS..LATEST_EVENT_MICROS).contains(&micros) {
         return Err(reject(
             Reason::BadTimestamp,
             "timestamp must fall between the years 1900 and 9997 (UTC)",
-        ));
+        )
+        .into());
     }
     if micros < now_micros - limits.max_lateness_micros {
-        return Err(reject(Reason::TooLate, limits.late_detail.clone()));
+        return Err(reject(Reason::TooLate, limits.late_detail.clone()).into());
     }
     if micros > now_micros + limits.max_future_micros {
-        return Err(reject(Reason::TooFarInFuture, limits.future_detail.clone()));
+        return Err(reject(Reason::TooFarInFuture, limits.future_detail.clone()).into());
     }
-    let named = document.get("properties").filter(|v| **v != Value::Null);
-    let aliased = document
-        .get("eventProperties")
-        .filter(|v| **v != Value::Null);
+    let named = given(&fields, PROPERTIES);
+    let aliased = given(&fields, PROPERTIES_ALIAS);
     let properties = match (named, aliased) {
         (Some(p), Some(a)) if !json_eq(p, a) => {
             return Err(reject(
                 Reason::InvalidField,
                 "properties and its alias eventProperties differ",
-            ));
+            )
+            .into());
         }
         (Some(p), _) => Some(p),
         (None, a) => a,
     };
-    let members = match properties {
-        None => Vec::new(),
-        Some(p @ Value::Object(_)) => p.members(),
-        Some(_) => return Err(reject(Reason::InvalidField, "properties must be an object")),
+    let list: &[(std::borrow::Cow<str>, Value)] = match properties {
+        None => &[],
+        Some(Value::Object(list)) => list,
+        Some(_) => return Err(reject(Reason::InvalidField, "properties must be an object").into()),
     };
-    for (key, value) in &members {
-        if matches!(value, Value::Array(_) | Value::Object(_)) {
+    let nested = |v: &Value| matches!(v, Value::Array(_) | Value::Object(_));
+    if list.iter().any(|(_, v)| nested(v)) {
+        // As a dict: a repeated key's last value, at its first place.
+        let members = properties.map(Value::members).unwrap_or_default();
+        if let Some((key, _)) = members.iter().find(|(_, v)| nested(v)) {
             let shown: String = key.chars().take(64).collect();
             return Err(reject(
                 Reason::InvalidField,
                 format!("properties.{shown} must be a string, number, boolean or null"),
-            ));
+            )
+            .into());
         }
     }
     let first_prop = store.props.len() as u32;
-    for (key, value) in &members {
+    for (key, value) in list {
         let name = names.find(key).unwrap_or(UNREAD);
         if name == UNREAD && !keep_unread {
             continue;
         }
-        let key = store.put(key);
         let prop = match value {
             Value::Null => Prop::Null,
             Value::Bool(b) => Prop::Bool(*b),
             Value::Number(text) => Prop::Number(store.put(text)),
             Value::String(text) => Prop::String(store.put(text)),
-            Value::Array(_) | Value::Object(_) => unreachable!("refused above"),
+            Value::Array(_) | Value::Object(_) => continue, // overridden by a later copy
         };
-        store.props.push((key, name, prop));
+        // A repeated key: the last value wins, in the first one's place.
+        let kept = &mut store.props[first_prop as usize..];
+        let earlier = if name != UNREAD {
+            kept.iter().position(|(_, id, _)| *id == name)
+        } else {
+            let text = key.as_ref();
+            (0..kept.len()).find(|&i| {
+                let span = kept[i].0;
+                &store.arena[span.start as usize..(span.start + span.len) as usize] == text
+            })
+        };
+        match earlier {
+            Some(i) => store.props[first_prop as usize + i].2 = prop,
+            None => {
+                let key = store.put(key);
+                store.props.push((key, name, prop));
+            }
+        }
     }
     let event = Event {
         id: store.put(id),

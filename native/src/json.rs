@@ -77,6 +77,18 @@ pub struct Parser<'a> {
     pub has_nul: bool,
     /// Something nested deeper than max_depth (the document is still checked).
     pub too_deep: bool,
+    /// A filtered object (`Filter::Members`) held a container value.
+    pub filtered_container: bool,
+}
+
+/// How `fields` builds a slot's value.
+pub enum Filter<'f> {
+    /// All of it.
+    Whole,
+    /// An object: only the members whose key passes, each checked to be a
+    /// scalar (a container sets `filtered_container`); the others are checked
+    /// and skipped. Anything but an object is built whole.
+    Members(&'f dyn Fn(&str) -> bool),
 }
 
 fn ws(b: u8) -> bool {
@@ -94,6 +106,7 @@ impl<'a> Parser<'a> {
             max_depth,
             has_nul: false,
             too_deep: false,
+            filtered_container: false,
         })
     }
 
@@ -136,15 +149,56 @@ impl<'a> Parser<'a> {
         Ok((value, self.has_nul))
     }
 
-    /// The top-level value: if it is an object, members whose key `wanted`
-    /// refuses are checked and skipped, not built. Anything else is built.
-    pub fn object_with(&mut self, wanted: impl Fn(&str) -> bool) -> Result<Value<'a>, Error> {
+    /// The top-level value into `slots`: if it is an object, each member whose
+    /// key `slot` names goes to that slot (a repeated key's last value wins)
+    /// and the others are checked and skipped, not built; returns true. Any
+    /// other value is checked, and false returned.
+    pub fn fields<'f, const N: usize>(
+        &mut self,
+        slot: impl Fn(&str) -> Option<(usize, Filter<'f>)>,
+        slots: &mut [Option<Value<'a>>; N],
+    ) -> Result<bool, Error> {
         self.skip_ws();
         if self.peek() != Some(b'{') {
-            return self.value(1);
+            self.skip_value(1)?;
+            return Ok(false);
         }
         self.pos += 1;
-        let mut members = Vec::with_capacity(8);
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(true);
+        }
+        loop {
+            self.skip_ws();
+            let key = self.string()?;
+            self.skip_ws();
+            self.expect(b':')?;
+            self.skip_ws();
+            match slot(&key) {
+                Some((n, Filter::Whole)) => slots[n] = Some(self.value(2)?),
+                Some((n, Filter::Members(keep))) => slots[n] = Some(self.filtered(keep)?),
+                None => self.skip_value(2)?,
+            }
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(true);
+                }
+                _ => return Err(Error::NotJson),
+            }
+        }
+    }
+
+    /// A top-level member's value under `Filter::Members`.
+    fn filtered(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Value<'a>, Error> {
+        if self.peek() != Some(b'{') {
+            return self.value(2);
+        }
+        self.pos += 1;
+        let mut members = Vec::new();
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -156,11 +210,14 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
-            if wanted(&key) {
-                let value = self.value(2)?;
+            if matches!(self.peek(), Some(b'{') | Some(b'[')) {
+                self.filtered_container = true;
+                self.skip_value(3)?;
+            } else if keep(&key) {
+                let value = self.value(3)?;
                 members.push((key, value));
             } else {
-                self.skip_value(2)?;
+                self.skip_value(3)?;
             }
             self.skip_ws();
             match self.peek() {
@@ -379,21 +436,16 @@ impl<'a> Parser<'a> {
         self.expect(b'"')?;
         let start = self.pos;
         let b = self.bytes;
-        let mut i = start;
-        while i < b.len() {
-            match b[i] {
-                b'"' => {
-                    self.pos = i + 1;
-                    return Ok(Cow::Borrowed(&self.text[start..i]));
-                }
-                b'\\' => break,
-                c if c < 0x20 => return Err(Error::NotJson),
-                _ => i += 1,
+        let i = special(b, start);
+        match b.get(i) {
+            Some(b'"') => {
+                self.pos = i + 1;
+                return Ok(Cow::Borrowed(&self.text[start..i]));
             }
+            Some(b'\\') => {}
+            _ => return Err(Error::NotJson), // the end, or a control character
         }
-        if i >= b.len() {
-            return Err(Error::NotJson);
-        }
+        let mut i = i;
         // Escapes: build it.
         let mut out = String::with_capacity(i - start + 16);
         out.push_str(&self.text[start..i]);
@@ -461,6 +513,32 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// The index of the first `"`, `\\` or control character at or after
+/// `from` (or `b.len()`), eight bytes at a time: strings are most of an event.
+fn special(b: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let slash = w ^ (ONES * u64::from(b'\\'));
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        // Bytes below 0x20 (a set high bit is UTF-8, never a control character).
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let found = zero(quote) | zero(slash) | control;
+        if found != 0 {
+            // The lowest flagged byte is exact (a borrow only runs upward).
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && !matches!(b[i], b'"' | b'\\' | 0..=0x1f) {
+        i += 1;
+    }
+    i
+}
+
 fn hex4(b: &[u8], at: usize) -> Result<u32, Error> {
     let digits = b.get(at..at + 4).ok_or(Error::NotJson)?;
     let mut value = 0u32;
@@ -510,7 +588,8 @@ mod tests {
             assert_eq!(doc(bad), Err(Error::NotJson), "{bad}");
         }
         let mut p = Parser::new(br#"{"a\u0000":1}"#, 32).unwrap();
-        p.object_with(|_| true).unwrap();
+        let mut slots: [Option<Value>; 1] = [None];
+        assert!(p.fields(|_| None, &mut slots).unwrap());
         assert!(p.has_nul);
         assert_eq!(Parser::new(b"\"\xff\"", 32).err(), Some(Error::NotJson));
         assert_eq!(
@@ -534,20 +613,27 @@ mod tests {
 
     #[test]
     fn skipped_members_are_checked_not_built() {
-        let mut p = Parser::new(
-            br#"{"id":"a","junk":[1,{"b":[true,null,"\u0000"]}],"z":2}"#,
-            32,
-        )
-        .unwrap();
-        let v = p.object_with(|k| k != "junk").unwrap();
+        let text = br#"{"id":"a","junk":[1,{"b":[true,null,"\u0000"]}],"id":"z","x":2}"#;
+        let mut p = Parser::new(text, 32).unwrap();
+        let mut slots: [Option<Value>; 2] = [None, None];
+        let slot = |k: &str| match k {
+            "id" => Some((0, Filter::Whole)),
+            "x" => Some((1, Filter::Whole)),
+            _ => None,
+        };
+        assert!(p.fields(slot, &mut slots).unwrap());
         p.finish().unwrap();
         assert!(p.has_nul);
-        assert_eq!(v.get("id").and_then(Value::as_str), Some("a"));
-        assert!(v.get("junk").is_none());
-        let mut p = Parser::new(br#"{"junk":[1,}"#, 32).unwrap();
-        assert_eq!(p.object_with(|k| k != "junk").err(), Some(Error::NotJson));
-        let mut p = Parser::new(br#"{"junk":{"a" 1}}"#, 32).unwrap();
-        assert_eq!(p.object_with(|k| k != "junk").err(), Some(Error::NotJson));
+        assert_eq!(slots[0].as_ref().and_then(Value::as_str), Some("z"));
+        assert_eq!(slots[1], Some(Value::Number("2")));
+        for bad in [&br#"{"junk":[1,}"#[..], br#"{"junk":{"a" 1}}"#, br#"[1,"#] {
+            let mut p = Parser::new(bad, 32).unwrap();
+            let mut slots: [Option<Value>; 1] = [None];
+            assert_eq!(p.fields(|_| None, &mut slots).err(), Some(Error::NotJson));
+        }
+        let mut p = Parser::new(b"[1, 2]", 32).unwrap();
+        let mut slots: [Option<Value>; 1] = [None];
+        assert!(!p.fields(|_| None, &mut slots).unwrap());
     }
 
     #[test]
@@ -565,6 +651,42 @@ mod tests {
         assert!(doc(&big).is_ok());
         assert_eq!(doc(&format!("{big}9")), Err(Error::NotJson));
         assert!(doc(&format!("{big}9.5")).is_ok());
+    }
+
+    #[test]
+    fn the_fast_scan_finds_what_the_slow_one_does() {
+        let naive = |b: &[u8], from: usize| {
+            (from..b.len())
+                .find(|&i| matches!(b[i], b'"' | b'\\' | 0..=0x1f))
+                .unwrap_or(b.len())
+        };
+        let mut seed = 7u64;
+        for _ in 0..20_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 33) as usize % 40;
+            let bytes: Vec<u8> = (0..len)
+                .map(|k| {
+                    let x = seed.rotate_left(k as u32 * 7) as u8;
+                    // mostly plain text, some specials and UTF-8 bytes
+                    match x % 16 {
+                        0 => b'"',
+                        1 => b'\\',
+                        2 => x % 0x20,
+                        3 => 0x80 | x,
+                        _ => b'a' + x % 26,
+                    }
+                })
+                .collect();
+            for from in 0..=bytes.len() {
+                assert_eq!(
+                    special(&bytes, from),
+                    naive(&bytes, from),
+                    "{bytes:?} from {from}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -103,9 +103,15 @@ impl Filter {
                 }
             }
             Some(Prop::Bool(b)) => self.booleans[usize::from(b)],
-            Some(Prop::Number(n)) => Decimal::parse(store.text(n))
-                .canonical(MAX_KEY_BYTES)
-                .is_some_and(|t| self.numbers.contains(&t)),
+            Some(Prop::Number(n)) => {
+                let text = store.text(n);
+                if crate::number::plain_integer(text) {
+                    return self.numbers.contains(text);
+                }
+                Decimal::parse(text)
+                    .canonical(MAX_KEY_BYTES)
+                    .is_some_and(|t| self.numbers.contains(&t))
+            }
             Some(Prop::Null) | None => false,
         }
     }
@@ -157,10 +163,16 @@ impl Metric {
                 }
             }
             Some(Prop::Bool(b)) => Member::Text((if b { "true" } else { "false" }).into()),
-            Some(Prop::Number(n)) => match Decimal::parse(store.text(n)).canonical(MAX_KEY_BYTES) {
-                Some(text) => Member::Text(text.into()),
-                None => Member::TooLong,
-            },
+            Some(Prop::Number(n)) => {
+                let text = store.text(n);
+                if crate::number::plain_integer(text) {
+                    return Member::Text(text.into());
+                }
+                match Decimal::parse(text).canonical(MAX_KEY_BYTES) {
+                    Some(text) => Member::Text(text.into()),
+                    None => Member::TooLong,
+                }
+            }
             Some(Prop::Null) | None => Member::Absent,
         }
     }

@@ -141,6 +141,51 @@ impl Decimal {
     }
 }
 
+/// A literal that is already canonical as it stands: a plain integer with no
+/// sign of zero (`12`, `-3`, `0`), the common case of group values and ids.
+pub fn plain_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty()
+        && digits.len() < MAX_KEY_BYTES
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" && !text.starts_with('-') || !digits.starts_with('0'))
+}
+
+/// A short plain literal (`-?int(.frac)?`, at most 18 digits) as an amount,
+/// without building a Decimal: always within the SUM bounds.
+pub fn short_amount(text: &str) -> Option<Amount> {
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut coefficient: i64 = 0;
+    let mut scale: u8 = 0;
+    let mut seen_point = false;
+    let mut count = 0;
+    for &d in digits {
+        match d {
+            b'0'..=b'9' => {
+                coefficient = coefficient * 10 + i64::from(d - b'0');
+                count += 1;
+                if seen_point {
+                    scale += 1;
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            _ => return None, // an exponent: the general path
+        }
+    }
+    if count == 0 || count > 18 {
+        return None;
+    }
+    let coefficient = i128::from(if negative { -coefficient } else { coefficient });
+    Some(Amount { coefficient, scale })
+}
+
 /// Why a matching event did not count for a metric (a Prometheus label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Skip {
@@ -500,6 +545,42 @@ mod tests {
             scale: 1,
         });
         assert_eq!(s.text(), "-0.5");
+    }
+
+    #[test]
+    fn the_fast_paths_agree_with_the_general_ones() {
+        for literal in [
+            "0",
+            "-0",
+            "12",
+            "-3",
+            "007",
+            "1.50",
+            "-0.25",
+            "0.000",
+            "123456789012345678",
+            "1234567890123456789",
+            "1e2",
+            "1.5e3",
+            "99999999999999999.9",
+            "-999999999999999999",
+        ] {
+            if plain_integer(literal) {
+                assert_eq!(
+                    Decimal::parse(literal).canonical(MAX_KEY_BYTES).as_deref(),
+                    Some(literal)
+                );
+            }
+            if let Some(fast) = short_amount(literal) {
+                let mut a = Sum::default();
+                a.add_amount(&fast);
+                let mut b = Sum::default();
+                b.add_amount(&bounded(&Decimal::parse(literal)).unwrap());
+                assert_eq!(a.text(), b.text(), "{literal}");
+            }
+        }
+        assert!(!plain_integer("-0") && !plain_integer("007") && plain_integer("0"));
+        assert!(short_amount("1e2").is_none() && short_amount("1234567890123456789").is_none());
     }
 
     #[test]
