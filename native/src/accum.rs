@@ -9,7 +9,7 @@
 //! - UNIQUE: the events and the set of member ids (interned strings).
 
 use num_bigint::BigInt;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::metric::Kind;
 use crate::number::{Amount, Sum};
@@ -112,36 +112,22 @@ pub struct UniqueAcc {
     pub members: FxHashSet<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acc {
-    Count(u64),
-    Sum(SumAcc),
-    Unique(UniqueAcc),
+/// A rollup's accumulator in its table (each kind's rows are a map of their own).
+pub enum AccMut<'a> {
+    Count(&'a mut u64),
+    Sum(&'a mut SumAcc),
+    Unique(&'a mut UniqueAcc),
 }
 
-impl Acc {
-    /// The accumulator of a new rollup, and whether it holds a new member.
-    pub fn first(kind: Kind, operand: &Operand, member: Option<u32>) -> (Acc, bool) {
-        let mut acc = match kind {
-            Kind::Count => Acc::Count(0),
-            Kind::Sum => Acc::Sum(SumAcc::zero()),
-            Kind::Unique => Acc::Unique(UniqueAcc {
-                events: 0,
-                members: FxHashSet::default(),
-            }),
-        };
-        let new = acc.add(operand, member);
-        (acc, new)
-    }
-
+impl AccMut<'_> {
     /// Add one event; true if it brought a new UNIQUE member.
-    pub fn add(&mut self, operand: &Operand, member: Option<u32>) -> bool {
+    pub fn add(self, operand: &Operand, member: Option<u32>) -> bool {
         match self {
-            Acc::Count(n) => {
+            AccMut::Count(n) => {
                 *n += 1;
                 false
             }
-            Acc::Sum(s) => {
+            AccMut::Sum(s) => {
                 s.events += 1;
                 match operand {
                     Operand::Amount(a) => s.add_amount(a),
@@ -150,58 +136,51 @@ impl Acc {
                 }
                 false
             }
-            Acc::Unique(u) => {
+            AccMut::Unique(u) => {
                 u.events += 1;
                 member.is_some_and(|m| u.members.insert(m))
             }
         }
     }
 
-    /// Fold `other` (of the same kind) in; returns how many members are new here.
-    pub fn merge(&mut self, other: &Acc) -> u64 {
+    /// Fold `other` (of the same kind; members already in this batch's ids)
+    /// in; returns how many members are new here.
+    pub fn merge(self, other: AccRef<'_>, mut member: impl FnMut(u32) -> u32) -> u64 {
         match (self, other) {
-            (Acc::Count(a), Acc::Count(b)) => {
+            (AccMut::Count(a), AccRef::Count(b)) => {
                 *a += b;
                 0
             }
-            (Acc::Sum(a), Acc::Sum(b)) => {
+            (AccMut::Sum(a), AccRef::Sum(b)) => {
                 a.merge(b);
                 0
             }
-            (Acc::Unique(a), Acc::Unique(b)) => {
+            (AccMut::Unique(a), AccRef::Unique(b)) => {
                 a.events += b.events;
                 let before = a.members.len();
-                a.members.extend(b.members.iter().copied());
+                a.members.extend(b.members.iter().map(|&m| member(m)));
                 (a.members.len() - before) as u64
             }
             _ => unreachable!("one table holds one kind"),
         }
     }
+}
 
-    /// A copy whose member ids are mapped by `f` (another batch's strings).
-    pub fn remapped(&self, mut f: impl FnMut(u32) -> u32) -> Acc {
-        match self {
-            Acc::Unique(u) => Acc::Unique(UniqueAcc {
-                events: u.events,
-                members: u.members.iter().map(|&m| f(m)).collect(),
-            }),
-            other => other.clone(),
-        }
-    }
+/// A rollup's accumulator, read.
+#[derive(Clone, Copy)]
+pub enum AccRef<'a> {
+    Count(u64),
+    Sum(&'a SumAcc),
+    Unique(&'a UniqueAcc),
+}
 
-    pub fn member_count(&self) -> u64 {
-        match self {
-            Acc::Unique(u) => u.members.len() as u64,
-            _ => 0,
-        }
-    }
-
+impl AccRef<'_> {
     /// Events that contributed (`event_count`).
     pub fn events(&self) -> u64 {
         match self {
-            Acc::Count(n) => *n,
-            Acc::Sum(s) => u64::from(s.events),
-            Acc::Unique(u) => u64::from(u.events),
+            AccRef::Count(n) => *n,
+            AccRef::Sum(s) => u64::from(s.events),
+            AccRef::Unique(u) => u64::from(u.events),
         }
     }
 
@@ -209,17 +188,120 @@ impl Acc {
     /// members new to the table, which only the database knows (`None`).
     pub fn value_text(&self) -> Option<String> {
         match self {
-            Acc::Count(n) => Some(n.to_string()),
-            Acc::Sum(s) => Some(s.sum().text()),
-            Acc::Unique(_) => None,
+            AccRef::Count(n) => Some(n.to_string()),
+            AccRef::Sum(s) => Some(s.sum().text()),
+            AccRef::Unique(_) => None,
         }
+    }
+
+    pub fn members(&self) -> Option<&FxHashSet<u32>> {
+        match self {
+            AccRef::Unique(u) => Some(&u.members),
+            _ => None,
+        }
+    }
+
+    pub fn member_count(&self) -> u64 {
+        self.members().map_or(0, |m| m.len() as u64)
     }
 
     pub fn allocated(&self) -> usize {
         match self {
-            Acc::Unique(u) => u.members.capacity() * 5,
-            Acc::Sum(SumAcc { big: Some(_), .. }) => 64,
+            AccRef::Unique(u) => u.members.capacity() * 5,
+            AccRef::Sum(SumAcc { big: Some(_), .. }) => 64,
             _ => 0,
+        }
+    }
+}
+
+/// (customer, group, period start), the strings as the batch's ids.
+pub type RowKey = (u32, u32, i64);
+
+/// A table's rollups: one map per kind, so each holds only its own size.
+pub enum Rows {
+    Count(FxHashMap<RowKey, u64>),
+    Sum(FxHashMap<RowKey, SumAcc>),
+    Unique(FxHashMap<RowKey, UniqueAcc>),
+}
+
+impl Rows {
+    pub fn new(kind: Kind) -> Rows {
+        match kind {
+            Kind::Count => Rows::Count(FxHashMap::default()),
+            Kind::Sum => Rows::Sum(FxHashMap::default()),
+            Kind::Unique => Rows::Unique(FxHashMap::default()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Count(m) => m.len(),
+            Rows::Sum(m) => m.len(),
+            Rows::Unique(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The accumulator of `key`, made (empty) if new; true if it was.
+    pub fn entry(&mut self, key: RowKey) -> (AccMut<'_>, bool) {
+        use std::collections::hash_map::Entry;
+        fn slot<V>(
+            m: &mut FxHashMap<RowKey, V>,
+            key: RowKey,
+            empty: impl FnOnce() -> V,
+        ) -> (&mut V, bool) {
+            match m.entry(key) {
+                Entry::Occupied(e) => (e.into_mut(), false),
+                Entry::Vacant(e) => (e.insert(empty()), true),
+            }
+        }
+        match self {
+            Rows::Count(m) => {
+                let (n, new) = slot(m, key, || 0);
+                (AccMut::Count(n), new)
+            }
+            Rows::Sum(m) => {
+                let (s, new) = slot(m, key, SumAcc::zero);
+                (AccMut::Sum(s), new)
+            }
+            Rows::Unique(m) => {
+                let (u, new) = slot(m, key, || UniqueAcc {
+                    events: 0,
+                    members: FxHashSet::default(),
+                });
+                (AccMut::Unique(u), new)
+            }
+        }
+    }
+
+    pub fn get(&self, key: &RowKey) -> Option<AccRef<'_>> {
+        match self {
+            Rows::Count(m) => m.get(key).map(|n| AccRef::Count(*n)),
+            Rows::Sum(m) => m.get(key).map(AccRef::Sum),
+            Rows::Unique(m) => m.get(key).map(AccRef::Unique),
+        }
+    }
+
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (RowKey, AccRef<'_>)> + '_> {
+        match self {
+            Rows::Count(m) => Box::new(m.iter().map(|(k, n)| (*k, AccRef::Count(*n)))),
+            Rows::Sum(m) => Box::new(m.iter().map(|(k, s)| (*k, AccRef::Sum(s)))),
+            Rows::Unique(m) => Box::new(m.iter().map(|(k, u)| (*k, AccRef::Unique(u)))),
+        }
+    }
+
+    /// Heap bytes of the map itself (its capacity), for the memory bench.
+    pub fn allocated(&self) -> usize {
+        fn bytes<V>(m: &FxHashMap<RowKey, V>) -> usize {
+            m.capacity() * (std::mem::size_of::<(RowKey, V)>() + 1)
+        }
+        match self {
+            Rows::Count(m) => bytes(m),
+            Rows::Sum(m) => bytes(m),
+            Rows::Unique(m) => bytes(m),
         }
     }
 }
@@ -233,36 +315,48 @@ mod tests {
         Operand::Amount(bounded(&Decimal::parse(text)).unwrap())
     }
 
+    const KEY: RowKey = (0, 0, 0);
+
+    fn add(rows: &mut Rows, operand: &Operand, member: Option<u32>) -> bool {
+        rows.entry(KEY).0.add(operand, member)
+    }
+
     #[test]
     fn sums_stay_exact_across_scales_and_sizes() {
-        let (mut acc, _) = Acc::first(Kind::Sum, &amount("0.1"), None);
-        for _ in 0..9 {
-            acc.add(&amount("0.1"), None);
+        let mut rows = Rows::new(Kind::Sum);
+        for _ in 0..10 {
+            add(&mut rows, &amount("0.1"), None);
         }
-        assert_eq!(acc.value_text().as_deref(), Some("1"));
-        acc.add(&amount("9223372036854775807"), None);
-        acc.add(&amount("9223372036854775807"), None);
+        assert_eq!(rows.get(&KEY).unwrap().value_text().as_deref(), Some("1"));
+        add(&mut rows, &amount("9223372036854775807"), None);
+        add(&mut rows, &amount("9223372036854775807"), None);
+        let acc = rows.get(&KEY).unwrap();
         assert_eq!(acc.value_text().as_deref(), Some("18446744073709551615"));
         assert_eq!(acc.events(), 12);
-        let (mut other, _) = Acc::first(Kind::Sum, &amount("-0.05"), None);
-        other.add(&amount("1e-30"), None);
-        acc.merge(&other);
+        let mut other = Rows::new(Kind::Sum);
+        add(&mut other, &amount("-0.05"), None);
+        add(&mut other, &amount("1e-30"), None);
+        let theirs = other.get(&KEY).unwrap();
+        rows.entry(KEY).0.merge(theirs, |m| m);
         assert_eq!(
-            acc.value_text().as_deref(),
+            rows.get(&KEY).unwrap().value_text().as_deref(),
             Some("18446744073709551614.950000000000000000000000000001")
         );
     }
 
     #[test]
     fn unique_counts_new_members_once() {
-        let (mut a, new) = Acc::first(Kind::Unique, &Operand::One, Some(1));
-        assert!(new);
-        assert!(!a.add(&Operand::One, Some(1)));
-        assert!(a.add(&Operand::One, Some(2)));
-        let (b, _) = Acc::first(Kind::Unique, &Operand::One, Some(2));
-        assert_eq!(a.merge(&b), 0);
-        let (c, _) = Acc::first(Kind::Unique, &Operand::One, Some(3));
-        assert_eq!(a.merge(&c), 1);
-        assert_eq!((a.events(), a.member_count()), (5, 3));
+        let mut a = Rows::new(Kind::Unique);
+        assert!(add(&mut a, &Operand::One, Some(1)));
+        assert!(!add(&mut a, &Operand::One, Some(1)));
+        assert!(add(&mut a, &Operand::One, Some(2)));
+        let mut b = Rows::new(Kind::Unique);
+        add(&mut b, &Operand::One, Some(2));
+        assert_eq!(a.entry(KEY).0.merge(b.get(&KEY).unwrap(), |m| m), 0);
+        let mut c = Rows::new(Kind::Unique);
+        add(&mut c, &Operand::One, Some(3));
+        assert_eq!(a.entry(KEY).0.merge(c.get(&KEY).unwrap(), |m| m), 1);
+        let acc = a.get(&KEY).unwrap();
+        assert_eq!((acc.events(), acc.member_count()), (5, 3));
     }
 }

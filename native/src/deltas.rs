@@ -9,7 +9,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::accum::{Acc, Operand};
+use crate::accum::{Operand, Rows};
 use crate::event::{Event, EventStore};
 use crate::index::Index;
 use crate::intern::Interner;
@@ -17,14 +17,13 @@ use crate::metric::{Kind, Member};
 use crate::number::{bounded, bounded_big, parse_decimal_string, Decimal, Skip};
 use crate::periods::{PeriodCaches, Source};
 
-/// (customer, group, period start) inside one table.
-pub type RowKey = (u32, u32, i64);
+pub use crate::accum::RowKey;
 
 pub struct Table {
     pub uid: u32, // the metric's id in the Index registry
     pub unit: u8,
     pub kind: Kind,
-    pub rows: FxHashMap<RowKey, Acc>,
+    pub rows: Rows,
     pub ends: FxHashMap<i64, i64>, // period start -> end, for the rows' periods
 }
 
@@ -34,7 +33,7 @@ impl Table {
             uid,
             unit,
             kind,
-            rows: FxHashMap::default(),
+            rows: Rows::new(kind),
             ends: FxHashMap::default(),
         }
     }
@@ -275,15 +274,11 @@ impl Deltas {
                 let (start, end) = step.bounds[n];
                 let table = self.table(uid, unit, metric.kind);
                 let key = (customer, step.group, start);
-                let (new_row, new_member) = match table.rows.get_mut(&key) {
-                    Some(acc) => (false, acc.add(&step.operand, step.member)),
-                    None => {
-                        let (acc, added) = Acc::first(metric.kind, &step.operand, step.member);
-                        table.rows.insert(key, acc);
-                        table.ends.entry(start).or_insert(end);
-                        (true, added)
-                    }
-                };
+                let (acc, new_row) = table.rows.entry(key);
+                let new_member = acc.add(&step.operand, step.member);
+                if new_row {
+                    table.ends.entry(start).or_insert(end);
+                }
                 self.size += u64::from(new_row);
                 self.members += u64::from(new_member);
             }
@@ -295,20 +290,21 @@ impl Deltas {
     pub fn merge(&mut self, other: &Deltas) {
         for table in other.tables.iter().flatten() {
             let mut remap: FxHashMap<u32, u32> = FxHashMap::default();
-            let mut id = |strings: &mut Interner, theirs: u32| -> u32 {
-                *remap
-                    .entry(theirs)
-                    .or_insert_with(|| strings.id(other.strings.text(theirs)))
-            };
-            let mut rows: Vec<(RowKey, Acc)> = Vec::with_capacity(table.rows.len());
-            for (&(customer, group, start), acc) in &table.rows {
-                let key = (
-                    id(&mut self.strings, customer),
-                    id(&mut self.strings, group),
-                    start,
-                );
-                let acc = acc.remapped(|member| id(&mut self.strings, member));
+            let mut rows: Vec<(RowKey, crate::accum::AccRef<'_>)> =
+                Vec::with_capacity(table.rows.len());
+            for ((customer, group, start), acc) in table.rows.iter() {
+                let mut id = |theirs: u32| -> u32 {
+                    *remap
+                        .entry(theirs)
+                        .or_insert_with(|| self.strings.id(other.strings.text(theirs)))
+                };
+                let key = (id(customer), id(group), start);
                 rows.push((key, acc));
+                if let Some(members) = acc.members() {
+                    for &m in members {
+                        id(m);
+                    }
+                }
             }
             let mine = self.table(table.uid, table.unit, table.kind);
             for (&start, &end) in &table.ends {
@@ -317,14 +313,9 @@ impl Deltas {
             let mut new_rows = 0;
             let mut new_members = 0;
             for (key, acc) in rows {
-                match mine.rows.get_mut(&key) {
-                    Some(existing) => new_members += existing.merge(&acc),
-                    None => {
-                        new_members += acc.member_count();
-                        mine.rows.insert(key, acc);
-                        new_rows += 1;
-                    }
-                }
+                let (target, new) = mine.rows.entry(key);
+                new_rows += u64::from(new);
+                new_members += target.merge(acc, |m| remap[&m]);
             }
             self.size += new_rows;
             self.members += new_members;
@@ -343,9 +334,12 @@ impl Deltas {
     pub fn allocated(&self) -> usize {
         let mut bytes = self.strings.allocated() + self.tables.capacity() * 8;
         for table in self.tables.iter().flatten() {
-            let entry = std::mem::size_of::<(RowKey, Acc)>() + 1;
-            bytes += table.rows.capacity() * entry + table.ends.capacity() * 17;
-            bytes += table.rows.values().map(Acc::allocated).sum::<usize>();
+            bytes += table.rows.allocated() + table.ends.capacity() * 17;
+            bytes += table
+                .rows
+                .iter()
+                .map(|(_, acc)| acc.allocated())
+                .sum::<usize>();
         }
         bytes
     }

@@ -427,9 +427,9 @@ impl Deltas {
             }
             let uid = self.uid(table.uid);
             let unit = UNITS[table.unit as usize];
-            for (&(customer, group, start), acc) in &table.rows {
-                if let crate::accum::Acc::Unique(u) = acc {
-                    for &m in &u.members {
+            for ((customer, group, start), acc) in table.rows.iter() {
+                if let Some(members) = acc.members() {
+                    for &m in members {
                         cols[0].append(&uid)?;
                         cols[1].append(self.inner.strings.text(customer))?;
                         cols[2].append(unit)?;
@@ -456,7 +456,7 @@ impl Deltas {
         for table in self.inner.tables.iter().flatten() {
             let uid = self.uid(table.uid);
             let unit = UNITS[table.unit as usize];
-            for (&(customer, group, start), acc) in &table.rows {
+            for ((customer, group, start), acc) in table.rows.iter() {
                 let customer = self.inner.strings.text(customer);
                 let group = self.inner.strings.text(group);
                 let value = match acc.value_text() {
@@ -497,7 +497,7 @@ impl Deltas {
         for table in self.inner.tables.iter().flatten() {
             let uid = self.uid(table.uid);
             let unit = UNITS[table.unit as usize];
-            for (&(customer, group, start), acc) in &table.rows {
+            for ((customer, group, start), acc) in table.rows.iter() {
                 let key = (
                     uid.as_str(),
                     self.inner.strings.text(customer),
@@ -505,16 +505,15 @@ impl Deltas {
                     unit,
                     start,
                 );
-                let value: Bound<'py, PyAny> = match acc {
-                    crate::accum::Acc::Unique(u) => {
-                        let members: Vec<&str> = u
-                            .members
+                let value: Bound<'py, PyAny> = match acc.members() {
+                    Some(members) => {
+                        let members: Vec<&str> = members
                             .iter()
                             .map(|&m| self.inner.strings.text(m))
                             .collect();
                         PyFrozenSet::new(py, &members)?.into_any()
                     }
-                    other => decimal.call1((other.value_text().unwrap_or_default(),))?,
+                    None => decimal.call1((acc.value_text().unwrap_or_default(),))?,
                 };
                 out.set_item(key, (table.ends[&start], acc.events(), value))?;
             }
