@@ -1,5 +1,5 @@
 """`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory [IDS]` |
-`retention [MEMBERS] [WINDOW_SECONDS]` | `writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES]`."""
+`retention [MEMBERS] [WINDOW_SECONDS]` | `writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def main(argv: list[str]) -> int:
         return 0
     print(
         "usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS] | memory"
-        " | retention [MEMBERS] [WINDOW_SECONDS] | writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES]",
+        " | retention [MEMBERS] [WINDOW_SECONDS]"
+        " | writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]",
         file=sys.stderr,
     )
     return 2

@@ -1,7 +1,9 @@
 """What PostgreSQL spends on a flush, per rollup row and per UNIQUE member,
 for the write-path candidates, measured side by side in one run.
 
-`TALLY_DATABASE_URL=... python -m tally.bench writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES]`
+`TALLY_DATABASE_URL=... python -m tally.bench writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]`
+
+(an empty list or 0 leaves a part out)
 
 1. Flush shapes (`writepath_shapes`): flushes of ROLLUPS rollups (default
    20,000 and 200,000) of the ten synthetic metrics, half of the COUNT and
@@ -18,7 +20,8 @@ for the write-path candidates, measured side by side in one run.
    the first a warm-up), through the code before this work and the store's
    write_flush with a MemberCache, each into its own empty database.
 3. Commit settings (`writepath_live`): synchronous_commit on and off, and
-   commit_delay, on small and medium flushes, one and four writers.
+   commit_delay, on small and medium flushes, one and four writers, for
+   COMMIT_ROUNDS rounds (default 3).
 
 PostgreSQL CPU is the user + system time of each connection's backend
 (`pg_backend_pid()`, /proc/<pid>/stat, as `tally bench` reads it), so it
@@ -291,7 +294,7 @@ def _pg(s: Sample) -> float:
 
 
 async def run_writepath_bench(
-    dsn: str, sizes: list[int], rounds: int, rates: list[int], flushes: int
+    dsn: str, sizes: list[int], rounds: int, rates: list[int], flushes: int, commit_rounds: int
 ) -> None:
     from tally.bench import writepath_live
 
@@ -304,7 +307,8 @@ async def run_writepath_bench(
             for rate in rates:
                 await writepath_live.live(databases, rate, flushes, template, warm)
             del warm
-        await writepath_live.commits(databases)
+        if commit_rounds:
+            await writepath_live.commits(databases, rounds=commit_rounds)
     finally:
         await databases.drop_all()
 
@@ -316,5 +320,6 @@ def main(argv: list[str]) -> None:
         [int(s) for s in argv[2].split(",") if s] if len(argv) > 2 else [20_000, 100_000, 200_000]
     )
     flushes = int(argv[3]) if len(argv) > 3 else 3
+    commit_rounds = int(argv[4]) if len(argv) > 4 else 3
     dsn = os.environ.get("TALLY_DATABASE_URL", "postgresql://localhost:5432/tally")
-    asyncio.run(run_writepath_bench(dsn, sizes, rounds, rates, flushes))
+    asyncio.run(run_writepath_bench(dsn, sizes, rounds, rates, flushes, commit_rounds))
