@@ -418,6 +418,33 @@ impl Deltas {
         self.inner.allocated()
     }
 
+    /// Each pending UNIQUE rollup: ((uid, customer, unit, start, group), period end, [members]).
+    #[allow(clippy::type_complexity)]
+    fn unique_rollups(&self) -> Vec<((String, &str, &'static str, i64, &str), i64, Vec<&str>)> {
+        let mut out = Vec::new();
+        for table in self.inner.tables.iter().flatten() {
+            if table.kind != Kind::Unique {
+                continue;
+            }
+            let uid = self.uid(table.uid);
+            let unit = UNITS[table.unit as usize];
+            for ((customer, group, start), acc) in table.rows.iter() {
+                let members = acc.members().map_or_else(Vec::new, |m| {
+                    m.iter().map(|&id| self.inner.strings.text(id)).collect()
+                });
+                let key = (
+                    uid.clone(),
+                    self.inner.strings.text(customer),
+                    unit,
+                    start,
+                    self.inner.strings.text(group),
+                );
+                out.push((key, table.ends[&start], members));
+            }
+        }
+        out
+    }
+
     /// The pending UNIQUE members as six columns: uid, customer, unit, period start, group, member.
     fn member_columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let cols: [Bound<'py, PyList>; 6] = std::array::from_fn(|_| PyList::empty(py));

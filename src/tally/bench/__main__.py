@@ -1,11 +1,12 @@
-"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory [IDS]` | `retention [MEMBERS] [WINDOW_SECONDS]`."""
+"""`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory [IDS]` |
+`retention [MEMBERS] [WINDOW_SECONDS]` | `writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]`."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from tally.bench import core, dedup, memory, retention
+from tally.bench import core, dedup, memory, retention, writepath
 
 
 def main(argv: list[str]) -> int:
@@ -34,9 +35,13 @@ def main(argv: list[str]) -> int:
             float(argv[2]) if len(argv) > 2 else 5.0,
         )
         return 0
+    if argv[:1] == ["writepath"]:
+        writepath.main(argv[1:])
+        return 0
     print(
         "usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS] | memory"
-        " | retention [MEMBERS] [WINDOW_SECONDS]",
+        " | retention [MEMBERS] [WINDOW_SECONDS]"
+        " | writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]",
         file=sys.stderr,
     )
     return 2

@@ -7,7 +7,9 @@ The order of statements inside the transaction is fixed here;
    if any partition's offset moved, nothing else is written;
 2. dead letters Kafka would not take, parked (`tally.parked_dead_letters`);
 3. the dedup window's new ids, merged and expired segments;
-4. UNIQUE members, inserted in key order; only new ones add to a value;
+4. UNIQUE members, inserted in key order; only new ones add to a value
+   (with a `MemberCache`, members this worker's committed flushes already
+   stored are not sent again);
 5. rollup deltas, upserted in primary-key order (`value = value + delta`),
    so concurrent flushes of other workers cannot deadlock on each other.
 
@@ -17,11 +19,14 @@ The caller commits Kafka's advisory offsets only after this returns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from tally.core.dedup import DedupWindow, FlushPlan
 from tally.core.engine import Deltas
+from tally.store.member_cache import MemberCache, MemberRollup, offer_all
+from tally.store.member_cache import MemberColumns as MemberColumns  # re-exported
+from tally.store.member_cache import MemberKey as MemberKey
 from tally.store.pool import Connection
 
 _CAS = """
@@ -56,14 +61,36 @@ _EXPIRE_SEGMENTS = """
 DELETE FROM tally.dedup_segments WHERE topic = $1 AND partition = $2 AND bucket < $3
 """
 
-# Arrays of text and int8 (POSIX seconds) are much cheaper for the driver to
-# encode than numeric and timestamptz; PostgreSQL converts them server-side.
-_INSERT_MEMBERS = """
+# Rows go to PostgreSQL as text and int8 (POSIX seconds), much cheaper for the
+# driver to encode than numeric and timestamptz; PostgreSQL converts them.
+# They are staged by binary COPY into TEMP tables (created once per session,
+# emptied at every commit), which costs the driver about half of what unnest
+# arrays did, and PostgreSQL a little less (docs/performance.md, "Write
+# path"). A session that may not create TEMP tables sends the arrays.
+_STAGED = """
+SELECT has_database_privilege(current_database(), 'TEMPORARY') AS allowed,
+       to_regclass('pg_temp.tally_flush_members') IS NOT NULL
+       AND to_regclass('pg_temp.tally_flush_values') IS NOT NULL AS ready
+"""
+
+_CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS tally_flush_members (
+    metric_uid text, customer_id text, time_unit text, period_start int8, group_key text, member text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS tally_flush_values (
+    metric_uid text, customer_id text, group_key text, time_unit text,
+    period_start int8, period_end int8, value text, event_count int8
+) ON COMMIT DELETE ROWS
+"""
+
+_MEMBERS_FROM_ARRAYS = """unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[])
+           AS u(metric_uid, customer_id, time_unit, period_start, group_key, member)"""
+
+_INSERT_MEMBERS_FROM = """
 WITH inserted AS (
     INSERT INTO tally.unique_members (metric_uid, customer_id, time_unit, period_start, group_key, member)
     SELECT u.metric_uid, u.customer_id, u.time_unit, to_timestamp(u.period_start), u.group_key, u.member
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[])
-           AS u(metric_uid, customer_id, time_unit, period_start, group_key, member)
+      FROM {source}
      ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT DO NOTHING
     RETURNING metric_uid, customer_id, time_unit, period_start, group_key
@@ -72,20 +99,26 @@ SELECT metric_uid, customer_id, time_unit, extract(epoch FROM period_start)::int
        count(*) AS added
   FROM inserted GROUP BY 1, 2, 3, 4, 5
 """
+_INSERT_MEMBERS = _INSERT_MEMBERS_FROM.format(source=_MEMBERS_FROM_ARRAYS)
+_INSERT_STAGED_MEMBERS = _INSERT_MEMBERS_FROM.format(source="tally_flush_members AS u")
 
-_UPSERT_VALUES = """
+_VALUES_FROM_ARRAYS = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
+       AS u(metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count)"""
+
+_UPSERT_VALUES_FROM = """
 INSERT INTO tally.metric_values AS v
        (metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count, updated_at)
 SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, to_timestamp(u.period_start),
        to_timestamp(u.period_end), u.value::numeric, u.event_count, now()
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
-       AS u(metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count)
+  FROM {source}
  ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key
 ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPDATE
    SET value = v.value + EXCLUDED.value,
        event_count = v.event_count + EXCLUDED.event_count,
        updated_at = EXCLUDED.updated_at
 """
+_UPSERT_VALUES = _UPSERT_VALUES_FROM.format(source=_VALUES_FROM_ARRAYS)
+_UPSERT_STAGED_VALUES = _UPSERT_VALUES_FROM.format(source="tally_flush_values AS u")
 
 
 ParkedRow = tuple[object, ...]
@@ -117,6 +150,8 @@ class FlushResult:
     rows_written: int
     members_added: int
     dedup_rows: dict[tuple[str, int], DedupRows]
+    members_sent: int = 0  # member rows offered to the insert
+    members_skipped: int = 0  # left out: the MemberCache knew them stored
 
 
 class Fenced(Exception):
@@ -134,41 +169,57 @@ async def write_flush(
     deltas: Deltas,
     owner: str,
     parked: Sequence[ParkedRow] = (),
+    *,
+    members: MemberCache | None = None,
 ) -> FlushResult:
     """Run the flush transaction; raises `Fenced` (after rolling back) if any
-    partition's stored offset is not the expected one."""
+    partition's stored offset is not the expected one.
+
+    With `members`, UNIQUE members it knows are stored are not sent; it
+    learns this flush's members only once the commit has returned, and is
+    cleared when the flush is fenced (`tally.store.member_cache`)."""
     partitions = sorted(partitions, key=lambda p: (p.topic, p.partition))
-    async with connection.transaction():
-        if partitions:
-            moved = await connection.fetch(
-                _CAS,
-                [p.topic for p in partitions],
-                [p.partition for p in partitions],
-                [p.expected_offset for p in partitions],
-                [p.next_offset for p in partitions],
-                owner,
-                [p.records for p in partitions],
-                [p.duplicates for p in partitions],
-                [p.dead_letters for p in partitions],
-            )
-            if len(moved) != len(partitions):
-                kept = {(r["topic"], r["partition"]) for r in moved}
-                raise Fenced(
-                    [
-                        (p.topic, p.partition)
-                        for p in partitions
-                        if (p.topic, p.partition) not in kept
-                    ]
+    rollups = member_rollups(deltas)
+    offer = members.offer(rollups) if members is not None else offer_all(rollups)
+    try:
+        async with connection.transaction():
+            if partitions:
+                moved = await connection.fetch(
+                    _CAS,
+                    [p.topic for p in partitions],
+                    [p.partition for p in partitions],
+                    [p.expected_offset for p in partitions],
+                    [p.next_offset for p in partitions],
+                    owner,
+                    [p.records for p in partitions],
+                    [p.duplicates for p in partitions],
+                    [p.dead_letters for p in partitions],
                 )
-        if parked:
-            await connection.executemany(_PARK, parked)
-        dedup_rows = {}
-        for p in partitions:
-            if p.dedup is not None:
-                dedup_rows[(p.topic, p.partition)] = await _write_dedup(connection, p, p.dedup)
-        added = await _write_members(connection, deltas)
-        rows = await _write_values(connection, deltas, added)
-    return FlushResult(rows, sum(added.values()), dedup_rows)
+                if len(moved) != len(partitions):
+                    kept = {(r["topic"], r["partition"]) for r in moved}
+                    raise Fenced(
+                        [
+                            (p.topic, p.partition)
+                            for p in partitions
+                            if (p.topic, p.partition) not in kept
+                        ]
+                    )
+            if parked:
+                await connection.executemany(_PARK, parked)
+            dedup_rows = {}
+            for p in partitions:
+                if p.dedup is not None:
+                    dedup_rows[(p.topic, p.partition)] = await _write_dedup(connection, p, p.dedup)
+            staged = await _staging(connection) if offer.sent or len(deltas) else False
+            added = await _write_members(connection, offer.columns, staged)
+            rows = await _write_values(connection, deltas, added, staged)
+    except Fenced:
+        if members is not None:
+            members.clear()  # the database moved on without us: know nothing
+        raise
+    if members is not None:
+        members.remember(offer)  # committed: every member offered is stored
+    return FlushResult(rows, sum(added.values()), dedup_rows, offer.sent, offer.skipped)
 
 
 async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPlan) -> DedupRows:
@@ -187,20 +238,20 @@ async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPla
     return DedupRows(new_row, merged_row)
 
 
-MemberKey = tuple[str, str, str, int, str]  # uid, customer, unit, period start, group
-
-MemberColumns = tuple[list[str], list[str], list[str], list[int], list[str], list[str]]
-"""uid, customer, unit, period start, group, member: one entry per pending UNIQUE member"""
-
 ValueColumns = tuple[
     list[str], list[str], list[str], list[str], list[int], list[int], list[str], list[int]
 ]
 """uid, customer, group, unit, period start, period end, value text, events: one per rollup"""
 
 
+def member_rollups(deltas: Deltas) -> Iterator[MemberRollup]:
+    """Each pending UNIQUE rollup: its key, its period end, its members."""
+    yield from deltas.unique_rollups()
+
+
 def member_columns(deltas: Deltas) -> MemberColumns:
     """The pending UNIQUE members as _INSERT_MEMBERS's arrays (pure)."""
-    return deltas.member_columns()
+    return offer_all(member_rollups(deltas)).columns
 
 
 def value_columns(deltas: Deltas, added: Counter[MemberKey]) -> ValueColumns:
@@ -209,13 +260,34 @@ def value_columns(deltas: Deltas, added: Counter[MemberKey]) -> ValueColumns:
     return deltas.value_columns(added)
 
 
-async def _write_members(connection: Connection, deltas: Deltas) -> Counter[MemberKey]:
+async def _staging(connection: Connection) -> bool:
+    """Whether this session stages rows in its TEMP tables (creating them
+    the first time); False when it may not create them."""
+    row = await connection.fetchrow(_STAGED)
+    assert row is not None
+    if row["ready"]:
+        return True
+    if not row["allowed"]:
+        return False
+    await connection.execute(_CREATE_STAGING)
+    return True
+
+
+async def _write_members(
+    connection: Connection, columns: MemberColumns, staged: bool = False
+) -> Counter[MemberKey]:
     """Insert UNIQUE members; how many of each rollup's were new."""
-    columns = member_columns(deltas)
     added: Counter[MemberKey] = Counter()
     if not columns[0]:
         return added
-    for row in await connection.fetch(_INSERT_MEMBERS, *columns):
+    if staged:
+        await connection.copy_records_to_table(
+            "tally_flush_members", records=zip(*columns, strict=True)
+        )
+        rows = await connection.fetch(_INSERT_STAGED_MEMBERS)
+    else:
+        rows = await connection.fetch(_INSERT_MEMBERS, *columns)
+    for row in rows:
         key = (
             row["metric_uid"],
             row["customer_id"],
@@ -227,9 +299,18 @@ async def _write_members(connection: Connection, deltas: Deltas) -> Counter[Memb
     return added
 
 
-async def _write_values(connection: Connection, deltas: Deltas, added: Counter[MemberKey]) -> int:
+async def _write_values(
+    connection: Connection, deltas: Deltas, added: Counter[MemberKey], staged: bool = False
+) -> int:
     columns = value_columns(deltas, added)
-    if columns[0]:
+    if not columns[0]:
+        return 0
+    if staged:
+        await connection.copy_records_to_table(
+            "tally_flush_values", records=zip(*columns, strict=True)
+        )
+        await connection.execute(_UPSERT_STAGED_VALUES)
+    else:
         await connection.execute(_UPSERT_VALUES, *columns)
     return len(columns[0])
 
