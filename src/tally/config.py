@@ -110,6 +110,12 @@ class Settings(BaseModel):
         35 * 86400.0, description="oldest accepted event time, before now"
     )
     max_future_skew: Seconds = Field(300.0, description="furthest accepted event time, after now")
+    member_cache: int = Field(
+        1_000_000,
+        ge=0,
+        description="UNIQUE members a worker remembers as stored, so its flushes do not send "
+        "them again (about 130 bytes each); 0 turns the cache off",
+    )
     member_retention: Seconds = Field(
         125 * 86400.0,  # when not given: max_lateness + 90d (`_default_member_retention`)
         description="UNIQUE members of a period are deleted once the period ended this long ago"

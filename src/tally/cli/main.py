@@ -45,6 +45,7 @@ WORKER = [
     "stall_timeout",
     "permanent_attempts",
     "stop_linger",
+    "member_cache",
     "member_retention",
     "retention_interval",
     "retention_batch_size",

@@ -78,6 +78,21 @@ class Telemetry:
         self.rows_written = Counter(
             "tally_rollup_rows_written", "Rollup row upserts committed.", registry=registry
         )
+        self.members_sent = Counter(
+            "tally_members_sent",
+            "UNIQUE members committed flushes sent to PostgreSQL.",
+            registry=registry,
+        )
+        self.members_skipped = Counter(
+            "tally_members_skipped",
+            "UNIQUE members committed flushes left out: the member cache knew them stored.",
+            registry=registry,
+        )
+        self.member_cache = Gauge(
+            "tally_member_cache_members",
+            "UNIQUE members the worker remembers as stored.",
+            registry=registry,
+        )
         self.lag = Gauge(
             "tally_consumer_lag_events",
             "Messages between the consumed position and the partition end.",

@@ -35,6 +35,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from tally.kafka.dead_letters import DeadLetters
 from tally.store.flush import Fenced, FlushResult, PartitionFlush, write_flush
+from tally.store.member_cache import MemberCache
 from tally.telemetry.logs import Log
 from tally.telemetry.metrics import Telemetry
 from tally.worker.partition import FlushBatch
@@ -52,8 +53,10 @@ class Checkpointer:
         owner: str,
         clock: Callable[[], float],
         commit_kafka: KafkaCommit | None = None,
+        members: MemberCache | None = None,
     ) -> None:
         self.pool = pool
+        self.members = members
         self.telemetry = telemetry
         self.owner = owner
         self.clock = clock
@@ -89,6 +92,7 @@ class Checkpointer:
                     batch.deltas,
                     self.owner,
                     [letter.parked_row() for letter in batch.parked],
+                    members=self.members,
                 )
         except BaseException as exc:
             self.telemetry.flushes.labels("fenced" if isinstance(exc, Fenced) else "error").inc()
@@ -102,6 +106,10 @@ class Checkpointer:
         t.flush_duration.observe(elapsed)
         t.flush_rows.observe(result.rows_written)
         t.rows_written.inc(result.rows_written)
+        t.members_sent.inc(result.members_sent)
+        t.members_skipped.inc(result.members_skipped)
+        if self.members is not None:
+            t.member_cache.set(len(self.members))
         self.last_success = self.clock()
         t.last_flush.set(self.last_success)
         log.debug(

@@ -37,6 +37,7 @@ from tally.errors import CorruptBatch, PermanentError, UnreadableBatch, is_trans
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
 from tally.store.flush import Fenced, load_partition_into
+from tally.store.member_cache import MemberCache
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
 from tally.telemetry.logs import Log
@@ -92,8 +93,20 @@ class Worker:
         self.telemetry.zone_data.labels(zone_data_version()).set(1)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        # Members this worker's committed flushes stored, left out of later
+        # ones; never older than an event can be (retention is longer).
+        self.members = MemberCache(
+            max_members=settings.member_cache,
+            horizon=settings.max_lateness,
+            clock=self.clock.wall,
+        )
         self.checkpointer = Checkpointer(
-            self.pool, self.telemetry, self.owner, self.clock.wall, self._commit_kafka
+            self.pool,
+            self.telemetry,
+            self.owner,
+            self.clock.wall,
+            self._commit_kafka,
+            members=self.members,
         )
         self.core = new_core(self.index)
         self.pipeline = FlushPipeline(
@@ -173,6 +186,7 @@ class Worker:
         """Forget all pending work and reload every partition (its events are re-read)."""
         dropped = self.pipeline.deltas.events
         self.pipeline.drop()
+        self.members.clear()  # reloading: the database is the truth
         # Nothing is pending any more: the reload resumes the partitions.
         self.paused_for_backpressure = False
         for state in self.states.values():
@@ -197,6 +211,7 @@ class Worker:
 
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
+        self.members.clear()  # other workers flushed these partitions meanwhile
         for tp in assigned:
             if tp not in self.states:
                 self.states[tp] = PartitionState(tp, self.settings.dedup_window)
