@@ -4,7 +4,10 @@ and the MemberCache never skips a member that is not stored, whatever
 fails on the way (rollback, fence, cancellation) and however many workers
 write one rollup.
 
-Deltas come from the real core over decoded events, as a worker's do.
+Deltas come from the native core over event bytes, as a worker's do. A
+flush that must fail inside its transaction, after its members' insert,
+carries an event of customer POISON, whose rollups the test databases'
+`refuse_poison` CHECK rejects.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import pytest_asyncio
 
 from tally.bench.writepath_baseline import write_flush_baseline
 from tally.contracts.metric import parse_metric
-from tally.core.aggregate import Deltas
-from tally.core.events import DecodeLimits, UsageEvent, decode_event
+from tally.core.engine import Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
 from tally.store import flush
 from tally.store.flush import Fenced, PartitionFlush, load_partition, write_flush
@@ -77,6 +80,9 @@ METRICS = [
     },
 ]
 INDEX = MetricIndex([parse_metric(m) for m in METRICS])
+CORE = new_core(INDEX)
+WIDE = DecodeLimits(max_lateness_seconds=1e12, max_future_seconds=1e12)
+POISON = "poison"  # a customer whose rollups tally.metric_values refuses (refuse_poison)
 
 
 def cache_at_now() -> MemberCache:
@@ -96,13 +102,23 @@ def event(n: int, customer: str, user: str, when: float, region: str = "eu") -> 
     )
 
 
-def deltas_of(values: Sequence[bytes]) -> Deltas:
-    deltas = Deltas()
-    for value in values:
-        decoded = decode_event(value, NOW + 3600, DecodeLimits())
-        assert isinstance(decoded, UsageEvent), decoded
-        deltas.add(decoded, INDEX)
+def deltas_of(values: Sequence[bytes], deltas: Deltas | None = None) -> Deltas:
+    """The core's Deltas of `values` (added to `deltas` if given), every one accepted."""
+    before = deltas.events if deltas is not None else 0
+    deltas = aggregate(CORE, values, NOW + 3600, WIDE, deltas)
+    assert deltas.events - before == len(values)
     return deltas
+
+
+async def refuse_poison(connection: asyncpg.Connection) -> None:
+    """Make a flush's rollups' upsert fail, after its members' insert has
+    succeeded, when it carries customer POISON: a CHECK violation, the same
+    failure as a rollup whose period_end is not after its start (which the
+    native core's Deltas cannot be made to hold)."""
+    await connection.execute(
+        "ALTER TABLE tally.metric_values ADD CONSTRAINT refuse_poison"
+        f" CHECK (customer_id <> '{POISON}')"
+    )
 
 
 def random_flush(rng: random.Random, first: int, count: int, customers: int = 6) -> Deltas:
@@ -142,7 +158,10 @@ async def databases(
             await admin.execute(f'CREATE DATABASE "{name}"')
         async with AsyncExitStack() as stack:
             base = database_url.rsplit("/", 1)[0]
-            yield [await _db(stack, f"{base}/{name}") for name in names]
+            connections = [await _db(stack, f"{base}/{name}") for name in names]
+            for connection in connections:
+                await refuse_poison(connection)
+            yield connections
     finally:
         for name in names:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -219,15 +238,15 @@ async def test_the_store_writes_what_the_baseline_wrote(
         parts = [PartitionFlush("t", p, offsets[p], offsets[p] + 10, None, 10) for p in partitions]
         if step == 9:  # a zombie: its stored offset moved under it
             parts = [PartitionFlush("t", partitions[0], offsets[partitions[0]] - 1, 1, None)]
-        if step == 11:  # the rollups' upsert fails (CHECK period_end > period_start)
-            table = next(t for t in deltas.tables.values() if t.uid == "calls")
-            table.ends = dict.fromkeys(table.ends, 0)
+        if step == 11:  # the rollups' upsert fails (CHECK refuse_poison), members inserted
+            deltas_of([event(first - 1, POISON, "zed", NOW)], deltas)
         outcomes = [
             await outcome(old, parts, deltas, f"w{worker}", None, baseline=True),
             await outcome(new, parts, deltas, f"w{worker}", caches[worker]),
             await outcome(plain, parts, deltas, f"w{worker}", None),
         ]
         assert outcomes[0] == outcomes[1] == outcomes[2], (step, outcomes)
+        assert outcomes[0][0] == {9: "fenced", 11: "rolled back"}.get(step, len(deltas))
         if step == 9:
             assert len(caches[worker]) == 0  # cleared by the fence
         if isinstance(outcomes[0][0], int):
@@ -245,17 +264,22 @@ async def test_the_store_writes_what_the_baseline_wrote(
 async def test_a_flush_that_rolls_back_teaches_the_cache_nothing(fresh_database: str) -> None:
     async with AsyncExitStack() as stack:
         db = await _db(stack, fresh_database)
+        await refuse_poison(db)
         cache = cache_at_now()
-        failing = deltas_of([event(1, "acme", "ann", NOW), event(2, "acme", "bob", NOW)])
-        for table in failing.tables.values():
-            if table.uid == "calls":
-                table.ends = dict.fromkeys(table.ends, 0)
+        failing = deltas_of(
+            [
+                event(1, "acme", "ann", NOW),
+                event(2, "acme", "bob", NOW),
+                event(3, POISON, "zed", NOW),
+            ]
+        )
         with pytest.raises(asyncpg.CheckViolationError):
             await write_flush(db, [], failing, "w", members=cache)
         assert len(cache) == 0
         assert await db.fetchval("SELECT count(*) FROM tally.unique_members") == 0
+        assert await db.fetchval("SELECT count(*) FROM tally.metric_values") == 0
         result = await write_flush(
-            db, [], deltas_of([event(3, "acme", "ann", NOW)]), "w", members=cache
+            db, [], deltas_of([event(4, "acme", "ann", NOW)]), "w", members=cache
         )
         assert (result.members_sent, result.members_skipped, result.members_added) == (3, 0, 3)
         await assert_cache_stored(db, cache)

@@ -35,12 +35,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from tally.core.aggregate import Deltas
+from tally.core.engine import merged
 from tally.store.flush import Fenced, PartitionFlush, load_partition, write_flush
 from tally.store.member_cache import MemberCache
 from tally.store.migrate import migrate
 from tally.store.pool import connect
-from tests.integration.test_write_path import NOW, cache_at_now, deltas_of, event
+from tests.integration.test_write_path import CORE, NOW, cache_at_now, deltas_of, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -196,9 +196,7 @@ UNIQUES = {"users", "emails"}
 
 
 def expected_state(offsets: dict[int, int]) -> dict[tuple[object, ...], object]:
-    deltas = Deltas()
-    for p, offset in offsets.items():
-        deltas.merge(deltas_of(events_of(p, 0, max(offset, 0))))
+    deltas = merged(CORE, [deltas_of(events_of(p, 0, max(o, 0))) for p, o in offsets.items()])
     return dict(deltas.snapshot())
 
 

@@ -1,17 +1,21 @@
 """MemberCache, alone: it learns only what a committed flush offered, skips
 only that, forgets safely (room, age, clear), and builds the same insert
-columns as a flush without it."""
+columns as the native core's Deltas (`member_columns()`, what a flush
+without it sends)."""
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.bench.writepath_baseline import member_columns as baseline_member_columns
-from tally.core.aggregate import Deltas, Table
-from tally.core.metrics import COUNT, UNIQUE
+from tally.contracts.metric import parse_metric
+from tally.core.engine import Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
+from tally.core.metrics import MetricIndex
 from tally.store.flush import member_columns, member_rollups
 from tally.store.member_cache import MemberCache, MemberKey, MemberRollup, offer_all
 
@@ -131,25 +135,96 @@ def test_skips_only_what_committed_flushes_offered(
         assert len(cache) <= capacity
 
 
+CORE = new_core(
+    MetricIndex(
+        parse_metric(m)
+        for m in (
+            {
+                "uid": "users",
+                "name": "Users by region",
+                "eventType": "call",
+                "aggregationType": "UNIQUE",
+                "aggregationProperty": "user",
+                "metricType": "GROUPED",
+                "groupingProperty": "region",
+                "timeUnits": ["day", "month"],
+            },
+            {
+                "uid": "emails",
+                "name": "Emails (case-folded)",
+                "eventType": "call",
+                "aggregationType": "UNIQUE",
+                "aggregationProperty": "user",
+                "caseSensitive": False,
+                "timeUnits": ["hour"],
+                "timezone": "Asia/Kathmandu",
+            },
+            {
+                "uid": "calls",
+                "name": "Calls",
+                "eventType": "call",
+                "aggregationType": "COUNT",
+                "timeUnits": ["day"],
+            },
+        )
+    )
+)
+WIDE = DecodeLimits(max_lateness_seconds=1e12, max_future_seconds=1e12)
+
+
 def _deltas(seed: int) -> Deltas:
+    """A few customers, each in one region or none, three calls each from
+    random users over two days, through the core."""
     rng = random.Random(seed)
-    deltas = Deltas()
-    for uid, unit in (("users", "day"), ("users", "month"), ("calls", "day")):
-        kind = UNIQUE if uid == "users" else COUNT
-        table = Table(uid, unit, kind)
-        table.ends[START] = START + DAY
-        for c in range(rng.randrange(1, 5)):
-            key = (f"c{c}", rng.choice(["", "eu"]), START)
-            table.rows[key] = (
-                [3, {f"u{rng.randrange(9)}" for _ in range(3)}] if kind == UNIQUE else 3
-            )
-        deltas.tables[f"{uid}:{unit}"] = table
+    values = []
+    for c in range(rng.randrange(1, 5)):
+        region = rng.choice(["", "eu"])
+        for n in range(3):
+            properties = {"user": rng.choice(["u", "U"]) + str(rng.randrange(9))}
+            if region:
+                properties["region"] = region
+            when = START + rng.randrange(2 * DAY)
+            document = {
+                "id": f"{seed}-{c}-{n}",
+                "eventType": "call",
+                "customerId": f"c{c}",
+                "timestamp": datetime.fromtimestamp(when, UTC).isoformat(),
+                "properties": properties,
+            }
+            values.append(orjson.dumps(document))
+    deltas = aggregate(CORE, values, START + 3 * DAY, WIDE)
+    assert deltas.events == len(values)
     return deltas
 
 
-def test_member_columns_are_the_baselines() -> None:
-    """The pure column function still gives what it gave before the cache."""
+Row = tuple[str, str, str, int, str, str]
+
+
+def _rows(
+    columns: tuple[list[str], list[str], list[str], list[int], list[str], list[str]],
+) -> list[Row]:
+    return sorted(zip(*columns, strict=True))
+
+
+def test_member_columns_are_the_native_cores() -> None:
+    """The store's columns (`offer_all` over `member_rollups`) are the
+    native Deltas' `member_columns()`, member for member, and both are the
+    members of the UNIQUE rollups in `snapshot()`."""
     for seed in range(50):
         deltas = _deltas(seed)
-        assert member_columns(deltas) == baseline_member_columns(deltas)
+        native = _rows(deltas.member_columns())
+        assert _rows(member_columns(deltas)) == native
         assert offer_all(member_rollups(deltas)).columns == member_columns(deltas)
+        assert len(set(native)) == len(native) == deltas.members
+        snapshot = deltas.snapshot()
+        unique = {k: v for k, v in snapshot.items() if isinstance(v[2], frozenset)}
+        assert {k[0] for k in unique} == {"users", "emails"}
+        assert set(native) == {
+            (uid, customer, unit, start, group, m)
+            for (uid, customer, group, unit, start), (_end, _events, members) in unique.items()
+            for m in members
+        }
+        assert {key: end for key, end, _ in member_rollups(deltas)} == {
+            (uid, customer, unit, start, group): end
+            for (uid, customer, group, unit, start), (end, _events, _members) in unique.items()
+        }

@@ -6,7 +6,8 @@ for the write-path candidates, measured side by side in one run.
 (an empty list or 0 leaves a part out)
 
 1. Flush shapes (`writepath_shapes`): flushes of ROLLUPS rollups (default
-   20,000 and 200,000) of the ten synthetic metrics, half of the COUNT and
+   20,000 and 200,000) of the ten synthetic metrics, aggregated by the
+   native core from events made to give them, half of the COUNT and
    SUM ones already stored, UNIQUE ones with 5 members of which 4 (80 %)
    are stored, into a database prefilled with 400,000 rollups and 10
    members per UNIQUE rollup. Every variant (`writepath_variants`) has its
@@ -16,9 +17,10 @@ for the write-path candidates, measured side by side in one run.
    prefilled members, as a worker that stored them would.
 2. A live workload (`writepath_live`): the real core over synthetic events
    whose times are those of their arrival, at RATES events/s (default
-   20,000 and 100,000) and one flush per 5 s, FLUSHES flushes (default 3,
-   the first a warm-up), through the code before this work and the store's
-   write_flush with a MemberCache, each into its own empty database.
+   20,000, 100,000 and 200,000) and one flush per 5 s, FLUSHES flushes
+   (default 3, all measured), through the code before this work and the
+   store's write_flush without and with a MemberCache, each into its own
+   copy of a database holding the day so far.
 3. Commit settings (`writepath_live`): synchronous_commit on and off, and
    commit_delay, on small and medium flushes, one and four writers, for
    COMMIT_ROUNDS rounds (default 3).
@@ -43,9 +45,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tally.bench.writepath_shapes import NOW, flush_deltas, prefill_sql, stored_members, tables
+from tally.bench.writepath_shapes import (
+    NOW,
+    Shape,
+    flush_deltas,
+    make_shape,
+    prefill_sql,
+    stored_members,
+)
 from tally.bench.writepath_variants import Variant, variants
-from tally.core.aggregate import Deltas
+from tally.core.engine import Deltas
 from tally.store.member_cache import MemberCache
 from tally.store.migrate import migrate
 from tally.store.pool import connect
@@ -144,13 +153,13 @@ class Runner:
         self.samples.setdefault(size, []).append(sample)
 
 
-async def _prefill(dsn: str) -> list[tuple[str, tuple[object, ...]]]:
+async def _prefill(dsn: str, shape: Shape) -> list[tuple[str, tuple[object, ...]]]:
+    """Store PREFILL_ROLLUPS rollups of `shape` (and note them in it)."""
     connection = await connect(dsn)
     try:
         await migrate(connection)
-        shape = tables()
-        per_table = PREFILL_ROLLUPS // len(shape)
-        statements = [s for t in shape for s in prefill_sql(t, per_table, PREFILL_MEMBERS)]
+        per_table = PREFILL_ROLLUPS // shape.tables
+        statements = [s for m in shape.metrics for s in prefill_sql(m, per_table, PREFILL_MEMBERS)]
         for sql, args in statements:
             await connection.execute(sql, *args)
         await connection.execute("VACUUM ANALYZE tally.metric_values")
@@ -200,12 +209,9 @@ def _median(xs: list[float]) -> float:
 
 async def shapes(dsn: str, sizes: list[int], rounds: int, databases: Databases) -> None:
     template = await databases.create("template")
-    await _prefill(template)
+    shape = make_shape()
+    await _prefill(template, shape)
     template_name = databases.names[-1]
-    shape = tables()
-    per_table = PREFILL_ROLLUPS // len(shape)
-    for t in shape:
-        prefill_sql(t, per_table, PREFILL_MEMBERS)  # the same stored counts, here
     known = stored_members(shape)
     runners = []
     for n, variant in enumerate(variants()):
@@ -226,19 +232,14 @@ async def shapes(dsn: str, sizes: list[int], rounds: int, databases: Databases) 
     for r in range(rounds):
         for size in sizes:
             deltas = flush_deltas(shape, size, FLUSH_MEMBERS, rng)
-            offered = sum(
-                len(acc[1])
-                for t in deltas.tables.values()
-                if t.kind == 2
-                for acc in t.rows.values()
-            )
+            offered = deltas.members
             for runner in runners if r % 2 == 0 else reversed(runners):
                 await runner.flush(size, deltas, offered)
     base = runners[0]
     for size in sizes:
         print()
         print(
-            f"{size:,}-rollup flushes: {len(deltas.tables)} tables;"
+            f"{size:,}-rollup flushes: {shape.tables} tables;"
             f" per flush {_median([s.rows for s in base.samples[size]]):,.0f} rollups,"
             f" {_median([s.offered for s in base.samples[size]]):,.0f} members pending"
         )

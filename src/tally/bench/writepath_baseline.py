@@ -1,8 +1,14 @@
 """The write path as it was before the "Write path" work (commit 7476506):
 every pending UNIQUE member sent at every flush, and both statements fed
-by unnest arrays. Kept verbatim as the baseline `tally.bench writepath`
-measures against, and that tests/integration/test_write_path.py holds the
-new path equal to. Not used by the worker.
+by unnest arrays. Its SQL is kept verbatim as the baseline `tally.bench
+writepath` measures against, and that tests/integration/test_write_path.py
+holds the new path equal to. Not used by the worker.
+
+The arrays those statements take now come straight from the native
+core's Deltas (`member_columns()`, every pending member, and
+`value_columns(added)`): the Python loops over the old core's tables that
+built them went with that core. What the baseline stands for is its
+statements.
 """
 
 from __future__ import annotations
@@ -10,19 +16,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from tally.core.aggregate import Deltas
-from tally.core.metrics import UNIQUE
+from tally.core.engine import Deltas
 from tally.store.flush import (
     _CAS,
     _PARK,
     Fenced,
     FlushResult,
-    MemberColumns,
     MemberKey,
     ParkedRow,
     PartitionFlush,
     _write_dedup,
-    value_columns,
 )
 from tally.store.pool import Connection
 
@@ -98,32 +101,9 @@ async def write_flush_baseline(
     return FlushResult(rows, sum(added.values()), dedup_rows)
 
 
-def member_columns(deltas: Deltas) -> MemberColumns:
-    """The pending UNIQUE members as _INSERT_MEMBERS's arrays (pure)."""
-    uids: list[str] = []
-    customers: list[str] = []
-    units: list[str] = []
-    starts: list[int] = []
-    groups: list[str] = []
-    members: list[str] = []
-    for table in deltas.tables.values():
-        if table.kind != UNIQUE:
-            continue
-        uid, unit = table.uid, table.unit
-        for (customer, group, start), (_events, distinct) in table.rows.items():
-            count = len(distinct)
-            uids += [uid] * count
-            customers += [customer] * count
-            units += [unit] * count
-            starts += [start] * count
-            groups += [group] * count
-            members += distinct
-    return uids, customers, units, starts, groups, members
-
-
 async def _write_members(connection: Connection, deltas: Deltas) -> Counter[MemberKey]:
     """Insert UNIQUE members; how many of each rollup's were new."""
-    columns = member_columns(deltas)
+    columns = deltas.member_columns()
     added: Counter[MemberKey] = Counter()
     if not columns[0]:
         return added
@@ -140,7 +120,7 @@ async def _write_members(connection: Connection, deltas: Deltas) -> Counter[Memb
 
 
 async def _write_values(connection: Connection, deltas: Deltas, added: Counter[MemberKey]) -> int:
-    columns = value_columns(deltas, added)
+    columns = deltas.value_columns(added)
     if columns[0]:
         await connection.execute(_UPSERT_VALUES, *columns)
     return len(columns[0])

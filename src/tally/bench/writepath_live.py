@@ -9,20 +9,20 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import TYPE_CHECKING
 
 import asyncpg
 import orjson
 
 from tally.bench.writepath_baseline import write_flush_baseline
-from tally.bench.writepath_shapes import ShapeTable, flush_deltas, prefill_sql, tables
+from tally.bench.writepath_shapes import Shape, flush_deltas, make_shape, prefill_sql
 from tally.contracts.metric import parse_metric
-from tally.core.aggregate import Deltas
-from tally.core.events import DecodeLimits, UsageEvent, decode_event
-from tally.core.metrics import UNIQUE, MetricIndex
+from tally.core.engine import Core, Deltas, aggregate, new_core
+from tally.core.events import DecodeLimits
+from tally.core.metrics import MetricIndex
 from tally.store.flush import PartitionFlush, load_partition, write_flush
 from tally.store.member_cache import MemberCache, MemberKey
 from tally.store.migrate import migrate
@@ -70,15 +70,21 @@ def live_events(rate: int, flush: int, seed: int = 11) -> list[bytes]:
     return found
 
 
-def live_deltas(rate: int, flush: int, index: MetricIndex) -> Deltas:
-    deltas = Deltas()
-    now = LIVE_START + (flush + 1) * INTERVAL + 1
-    limits = DecodeLimits()
-    for raw in live_events(rate, flush):
-        event = decode_event(raw, now, limits)
-        assert isinstance(event, UsageEvent), event
-        deltas.add(event, index)
+def aggregate_all(core: Core, values: list[bytes], now: float) -> Deltas:
+    """The core's Deltas of `values`, every one of them accepted."""
+    deltas = aggregate(core, values, now, DecodeLimits())
+    if deltas.events != len(values):
+        raise AssertionError(f"{len(values) - deltas.events} of {len(values)} events refused")
     return deltas
+
+
+def live_deltas(rate: int, flush: int, core: Core) -> Deltas:
+    now = LIVE_START + (flush + 1) * INTERVAL + 1
+    return aggregate_all(core, live_events(rate, flush), now)
+
+
+def synthetic_core() -> Core:
+    return new_core(MetricIndex([parse_metric(d) for d in metric_definitions(10)]))
 
 
 @dataclass
@@ -162,7 +168,7 @@ def copied(cache: MemberCache) -> MemberCache:
 async def warm_template(databases: Databases) -> tuple[str, MemberCache]:
     """A database holding the day so far (`universe_events`), and the cache
     of the worker that wrote it."""
-    index = MetricIndex([parse_metric(d) for d in metric_definitions(10)])
+    core = synthetic_core()
     dsn = await databases.create("live_template")
     template = databases.names[-1]
     connection = await connect(dsn)
@@ -170,19 +176,14 @@ async def warm_template(databases: Databases) -> tuple[str, MemberCache]:
     offset, _ = await load_partition(connection, "live", 0, None)
     cache = MemberCache(max_members=4_000_000, clock=lambda: LIVE_START)
     started = time.perf_counter()
-    deltas, events = Deltas(), 0
-    limits = DecodeLimits()
-    for raw in [*universe_events(), b""]:
-        if raw:
-            event = decode_event(raw, LIVE_START + 1, limits)
-            assert isinstance(event, UsageEvent), event
-            deltas.add(event, index)
-        if deltas.events >= 400_000 or (not raw and deltas.events):
-            part = PartitionFlush("live", 0, offset, offset + deltas.events, None, deltas.events)
-            await write_flush(connection, [part], deltas, "bench", members=cache)
-            offset += deltas.events
-            events += deltas.events
-            deltas = Deltas()
+    universe, events = universe_events(), 0
+    while chunk := list(islice(universe, 400_000)):  # flushes of 400,000 events
+        deltas = aggregate_all(core, chunk, LIVE_START + 1)
+        part = PartitionFlush("live", 0, offset, offset + deltas.events, None, deltas.events)
+        await write_flush(connection, [part], deltas, "bench", members=cache)
+        offset += deltas.events
+        events += deltas.events
+        del chunk, deltas
     await connection.execute("VACUUM ANALYZE")
     await connection.close()
     print()
@@ -201,7 +202,7 @@ async def live(
 ) -> None:
     from tally.bench.writepath import digest
 
-    index = MetricIndex([parse_metric(d) for d in metric_definitions(10)])
+    core = synthetic_core()
     runners: list[LiveRunner] = []
     for name, cache in (
         ("current", None),
@@ -220,23 +221,18 @@ async def live(
     shape: list[tuple[int, int, float]] = []
     for n in range(flushes):
         started = time.process_time()
-        deltas = live_deltas(rate, n, index)
-        members = sum(
-            len(acc[1])
-            for t in deltas.tables.values()
-            if t.kind == UNIQUE
-            for acc in t.rows.values()
-        )
+        deltas = live_deltas(rate, n, core)
+        members = deltas.members
         shape.append((len(deltas), members, time.process_time() - started))
         for runner in runners if n % 2 == 0 else reversed(runners):
             await runner.flush(deltas, rate * INTERVAL)
         del deltas
     events = rate * INTERVAL * flushes
-    for n, (rollups, members, core) in enumerate(shape):
+    for n, (rollups, members, seconds) in enumerate(shape):
         print(
             f"  flush {n}: {rollups:,} rollups ({rollups / (rate * INTERVAL):.2f} per event),"
             f" {members:,} members ({members / (rate * INTERVAL):.2f} per event);"
-            f" events made and aggregated in {core:.0f} s"
+            f" events made and aggregated in {seconds:.1f} s"
         )
     print(
         f"{'path':<24} {'PG CPU s / M events':>20} {'x current':>9} {'wall ms / flush':>16}"
@@ -270,7 +266,7 @@ SETTINGS = {
 class Writer:
     connection: asyncpg.Connection
     pid: int
-    shape: list[ShapeTable]
+    shape: Shape
     rng: random.Random
     offset: int = -1
     cache: MemberCache = field(default_factory=lambda: MemberCache(clock=lambda: LIVE_START))
@@ -285,9 +281,9 @@ async def commits(databases: Databases, window: float = 3.0, rounds: int = 3) ->
     await migrate(setup)
     writers = []
     for w in range(4):
-        shape = [replace(t, uid=f"{t.uid}_w{w}") for t in tables()]
-        for t in shape:
-            for sql, args in prefill_sql(t, 2_000, 10):
+        shape = make_shape(f"_w{w}")  # metrics of its own: uids and event types
+        for metric in shape.metrics:
+            for sql, args in prefill_sql(metric, 2_000, 10):
                 await setup.execute(sql, *args)
         connection = await connect(dsn)
         offset, _ = await load_partition(connection, "commits", w, None)

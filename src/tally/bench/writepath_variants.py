@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tally.bench import writepath_baseline as baseline
-from tally.core.aggregate import Deltas
+from tally.core.engine import Deltas
 from tally.store import flush
 from tally.store.flush import MemberKey, value_columns
 from tally.store.member_cache import MemberCache, MemberOffer, offer_all
@@ -125,9 +125,7 @@ async def _baseline_members(
     connection: Connection, deltas: Deltas, _cache: MemberCache | None
 ) -> tuple[Added, MemberOffer]:
     added = await baseline._write_members(connection, deltas)
-    return added, MemberOffer(
-        ([], [], [], [], [], []), sent=len(baseline.member_columns(deltas)[0])
-    )
+    return added, MemberOffer(([], [], [], [], [], []), sent=deltas.members)  # every one
 
 
 async def _unnest_members(
