@@ -95,7 +95,6 @@ def dead_letters(now: float = NOW) -> dict[str, tuple[bytes | None, str]]:
         "customerId an object": (e(customer='{"id":"c1"}'), "invalid_field"),
         "alias that differs": (e(extra='"customerEventId":"other"'), "invalid_field"),
         "properties an array": (e(properties="[1,2]"), "invalid_field"),
-        "property an array": (e(properties='{"p":[1]}'), "invalid_field"),
         "NUL in a string": (e(customer='"c\\u0000"'), "invalid_field"),
         "NUL in a property name": (e(properties='{"p\\u0000":1}'), "invalid_field"),
         "timestamp without offset": (e(timestamp='"2026-11-25T10:00:00"'), "bad_timestamp"),
@@ -160,6 +159,11 @@ def counted(now: float = NOW) -> dict[str, bytes]:
         ),
         "lower-case t and z": e(timestamp=json.dumps(good.lower())),
         "nested 31 levels": e(extra='"x":' + _nested(30)),
+        "property an array": e(properties='{"p":[1]}'),
+        "property an object, LLM usage": e(
+            properties='{"usage":{"input_tokens":12,"output_tokens":3},"items":[{"sku":"a"}]}'
+        ),
+        "properties nested 30 levels": e(properties='{"p":' + _nested(29) + "}"),
         "aliases only": (
             '{"customerEventId":"e1","eventType":"a","customerAlias":"c1",'
             f'"eventTimestamp":{json.dumps(good)},"eventProperties":{{"p":5}}}}'

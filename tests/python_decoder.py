@@ -268,9 +268,6 @@ def _fraction_length(text: str, start: int) -> int:
     return end - start
 
 
-_SCALAR_TYPES = frozenset((str, int, float, bool, Decimal, type(None)))
-
-
 def _text_field(document: dict[str, Any], name: str, alias: str | None) -> str | Rejection:
     value = document.get(name)
     if alias is not None:
@@ -377,12 +374,7 @@ def decode_event(raw: bytes | None, now: float, limits: DecodeLimits) -> UsageEv
         )
     if type(properties) is not dict:
         return Rejection(RejectReason.INVALID_FIELD, "properties must be an object")
-    for key, value in properties.items():
-        if type(value) not in _SCALAR_TYPES:
-            return Rejection(
-                RejectReason.INVALID_FIELD,
-                f"properties.{key[:64]} must be a string, number, boolean or null",
-            )
+    # Values may nest (objects, arrays): the depth limit above bounds them.
 
     return UsageEvent(
         event_id,  # type: ignore[arg-type]

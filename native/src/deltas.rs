@@ -9,12 +9,13 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::accum::{Operand, Rows};
+use crate::accum::{Arrival, Operand, Rows};
 use crate::event::{Event, EventStore};
 use crate::index::Index;
 use crate::intern::Interner;
-use crate::metric::{Kind, Member};
-use crate::number::{bounded, bounded_big, parse_decimal_string, Decimal, Skip};
+use crate::json::write_string;
+use crate::metric::{Kind, Member, Metric};
+use crate::number::{bounded, bounded_big, parse_decimal_string, Decimal, Skip, MAX_KEY_BYTES};
 use crate::periods::{PeriodCaches, Source};
 
 pub use crate::accum::RowKey;
@@ -60,6 +61,7 @@ struct Scratch {
     steps: Vec<Step>,
     skips: Vec<(u32, Skip)>,
     memo: Memo,
+    group: String,
 }
 
 /// One metric's share of an event, computed before anything changes.
@@ -92,7 +94,7 @@ fn amount(store: &EventStore, event: &Event, name: u32) -> Result<Operand, Skip>
         }
         Some(Prop::String(s)) => parse_decimal_string(store.text(s))?,
         Some(Prop::Bool(_)) => return Err(Skip::NotANumber),
-        Some(Prop::Null) | None => return Err(Skip::MissingValue),
+        Some(Prop::Null) | Some(Prop::Nested(_)) | None => return Err(Skip::MissingValue),
     };
     match bounded(&decimal) {
         Ok(small) => Ok(Operand::Amount(small)),
@@ -159,6 +161,34 @@ impl Deltas {
         found
     }
 
+    /// The group of several keys: a canonical JSON array of their texts,
+    /// `null` where one is absent (README, "Grouping").
+    fn group_json(
+        &mut self,
+        buffer: &mut String,
+        metric: &Metric,
+        store: &EventStore,
+        event: &Event,
+    ) -> Result<u32, Skip> {
+        buffer.clear();
+        buffer.push('[');
+        for (n, &name) in metric.group_properties.iter().enumerate() {
+            if n > 0 {
+                buffer.push(',');
+            }
+            match metric.member(store, event, name) {
+                Member::Text(text) => write_string(&text, buffer),
+                Member::Absent => buffer.push_str("null"),
+                Member::TooLong => return Err(Skip::ValueTooLong),
+            }
+        }
+        buffer.push(']');
+        if buffer.len() > MAX_KEY_BYTES {
+            return Err(Skip::ValueTooLong);
+        }
+        Ok(self.strings.id(buffer))
+    }
+
     /// Apply one (already deduplicated) event to every metric it matches.
     pub fn add(
         &mut self,
@@ -194,7 +224,12 @@ impl Deltas {
         source: &mut dyn Source,
         scratch: &mut Scratch,
     ) -> Result<(), String> {
-        let Scratch { steps, skips, memo } = scratch;
+        let Scratch {
+            steps,
+            skips,
+            memo,
+            group,
+        } = scratch;
         for &m in metrics {
             let metric = &index.metrics[m];
             if !metric.matches(store, event) {
@@ -206,30 +241,41 @@ impl Deltas {
             let value = metric.value_property.unwrap_or(crate::event::UNREAD);
             match metric.kind {
                 Kind::Count => {}
-                Kind::Sum => match amount(store, event, value) {
-                    Ok(found) => operand = found,
-                    Err(skip) => {
-                        skips.push((uid, skip));
-                        continue;
+                Kind::Sum | Kind::Max | Kind::Min | Kind::Avg | Kind::Latest => {
+                    match amount(store, event, value) {
+                        Ok(found) => operand = found,
+                        Err(skip) => {
+                            skips.push((uid, skip));
+                            continue;
+                        }
                     }
-                },
-                Kind::Unique => match self.key(memo, metric, store, event, value) {
-                    Ok(Some(id)) => member = Some(id),
-                    Ok(None) => {
-                        skips.push((uid, Skip::MissingValue));
-                        continue;
+                }
+                Kind::Unique | Kind::LatestText => {
+                    match self.key(memo, metric, store, event, value) {
+                        Ok(Some(id)) => member = Some(id),
+                        Ok(None) => {
+                            skips.push((uid, Skip::MissingValue));
+                            continue;
+                        }
+                        Err(skip) => {
+                            skips.push((uid, skip));
+                            continue;
+                        }
                     }
-                    Err(skip) => {
-                        skips.push((uid, skip));
-                        continue;
-                    }
-                },
+                }
             }
-            let group = match metric.group_property {
-                None => self.empty(),
-                Some(name) => match self.key(memo, metric, store, event, name) {
+            let group = match metric.group_properties[..] {
+                [] => self.empty(),
+                [name] => match self.key(memo, metric, store, event, name) {
                     Ok(Some(id)) => id,
                     Ok(None) => self.empty(),
+                    Err(skip) => {
+                        skips.push((uid, skip));
+                        continue;
+                    }
+                },
+                _ => match self.group_json(group, metric, store, event) {
+                    Ok(id) => id,
                     Err(skip) => {
                         skips.push((uid, skip));
                         continue;
@@ -266,6 +312,10 @@ impl Deltas {
             return Ok(());
         }
         let customer = self.strings.id(store.text(event.customer));
+        let arrival = Arrival {
+            micros: event.micros,
+            id: store.text(event.id),
+        };
         for step in steps.iter() {
             let metric = &index.metrics[step.metric];
             let uid = index.uid_ids[step.metric];
@@ -275,7 +325,7 @@ impl Deltas {
                 let table = self.table(uid, unit, metric.kind);
                 let key = (customer, step.group, start);
                 let (acc, new_row) = table.rows.entry(key);
-                let new_member = acc.add(&step.operand, step.member);
+                let new_member = acc.add(&step.operand, step.member, arrival);
                 if new_row {
                     table.ends.entry(start).or_insert(end);
                 }
@@ -300,10 +350,8 @@ impl Deltas {
                 };
                 let key = (id(customer), id(group), start);
                 rows.push((key, acc));
-                if let Some(members) = acc.members() {
-                    for &m in members {
-                        id(m);
-                    }
+                for m in acc.texts() {
+                    id(m);
                 }
             }
             let mine = self.table(table.uid, table.unit, table.kind);

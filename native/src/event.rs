@@ -5,10 +5,17 @@
 //! `too_deep`, `not_an_object`, `invalid_field` for a NUL anywhere, then the
 //! fields `id`, `eventType`, `customerId`, `timestamp` (each by its name or
 //! its Sequence alias; both given must be equal), the time window, and
-//! `properties` (or `eventProperties`): an object of scalars.
+//! `properties` (or `eventProperties`): an object, whose values may nest.
+//!
+//! Only the properties live metrics read are kept (`Reads`): top-level names,
+//! and paths into nested values, each resolved here to the scalar it finds
+//! and kept as a property of its own id. A value that is an object or an
+//! array is kept as `Prop::Nested`, which every reader treats as missing.
 //!
 //! A decoded event is copied into the batch's arena (`EventStore`), so it
 //! outlives the message and costs no allocation of its own.
+
+use rustc_hash::FxHashMap;
 
 use crate::intern::Interner;
 use crate::json::{Error as JsonError, Filter, Parser, Value};
@@ -91,6 +98,84 @@ pub enum Prop {
     /// A number's literal text.
     Number(Span),
     String(Span),
+    /// An object or an array: missing for metrics. Its compact JSON text
+    /// when every property is kept (tools), else empty.
+    Nested(Span),
+}
+
+/// One step of a property path: an object's key, or an array's index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// A path of more than one step from `properties` (one key is a plain name).
+#[derive(Debug, Clone)]
+pub struct Path {
+    pub root: String,
+    pub rest: Vec<Segment>,
+    pub id: u32,
+}
+
+/// Ids of paths start here, above any name's.
+pub const FIRST_PATH_ID: u32 = 1 << 31;
+
+/// Whether a property's id is a path's (not a name's, nor UNREAD).
+pub fn is_path(id: u32) -> bool {
+    (FIRST_PATH_ID..UNREAD).contains(&id)
+}
+
+/// What the live metrics read from properties: top-level names (interned,
+/// their ids stable for the process) and deeper paths (ids from
+/// FIRST_PATH_ID, stable too). `live` is rebuilt by each compile.
+#[derive(Default)]
+pub struct Reads {
+    pub names: Interner,
+    paths: FxHashMap<Vec<Segment>, u32>,
+    pub live: Vec<Path>,
+}
+
+impl Reads {
+    /// Start a compile: no path is live until `id` names it again.
+    pub fn begin(&mut self) {
+        self.live.clear();
+    }
+
+    /// The id of the property at `segments` (a one-key path is that name).
+    pub fn id(&mut self, segments: &[Segment]) -> u32 {
+        if let [Segment::Key(name)] = segments {
+            return self.names.id(name);
+        }
+        let next = FIRST_PATH_ID + self.paths.len() as u32;
+        let id = *self.paths.entry(segments.to_vec()).or_insert(next);
+        if let Some(Segment::Key(root)) = segments.first() {
+            // A path that starts with an index finds nothing in an object.
+            self.names.id(root);
+            if !self.live.iter().any(|p| p.id == id) {
+                self.live.push(Path {
+                    root: root.clone(),
+                    rest: segments[1..].to_vec(),
+                    id,
+                });
+            }
+        }
+        id
+    }
+}
+
+/// Where `rest` leads from `value`: a key of an object (the last copy of
+/// a repeated key, as a dict has it) or an index of an array.
+fn walk<'v, 'a>(value: &'v Value<'a>, rest: &[Segment]) -> Option<&'v Value<'a>> {
+    let mut at = value;
+    for segment in rest {
+        at = match (segment, at) {
+            (Segment::Key(key), Value::Object(_)) => at.get(key)?,
+            (Segment::Index(i), Value::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(at)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -252,25 +337,25 @@ fn text_field<'v>(
     Ok(text)
 }
 
-/// `names`: the property names metrics read. With `keep_unread` false, the
+/// `reads`: the properties metrics read. With `keep_unread` false, the
 /// event keeps only those (a batch for the core); true keeps all (tools).
 pub fn decode(
     raw: Option<&[u8]>,
     now_micros: i64,
     limits: &Limits,
-    names: &Interner,
+    reads: &Reads,
     keep_unread: bool,
     store: &mut EventStore,
 ) -> Result<usize, Rejection> {
     if keep_unread {
-        return decode_with(raw, now_micros, limits, names, true, store)
+        return decode_with(raw, now_micros, limits, reads, true, store)
             .map_err(Outcome::into_rejection);
     }
     // Properties no metric reads are skipped by the parser. Where that could
-    // change the answer (properties and its alias both given, or a nested
-    // value among them), the value is decoded again, whole.
-    match decode_with(raw, now_micros, limits, names, false, store) {
-        Err(Outcome::Whole) => decode_with(raw, now_micros, limits, names, true, store)
+    // change the answer (properties and its alias both given, which must be
+    // equal whole), the value is decoded again, whole.
+    match decode_with(raw, now_micros, limits, reads, false, store) {
+        Err(Outcome::Whole) => decode_with(raw, now_micros, limits, reads, true, store)
             .map_err(Outcome::into_rejection),
         other => other.map_err(Outcome::into_rejection),
     }
@@ -301,11 +386,12 @@ fn decode_with(
     raw: Option<&[u8]>,
     now_micros: i64,
     limits: &Limits,
-    names: &Interner,
+    reads: &Reads,
     whole: bool,
     store: &mut EventStore,
 ) -> Result<usize, Outcome> {
     let keep_unread = whole;
+    let names = &reads.names;
     let raw = match raw {
         Some(raw) if !raw.is_empty() => raw,
         _ => return Err(reject(Reason::Empty, "the message has no value").into()),
@@ -352,10 +438,7 @@ fn decode_with(
         // PostgreSQL text cannot hold NUL: better refused here than a flush that never succeeds.
         return Err(reject(Reason::InvalidField, "contains a NUL character (\\u0000)").into());
     }
-    if !whole
-        && (parser.filtered_container
-            || fields[PROPERTIES].is_some() && fields[PROPERTIES_ALIAS].is_some())
-    {
+    if !whole && fields[PROPERTIES].is_some() && fields[PROPERTIES_ALIAS].is_some() {
         return Err(Outcome::Whole);
     }
     let id = text_field(&fields, ("id", ID), Some(("customerEventId", ID_ALIAS)))?;
@@ -418,19 +501,6 @@ fn decode_with(
         Some(Value::Object(list)) => list,
         Some(_) => return Err(reject(Reason::InvalidField, "properties must be an object").into()),
     };
-    let nested = |v: &Value| matches!(v, Value::Array(_) | Value::Object(_));
-    if list.iter().any(|(_, v)| nested(v)) {
-        // As a dict: a repeated key's last value, at its first place.
-        let members = properties.map(Value::members).unwrap_or_default();
-        if let Some((key, _)) = members.iter().find(|(_, v)| nested(v)) {
-            let shown: String = key.chars().take(64).collect();
-            return Err(reject(
-                Reason::InvalidField,
-                format!("properties.{shown} must be a string, number, boolean or null"),
-            )
-            .into());
-        }
-    }
     let first_prop = store.props.len() as u32;
     for (key, value) in list {
         let name = names.find(key).unwrap_or(UNREAD);
@@ -442,7 +512,18 @@ fn decode_with(
             Value::Bool(b) => Prop::Bool(*b),
             Value::Number(text) => Prop::Number(store.put(text)),
             Value::String(text) => Prop::String(store.put(text)),
-            Value::Array(_) | Value::Object(_) => continue, // overridden by a later copy
+            nested @ (Value::Array(_) | Value::Object(_)) => {
+                if keep_unread {
+                    let start = store.arena.len();
+                    nested.write(&mut store.arena);
+                    Prop::Nested(Span {
+                        start: start as u32,
+                        len: (store.arena.len() - start) as u32,
+                    })
+                } else {
+                    Prop::Nested(Span::default())
+                }
+            }
         };
         // A repeated key: the last value wins, in the first one's place.
         let kept = &mut store.props[first_prop as usize..];
@@ -462,6 +543,20 @@ fn decode_with(
                 store.props.push((key, name, prop));
             }
         }
+    }
+    for path in &reads.live {
+        // The root's last copy, as a dict keeps it; then the path's scalar.
+        let Some((_, root)) = list.iter().rev().find(|(k, _)| k.as_ref() == path.root) else {
+            continue;
+        };
+        let prop = match walk(root, &path.rest) {
+            Some(Value::Null) => Prop::Null,
+            Some(Value::Bool(b)) => Prop::Bool(*b),
+            Some(Value::Number(text)) => Prop::Number(store.put(text)),
+            Some(Value::String(text)) => Prop::String(store.put(text)),
+            _ => continue, // nothing there, or a container: missing
+        };
+        store.props.push((Span::default(), path.id, prop));
     }
     let event = Event {
         id: store.put(id),
@@ -499,7 +594,7 @@ mod tests {
             Some(text.as_bytes()),
             NOW,
             &limits(),
-            &Interner::default(),
+            &Reads::default(),
             true,
             &mut store,
         )?;
@@ -544,7 +639,7 @@ mod tests {
     fn every_reason_in_its_order() {
         let mut store = EventStore::default();
         assert_eq!(
-            decode(None, NOW, &limits(), &Interner::default(), true, &mut store)
+            decode(None, NOW, &limits(), &Reads::default(), true, &mut store)
                 .unwrap_err()
                 .reason,
             Reason::Empty
@@ -554,7 +649,7 @@ mod tests {
                 Some(b""),
                 NOW,
                 &limits(),
-                &Interner::default(),
+                &Reads::default(),
                 true,
                 &mut store
             )
@@ -567,7 +662,7 @@ mod tests {
             Some(&huge),
             NOW,
             &limits(),
-            &Interner::default(),
+            &Reads::default(),
             true,
             &mut store,
         )
@@ -609,10 +704,6 @@ mod tests {
             Reason::TooFarInFuture
         );
         assert_eq!(
-            reason(&GOOD.replace(r#""properties":{"#, r#""properties":{"o":{"a":1},"#)),
-            Reason::InvalidField
-        );
-        assert_eq!(
             reason(&GOOD.replace(
                 r#""properties":{"n":1.5,"s":"x","b":true,"z":null}"#,
                 "\"properties\":[1]"
@@ -650,5 +741,88 @@ mod tests {
     fn a_repeated_key_takes_its_last_value() {
         let text = GOOD.replace(r#""id":"e1""#, r#""id":"first","id":"e9""#);
         assert_eq!(run(&text).unwrap().0, "e9");
+    }
+
+    fn decode_with_paths(text: &str, paths: &[&[Segment]]) -> (EventStore, Event, Vec<u32>) {
+        let mut reads = Reads::default();
+        reads.begin();
+        let ids = paths.iter().map(|p| reads.id(p)).collect();
+        let mut store = EventStore::default();
+        let i = decode(
+            Some(text.as_bytes()),
+            NOW,
+            &limits(),
+            &reads,
+            false,
+            &mut store,
+        )
+        .unwrap();
+        let e = store.events[i];
+        (store, e, ids)
+    }
+
+    fn key(k: &str) -> Segment {
+        Segment::Key(k.to_string())
+    }
+
+    #[test]
+    fn paths_find_scalars_in_nested_values() {
+        let text = GOOD.replace(
+            r#""properties":{"n":1.5,"s":"x","b":true,"z":null}"#,
+            r#""properties":{"usage":{"input_tokens":12,"o":{"k":1}},"items":[{"sku":"a"},{"sku":"b"}],"a.b":"dots","usage":{"input_tokens":13},"top":{"x":1}}"#,
+        );
+        let paths: [&[Segment]; 8] = [
+            &[key("usage"), key("input_tokens")],
+            &[key("items"), Segment::Index(1), key("sku")],
+            &[key("a.b")],
+            &[key("items"), Segment::Index(2), key("sku")],
+            &[key("usage"), key("o")],
+            &[key("top")],
+            &[Segment::Index(0)],
+            &[key("items"), key("sku")],
+        ];
+        let (store, e, ids) = decode_with_paths(&text, &paths);
+        let text_of = |id: u32| match store.prop(&e, id) {
+            Some(Prop::Number(s)) | Some(Prop::String(s)) => Some(store.text(s).to_string()),
+            Some(Prop::Nested(_)) => Some("nested".to_string()),
+            _ => None,
+        };
+        // The last copy of a repeated key wins: usage.input_tokens is 13.
+        assert_eq!(text_of(ids[0]).as_deref(), Some("13"));
+        assert_eq!(text_of(ids[1]).as_deref(), Some("b"));
+        assert_eq!(text_of(ids[2]).as_deref(), Some("dots"));
+        assert_eq!(text_of(ids[3]), None); // out of range
+        assert_eq!(text_of(ids[4]), None); // the last usage has no "o"
+        assert_eq!(text_of(ids[5]).as_deref(), Some("nested"));
+        assert_eq!(text_of(ids[6]), None);
+        assert_eq!(text_of(ids[7]), None); // a key into an array
+        assert!(ids[0] >= FIRST_PATH_ID && ids[2] < FIRST_PATH_ID);
+    }
+
+    #[test]
+    fn a_nested_value_overrides_an_earlier_scalar() {
+        let text = GOOD.replace(r#""n":1.5"#, r#""n":1.5,"n":[1]"#);
+        let (store, e, ids) = decode_with_paths(&text, &[&[key("n")]]);
+        assert!(matches!(store.prop(&e, ids[0]), Some(Prop::Nested(_))));
+        let (_, _, _, _, props) = run(&text).unwrap();
+        let mut shown = String::new();
+        if let Prop::Nested(span) = props[0].1 {
+            let mut store = EventStore::default();
+            let i = decode(
+                Some(text.as_bytes()),
+                NOW,
+                &limits(),
+                &Reads::default(),
+                true,
+                &mut store,
+            )
+            .unwrap();
+            let e = store.events[i];
+            if let Prop::Nested(span2) = store.props_of(&e)[0].2 {
+                shown = store.text(span2).to_string();
+            }
+            let _ = span;
+        }
+        assert_eq!(shown, "[1]");
     }
 }

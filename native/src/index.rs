@@ -4,7 +4,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::intern::Interner;
+use crate::event::{Reads, Segment};
 use crate::metric::{Filter, FilterValue, Kind, Metric};
 use crate::periods::PeriodCaches;
 
@@ -14,11 +14,15 @@ pub struct Spec {
     pub uid: String,
     pub event_type: String,
     pub kind: Kind,
-    pub value_property: Option<String>,
-    pub group_property: Option<String>,
+    /// Properties as paths (a plain name is one key).
+    pub value_property: Option<Vec<Segment>>,
+    /// None, one (group_key is its text) or several (a JSON array).
+    pub group_properties: Vec<Vec<Segment>>,
     pub case_sensitive: bool,
     /// (property, negated, listed values)
-    pub filters: Vec<(String, bool, Vec<FilterValue>)>,
+    pub filters: Vec<(Vec<Segment>, bool, Vec<FilterValue>)>,
+    /// (property, must be present)
+    pub presence: Vec<(Vec<Segment>, bool)>,
     /// Unit indexes into metric::UNITS.
     pub units: Vec<u8>,
     pub zone: String,
@@ -53,20 +57,27 @@ impl Index {
     pub fn compile(
         specs: &[Spec],
         registry: &mut Registry,
-        names: &mut Interner,
+        reads: &mut Reads,
         caches: &mut PeriodCaches,
     ) -> Index {
         let mut index = Index::default();
+        reads.begin();
         for spec in specs {
             let fold = !spec.case_sensitive;
             let mut filters: Vec<Filter> = spec
                 .filters
                 .iter()
-                .map(|(name, negate, values)| {
-                    Filter::new(name.clone(), names.id(name), values, *negate, fold)
+                .map(|(path, negate, values)| {
+                    let id = reads.id(path);
+                    Filter::new(format!("{path:?}"), id, values, *negate, fold)
                 })
                 .collect();
             filters.sort_by(|a, b| a.name.cmp(&b.name));
+            let presence = spec
+                .presence
+                .iter()
+                .map(|(path, present)| (reads.id(path), *present))
+                .collect();
             let mut units = spec.units.clone();
             units.sort_unstable();
             units.dedup();
@@ -77,10 +88,11 @@ impl Index {
             let metric = Metric {
                 uid: spec.uid.clone(),
                 kind: spec.kind,
-                value_property: spec.value_property.as_deref().map(|n| names.id(n)),
-                group_property: spec.group_property.as_deref().map(|n| names.id(n)),
+                value_property: spec.value_property.as_deref().map(|p| reads.id(p)),
+                group_properties: spec.group_properties.iter().map(|p| reads.id(p)).collect(),
                 fold,
                 filters,
+                presence,
                 periods,
             };
             index

@@ -62,6 +62,64 @@ impl<'a> Value<'a> {
     }
 }
 
+/// Appends `text` as a JSON string: `"` and `\` escaped, the short escapes
+/// for U+0008, U+0009, U+000A, U+000C, U+000D, other code points below
+/// U+0020 as `\u00xx`, everything else as it is (no `\/`, UTF-8 kept).
+pub fn write_string(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl Value<'_> {
+    /// Compact JSON text of the value (members in document order, repeats kept).
+    pub fn write(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => out.push_str(n),
+            Value::String(s) => write_string(s, out),
+            Value::Array(items) => {
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Value::Object(members) => {
+                out.push('{');
+                for (n, (key, value)) in members.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    write_string(key, out);
+                    out.push(':');
+                    value.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     NotJson,
@@ -77,17 +135,14 @@ pub struct Parser<'a> {
     pub has_nul: bool,
     /// Something nested deeper than max_depth (the document is still checked).
     pub too_deep: bool,
-    /// A filtered object (`Filter::Members`) held a container value.
-    pub filtered_container: bool,
 }
 
 /// How `fields` builds a slot's value.
 pub enum Filter<'f> {
     /// All of it.
     Whole,
-    /// An object: only the members whose key passes, each checked to be a
-    /// scalar (a container sets `filtered_container`); the others are checked
-    /// and skipped. Anything but an object is built whole.
+    /// An object: only the members whose key passes are built, the others
+    /// are checked and skipped. Anything but an object is built whole.
     Members(&'f dyn Fn(&str) -> bool),
 }
 
@@ -106,7 +161,6 @@ impl<'a> Parser<'a> {
             max_depth,
             has_nul: false,
             too_deep: false,
-            filtered_container: false,
         })
     }
 
@@ -210,10 +264,7 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
-            if matches!(self.peek(), Some(b'{') | Some(b'[')) {
-                self.filtered_container = true;
-                self.skip_value(3)?;
-            } else if keep(&key) {
+            if keep(&key) {
                 let value = self.value(3)?;
                 members.push((key, value));
             } else {
@@ -555,6 +606,21 @@ mod tests {
 
     fn doc(text: &str) -> Result<Value<'_>, Error> {
         Parser::new(text.as_bytes(), 32)?.document().map(|(v, _)| v)
+    }
+
+    #[test]
+    fn write_strings_are_canonical() {
+        let mut out = String::new();
+        write_string("a\"b\\c\u{8}\u{c}\n\r\t\u{1}\u{1f}/é\u{7f}", &mut out);
+        assert_eq!(out, "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\\u001f/é\u{7f}\"");
+    }
+
+    #[test]
+    fn values_write_back_as_compact_json() {
+        let text = r#"{"a" : [1.50, true, null, {"b":"x\ny"}], "a": {}}"#;
+        let mut out = String::new();
+        doc(text).unwrap().write(&mut out);
+        assert_eq!(out, r#"{"a":[1.50,true,null,{"b":"x\ny"}],"a":{}}"#);
     }
 
     #[test]

@@ -16,16 +16,49 @@ pub enum Kind {
     Count,
     Sum,
     Unique,
+    Max,
+    Min,
+    Avg,
+    Latest,
+    /// LATEST of a STRING metric (valueType STRING).
+    LatestText,
 }
 
 impl Kind {
-    pub fn parse(name: &str) -> Option<Kind> {
-        match name {
-            "COUNT" => Some(Kind::Count),
-            "SUM" => Some(Kind::Sum),
-            "UNIQUE" => Some(Kind::Unique),
-            _ => None,
+    /// The aggregationType and valueType of a definition.
+    pub fn parse(name: &str, value_type: &str) -> Option<Kind> {
+        let kind = match name {
+            "COUNT" => Kind::Count,
+            "SUM" => Kind::Sum,
+            "UNIQUE" => Kind::Unique,
+            "MAX" => Kind::Max,
+            "MIN" => Kind::Min,
+            "AVG" => Kind::Avg,
+            "LATEST" if value_type == "STRING" => return Some(Kind::LatestText),
+            "LATEST" => Kind::Latest,
+            _ => return None,
+        };
+        (value_type == "NUMBER").then_some(kind)
+    }
+
+    /// How the flush merges a delta into the stored row: "add" (COUNT, SUM,
+    /// UNIQUE), or the kind's own.
+    pub fn merge_label(self) -> &'static str {
+        match self {
+            Kind::Count | Kind::Sum | Kind::Unique => "add",
+            Kind::Max => "max",
+            Kind::Min => "min",
+            Kind::Avg => "avg",
+            Kind::Latest | Kind::LatestText => "latest",
         }
+    }
+
+    /// Whether the operand is a number (SUM's rules).
+    pub fn numeric(self) -> bool {
+        matches!(
+            self,
+            Kind::Sum | Kind::Max | Kind::Min | Kind::Avg | Kind::Latest
+        )
     }
 }
 
@@ -112,7 +145,7 @@ impl Filter {
                     .canonical(MAX_KEY_BYTES)
                     .is_some_and(|t| self.numbers.contains(&t))
             }
-            Some(Prop::Null) | None => false,
+            Some(Prop::Null) | Some(Prop::Nested(_)) | None => false,
         }
     }
 }
@@ -129,11 +162,15 @@ pub enum Member<'s> {
 pub struct Metric {
     pub uid: String,
     pub kind: Kind,
-    /// Ids of the property names read, in the Core's registry of names.
+    /// Ids of the properties read (names and paths, `event::Reads`).
     pub value_property: Option<u32>,
-    pub group_property: Option<u32>,
+    /// One id: the group is the member text as it is; several: a canonical
+    /// JSON array of them (`json_string`).
+    pub group_properties: Vec<u32>,
     pub fold: bool,
     pub filters: Vec<Filter>,
+    /// (property, must be present): present is found and not null.
+    pub presence: Vec<(u32, bool)>,
     /// (unit index into UNITS, period cache index) per time unit, in UNITS order.
     pub periods: Vec<(u8, usize)>,
 }
@@ -143,6 +180,13 @@ impl Metric {
         self.filters
             .iter()
             .all(|f| f.listed(store, event) != f.negate)
+            && self.presence.iter().all(|&(name, present)| {
+                let found = !matches!(
+                    store.prop(event, name),
+                    None | Some(Prop::Null) | Some(Prop::Nested(_))
+                );
+                found == present
+            })
     }
 
     /// Text form of a property for grouping and UNIQUE (strings case-folded
@@ -173,7 +217,7 @@ impl Metric {
                     None => Member::TooLong,
                 }
             }
-            Some(Prop::Null) | None => Member::Absent,
+            Some(Prop::Null) | Some(Prop::Nested(_)) | None => Member::Absent,
         }
     }
 }
@@ -183,10 +227,10 @@ mod tests {
     use super::*;
     use crate::event::{decode, Limits};
 
-    fn names() -> crate::intern::Interner {
-        let mut names = crate::intern::Interner::default();
-        names.id("p");
-        names
+    fn names() -> crate::event::Reads {
+        let mut reads = crate::event::Reads::default();
+        reads.names.id("p");
+        reads
     }
 
     fn store_with(props: &str) -> (EventStore, Event) {
@@ -248,9 +292,10 @@ mod tests {
             uid: "m".into(),
             kind: Kind::Unique,
             value_property: Some(0),
-            group_property: None,
+            group_properties: vec![],
             fold: false,
             filters: vec![],
+            presence: vec![],
             periods: vec![],
         };
         for (props, member) in [

@@ -17,6 +17,8 @@ pub const MAX_FRACTION_DIGITS: i64 = 30;
 pub const MAX_KEY_BYTES: usize = 512;
 /// Longest decimal string a SUM takes ("12.50"), as in the Python contract.
 pub const MAX_DECIMAL_STRING: usize = 100;
+/// Decimals of an AVG value (the exact sum and count are stored too).
+pub const AVG_DECIMALS: u32 = 12;
 
 /// ±digits × 10^exponent; `digits` has no leading or trailing zeros (empty for zero).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,6 +322,22 @@ pub enum Sum {
     Big { coefficient: BigInt, scale: u8 },
 }
 
+impl Sum {
+    pub fn of_amount(amount: &Amount) -> Sum {
+        Sum::Small {
+            coefficient: amount.coefficient,
+            scale: amount.scale,
+        }
+    }
+
+    pub fn of_big(coefficient: &BigInt, scale: u8) -> Sum {
+        Sum::Big {
+            coefficient: coefficient.clone(),
+            scale,
+        }
+    }
+}
+
 impl Default for Sum {
     fn default() -> Self {
         Sum::Small {
@@ -415,6 +433,66 @@ impl Sum {
             out.push_str(&fraction);
         }
         out
+    }
+
+    /// As (coefficient, scale) with a big integer, whatever the variant.
+    fn big(&self) -> (BigInt, u8) {
+        match self {
+            Sum::Small { coefficient, scale } => (BigInt::from(*coefficient), *scale),
+            Sum::Big { coefficient, scale } => (coefficient.clone(), *scale),
+        }
+    }
+
+    /// Exact order of two values (MAX, MIN, and nothing rounded on the way).
+    pub fn compare(&self, other: &Sum) -> std::cmp::Ordering {
+        if let (
+            Sum::Small {
+                coefficient: a,
+                scale: sa,
+            },
+            Sum::Small {
+                coefficient: b,
+                scale: sb,
+            },
+        ) = (self, other)
+        {
+            let target = (*sa).max(*sb);
+            let mine = pow10(target - sa).and_then(|p| a.checked_mul(p));
+            let theirs = pow10(target - sb).and_then(|p| b.checked_mul(p));
+            if let (Some(x), Some(y)) = (mine, theirs) {
+                return x.cmp(&y);
+            }
+        }
+        let ((a, sa), (b, sb)) = (self.big(), other.big());
+        let target = sa.max(sb);
+        let x = a * BigInt::from(10u8).pow(u32::from(target - sa));
+        let y = b * BigInt::from(10u8).pow(u32::from(target - sb));
+        x.cmp(&y)
+    }
+
+    /// This sum divided by `count`, to AVG_DECIMALS decimals, halves away
+    /// from zero (Python's ROUND_HALF_UP), exactly: integer division of
+    /// sum × 10^12 by count × 10^scale, and its remainder.
+    pub fn average(&self, count: u64) -> Sum {
+        if count == 0 {
+            return Sum::default();
+        }
+        let (coefficient, scale) = self.big();
+        let numerator = coefficient * BigInt::from(10u8).pow(AVG_DECIMALS);
+        let denominator = BigInt::from(count) * BigInt::from(10u8).pow(u32::from(scale));
+        let mut quotient = &numerator / &denominator; // toward zero
+        let remainder = &numerator % &denominator; // the sign of the numerator
+        if remainder.abs() * 2u8 >= denominator {
+            if numerator.is_negative() {
+                quotient -= 1u8;
+            } else {
+                quotient += 1u8;
+            }
+        }
+        Sum::Big {
+            coefficient: quotient,
+            scale: AVG_DECIMALS as u8,
+        }
     }
 
     pub fn as_f64(&self) -> f64 {
@@ -581,6 +659,40 @@ mod tests {
         }
         assert!(!plain_integer("-0") && !plain_integer("007") && plain_integer("0"));
         assert!(short_amount("1e2").is_none() && short_amount("1234567890123456789").is_none());
+    }
+
+    fn sum(text: &str) -> Sum {
+        match bounded(&Decimal::parse(text)) {
+            Ok(a) => Sum::of_amount(&a),
+            Err(_) => {
+                let (n, scale) = bounded_big(&Decimal::parse(text)).unwrap();
+                Sum::of_big(&n, scale)
+            }
+        }
+    }
+
+    #[test]
+    fn values_compare_exactly() {
+        use std::cmp::Ordering::*;
+        assert_eq!(sum("1.50").compare(&sum("1.5")), Equal);
+        assert_eq!(sum("-0.001").compare(&sum("0")), Less);
+        assert_eq!(sum("1e-30").compare(&sum("0")), Greater);
+        let wide = format!("{}.{}", "9".repeat(31), "9".repeat(30));
+        assert_eq!(sum(&wide).compare(&sum("1e30")), Greater);
+        assert_eq!(sum(&format!("-{wide}")).compare(&sum("-1e30")), Less);
+        assert_eq!(sum("1e30").compare(&sum("1e-30")), Greater);
+    }
+
+    #[test]
+    fn averages_round_half_away_from_zero() {
+        assert_eq!(sum("1").average(3).text(), "0.333333333333");
+        assert_eq!(sum("2").average(3).text(), "0.666666666667");
+        assert_eq!(sum("-2").average(3).text(), "-0.666666666667");
+        assert_eq!(sum("0.0000000000005").average(1).text(), "0.000000000001");
+        assert_eq!(sum("-0.0000000000005").average(1).text(), "-0.000000000001");
+        assert_eq!(sum("0.00000000000049999").average(1).text(), "0");
+        assert_eq!(sum("10").average(4).text(), "2.5");
+        assert_eq!(sum("0").average(7).text(), "0");
     }
 
     #[test]

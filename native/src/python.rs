@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyTuple};
 
 use crate::deltas;
 use crate::digest::digest;
-use crate::event::{self, EventStore, Prop};
+use crate::event::{self, EventStore, Prop, Reads, Segment};
 use crate::index::{Index, Registry, Spec};
 use crate::metric::{FilterValue, Kind, UNITS};
 use crate::periods::{PeriodCaches, Source};
@@ -68,8 +68,8 @@ type Uids = Arc<RwLock<Registry>>;
 #[pyclass(module = "tally._native")]
 pub struct Core {
     registry: Uids,
-    /// Property names any metric has read: a property's id in events.
-    names: crate::intern::Interner,
+    /// Properties any metric has read (names and paths): their ids in events.
+    reads: Reads,
     caches: PeriodCaches,
     index: Index,
     bounds: Py<PyAny>,
@@ -95,15 +95,34 @@ fn filter_value(value: &Bound<'_, PyAny>) -> PyResult<FilterValue> {
     )))
 }
 
+/// A property path: segments, each a key (str) or an index (int).
+fn path(item: &Bound<'_, PyAny>) -> PyResult<Vec<Segment>> {
+    let mut segments = Vec::new();
+    for segment in item.try_iter()? {
+        let segment = segment?;
+        if segment.is_instance_of::<pyo3::types::PyString>() {
+            segments.push(Segment::Key(segment.extract()?));
+        } else {
+            segments.push(Segment::Index(segment.extract()?));
+        }
+    }
+    if segments.is_empty() {
+        return Err(PyValueError::new_err("a property path has no segments"));
+    }
+    Ok(segments)
+}
+
 fn spec(item: &Bound<'_, PyAny>) -> PyResult<Spec> {
-    // (uid, event_type, kind, value_property, group_property, case_sensitive,
-    //  [(name, negate, [values])], [unit names], zone)
+    // (uid, event_type, kind, value_path | None, [group paths], case_sensitive,
+    //  [(path, negate, [values])], [unit names], zone, value_type,
+    //  [(path, present)]); a path is a tuple of str keys and int indexes
     let t = item.cast::<PyTuple>()?;
     let kind: String = t.get_item(2)?.extract()?;
+    let value_type: String = t.get_item(9)?.extract()?;
     let mut filters = Vec::new();
     for f in t.get_item(6)?.try_iter()? {
         let f = f?;
-        let name: String = f.get_item(0)?.extract()?;
+        let name = path(&f.get_item(0)?)?;
         let negate: bool = f.get_item(1)?.extract()?;
         let values = f
             .get_item(2)?
@@ -121,15 +140,31 @@ fn spec(item: &Bound<'_, PyAny>) -> PyResult<Spec> {
             .ok_or_else(|| PyValueError::new_err(format!("unknown unit {name}")))?;
         units.push(unit as u8);
     }
+    let value = t.get_item(3)?;
+    let mut presence = Vec::new();
+    for p in t.get_item(10)?.try_iter()? {
+        let p = p?;
+        presence.push((path(&p.get_item(0)?)?, p.get_item(1)?.extract()?));
+    }
     Ok(Spec {
         uid: t.get_item(0)?.extract()?,
         event_type: t.get_item(1)?.extract()?,
-        kind: Kind::parse(&kind)
-            .ok_or_else(|| PyValueError::new_err(format!("unknown aggregation {kind}")))?,
-        value_property: t.get_item(3)?.extract()?,
-        group_property: t.get_item(4)?.extract()?,
+        kind: Kind::parse(&kind, &value_type).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown aggregation {kind} of {value_type}"))
+        })?,
+        value_property: if value.is_none() {
+            None
+        } else {
+            Some(path(&value)?)
+        },
+        group_properties: t
+            .get_item(4)?
+            .try_iter()?
+            .map(|g| path(&g?))
+            .collect::<PyResult<_>>()?,
         case_sensitive: t.get_item(5)?.extract()?,
         filters,
+        presence,
         units,
         zone: t.get_item(8)?.extract()?,
     })
@@ -145,7 +180,7 @@ impl Core {
     fn new(bounds: Py<PyAny>) -> Core {
         Core {
             registry: Arc::new(RwLock::new(Registry::default())),
-            names: crate::intern::Interner::default(),
+            reads: Reads::default(),
             caches: PeriodCaches::default(),
             index: Index::default(),
             bounds,
@@ -159,7 +194,7 @@ impl Core {
             .map(|s| spec(&s?))
             .collect::<PyResult<_>>()?;
         let mut registry = self.registry.write().expect("registry lock");
-        self.index = Index::compile(&specs, &mut registry, &mut self.names, &mut self.caches);
+        self.index = Index::compile(&specs, &mut registry, &mut self.reads, &mut self.caches);
         Ok(())
     }
 
@@ -183,7 +218,7 @@ impl Core {
                     raw,
                     now,
                     &limits.inner,
-                    &self.names,
+                    &self.reads,
                     false,
                     &mut batch.store,
                 )
@@ -257,7 +292,7 @@ impl Core {
             raw,
             now_micros(now),
             &limits.inner,
-            &self.names,
+            &self.reads,
             true,
             &mut store,
         ) {
@@ -273,8 +308,17 @@ impl Core {
                 let e = store.events[i];
                 let decimal = py.import("decimal")?.getattr("Decimal")?;
                 let props = PyDict::new(py);
-                for (k, _, v) in store.props_of(&e) {
+                let json = py.import("json")?;
+                let loads = json.getattr("loads")?;
+                let exact = PyDict::new(py);
+                exact.set_item("parse_float", &decimal)?;
+                exact.set_item("parse_int", &decimal)?;
+                for (k, id, v) in store.props_of(&e) {
+                    if event::is_path(*id) {
+                        continue; // a path's copy of a nested scalar
+                    }
                     let value: Bound<'py, PyAny> = match v {
+                        Prop::Nested(s) => loads.call((store.text(*s),), Some(&exact))?,
                         Prop::Null => py.None().into_bound(py),
                         Prop::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
                         Prop::Number(s) => decimal.call1((store.text(*s),))?,
@@ -481,6 +525,9 @@ impl Deltas {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let cols: [Bound<'py, PyList>; 8] = std::array::from_fn(|_| PyList::empty(py));
         for table in self.inner.tables.iter().flatten() {
+            if table.kind.merge_label() != "add" {
+                continue; // kind_columns
+            }
             let uid = self.uid(table.uid);
             let unit = UNITS[table.unit as usize];
             for ((customer, group, start), acc) in table.rows.iter() {
@@ -516,8 +563,50 @@ impl Deltas {
         PyTuple::new(py, cols)
     }
 
+    /// The rollups of MAX, MIN, AVG and LATEST metrics, each merged into its
+    /// row its own way, as thirteen columns: merge ("max", "min", "avg",
+    /// "latest"), uid, customer, group, unit, period start, period end, value
+    /// text (None for a STRING LATEST), value_text (a STRING LATEST's),
+    /// value_sum (AVG's exact sum), events, latest_at (POSIX microseconds)
+    /// and latest_id (LATEST's winner).
+    fn kind_columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let cols: [Bound<'py, PyList>; 13] = std::array::from_fn(|_| PyList::empty(py));
+        for table in self.inner.tables.iter().flatten() {
+            let merge = table.kind.merge_label();
+            if merge == "add" {
+                continue; // value_columns
+            }
+            let uid = self.uid(table.uid);
+            let unit = UNITS[table.unit as usize];
+            for ((customer, group, start), acc) in table.rows.iter() {
+                let latest = acc.latest();
+                cols[0].append(merge)?;
+                cols[1].append(&uid)?;
+                cols[2].append(self.inner.strings.text(customer))?;
+                cols[3].append(self.inner.strings.text(group))?;
+                cols[4].append(unit)?;
+                cols[5].append(start)?;
+                cols[6].append(table.ends[&start])?;
+                cols[7].append(acc.value_text())?;
+                cols[8].append(
+                    latest
+                        .and_then(|(_, _, text)| text)
+                        .map(|t| self.inner.strings.text(t)),
+                )?;
+                cols[9].append(acc.sum_text())?;
+                cols[10].append(acc.events())?;
+                cols[11].append(latest.map(|(micros, _, _)| micros))?;
+                cols[12].append(latest.map(|(_, id, _)| id))?;
+            }
+        }
+        PyTuple::new(py, cols)
+    }
+
     /// Every pending rollup, for tests: (uid, customer, group, unit, start) ->
-    /// (period end, events, value), UNIQUE values as frozensets of members.
+    /// (period end, events, value): UNIQUE values as frozensets of members,
+    /// AVG's as (rounded value, exact sum), LATEST's as (value, timestamp in
+    /// POSIX microseconds, event id) with a STRING metric's value a str, the
+    /// others as Decimals.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let decimal = py.import("decimal")?.getattr("Decimal")?;
         let out = PyDict::new(py);
@@ -532,15 +621,37 @@ impl Deltas {
                     unit,
                     start,
                 );
-                let value: Bound<'py, PyAny> = match acc.members() {
-                    Some(members) => {
+                let number = |text: Option<String>| decimal.call1((text.unwrap_or_default(),));
+                let value: Bound<'py, PyAny> = match (acc.members(), acc.latest()) {
+                    (Some(members), _) => {
                         let members: Vec<&str> = members
                             .iter()
                             .map(|&m| self.inner.strings.text(m))
                             .collect();
                         PyFrozenSet::new(py, &members)?.into_any()
                     }
-                    None => decimal.call1((acc.value_text().unwrap_or_default(),))?,
+                    (None, Some((micros, id, text))) => {
+                        let value = match text {
+                            Some(t) => self.inner.strings.text(t).into_pyobject(py)?.into_any(),
+                            None => number(acc.value_text())?,
+                        };
+                        PyTuple::new(
+                            py,
+                            [
+                                value,
+                                micros.into_pyobject(py)?.into_any(),
+                                id.into_pyobject(py)?.into_any(),
+                            ],
+                        )?
+                        .into_any()
+                    }
+                    (None, None) => match acc.sum_text() {
+                        Some(sum) => {
+                            PyTuple::new(py, [number(acc.value_text())?, number(Some(sum))?])?
+                                .into_any()
+                        }
+                        None => number(acc.value_text())?,
+                    },
                 };
                 out.set_item(key, (table.ends[&start], acc.events(), value))?;
             }

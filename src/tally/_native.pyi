@@ -64,4 +64,21 @@ class Deltas:
     ) -> tuple[
         list[str], list[str], list[str], list[str], list[int], list[int], list[str], list[int]
     ]: ...
+    def kind_columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[str],
+        list[str],
+        list[str],
+        list[str],
+        list[int],
+        list[int],
+        list[str | None],
+        list[str | None],
+        list[str | None],
+        list[int],
+        list[int | None],
+        list[str | None],
+    ]: ...
     def snapshot(self) -> dict[tuple[str, str, str, str, int], tuple[int, int, Any]]: ...

@@ -50,7 +50,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     (with_(eventType=...), "eventType", "required"),
     (with_(eventType=""), "eventType", "at least 1"),
     (with_(eventType="e" * 257), "eventType", "at most 256"),
-    (with_(aggregationType="AVG"), "aggregationType", "COUNT"),
+    (with_(aggregationType="MEDIAN"), "aggregationType", "COUNT"),
     (with_(aggregationType="count"), "aggregationType", "COUNT"),
     (with_(aggregationType="SUM"), "aggregationProperty", "required for SUM"),
     (with_(aggregationType="UNIQUE"), "aggregationProperty", "required for UNIQUE"),
@@ -106,6 +106,92 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     (with_(deletedAt="0001-01-01T00:00:00+05:00"), "deletedAt", "years 1 and 9999"),
 ]
 
+SUM = {"aggregationType": "SUM", "aggregationProperty": "v"}
+GROUPED = {"metricType": "GROUPED"}
+# The metering model's fields: kinds, valueType, several grouping keys, paths, presence.
+INVALID_MODEL: list[tuple[dict[str, Any], str, str]] = [
+    (with_(aggregationType="MAX"), "aggregationProperty", "required for MAX"),
+    (with_(aggregationType="MIN"), "aggregationProperty", "required for MIN"),
+    (with_(aggregationType="AVG"), "aggregationProperty", "required for AVG"),
+    (with_(aggregationType="LATEST"), "aggregationProperty", "required for LATEST"),
+    (with_(**SUM, valueType="STRING"), "valueType", "only allowed with LATEST"),
+    (with_(valueType="STRING"), "valueType", "only allowed with LATEST"),
+    (
+        with_(aggregationType="UNIQUE", aggregationProperty="u", valueType="STRING"),
+        "valueType",
+        "only allowed with LATEST",
+    ),
+    (
+        with_(aggregationType="AVG", aggregationProperty="v", valueType="STRING"),
+        "valueType",
+        "only allowed with LATEST",
+    ),
+    (with_(valueType="TEXT"), "valueType", "NUMBER"),
+    (with_(valueType="string"), "valueType", "NUMBER"),
+    (
+        with_(**GROUPED, groupingProperties=["a", "b", "c", "d", "e", "f"]),
+        "groupingProperties",
+        "at most 5",
+    ),
+    (with_(**GROUPED, groupingProperties=[]), "groupingProperties", "at least 1"),
+    (
+        with_(**GROUPED, groupingProperty="a", groupingProperties=["b"]),
+        "groupingProperties",
+        "not both",
+    ),
+    (with_(groupingProperties=["a"]), "groupingProperties", "only allowed when metricType"),
+    (
+        with_(**GROUPED, groupingProperties=["a", "$.a"]),
+        "groupingProperties[1]",
+        "same property",
+    ),
+    (with_(**GROUPED, groupingProperties=["a", 1]), "groupingProperties.1", "string"),
+    (with_(**SUM | {"aggregationProperty": "$.items[*].n"}), "aggregationProperty", "wildcards"),
+    (with_(**SUM | {"aggregationProperty": "$..n"}), "aggregationProperty", "recursive"),
+    (
+        with_(**SUM | {"aggregationProperty": "$.items[?(@.n>1)]"}),
+        "aggregationProperty",
+        "filter expressions",
+    ),
+    (with_(**SUM | {"aggregationProperty": "$.items[-1]"}), "aggregationProperty", "negative"),
+    (with_(**SUM | {"aggregationProperty": "$.items[0:2]"}), "aggregationProperty", "slices"),
+    (with_(**SUM | {"aggregationProperty": "$"}), "aggregationProperty", "add a segment"),
+    (with_(**SUM | {"aggregationProperty": "$.a b"}), "aggregationProperty", "whitespace"),
+    (with_(**SUM | {"aggregationProperty": '$["a"]'}), "aggregationProperty", "single quotes"),
+    (with_(**SUM | {"aggregationProperty": "$['a"}), "aggregationProperty", "not closed"),
+    (with_(**SUM | {"aggregationProperty": "$['a\\n']"}), "aggregationProperty", "escapes"),
+    (with_(**SUM | {"aggregationProperty": "$.a[01]"}), "aggregationProperty", "unexpected"),
+    (
+        with_(**SUM | {"aggregationProperty": "$[1000001]"}),
+        "aggregationProperty",
+        "at most 1,000,000",
+    ),
+    (
+        with_(**SUM | {"aggregationProperty": "$" + ".a" * 33}),
+        "aggregationProperty",
+        "at most 32 segments",
+    ),
+    (with_(**SUM | {"aggregationProperty": "p" * 257}), "aggregationProperty", "at most 256"),
+    (with_(**GROUPED, groupingProperty="$.*"), "groupingProperty", "wildcards"),
+    (with_(**GROUPED, groupingProperties=["a", "$.b.*"]), "groupingProperties[1]", "wildcards"),
+    (with_(propertyFilters={"$.a[*]": ["x"]}), "propertyFilters.$.a[*]", "wildcards"),
+    (
+        with_(propertyFilters={"a": ["x"], "$.a": ["y"]}),
+        "propertyFilters.$.a",
+        "same property",
+    ),
+    (with_(presenceFilters={"$.a": "yes"}), "presenceFilters.$.a", "boolean"),
+    (with_(presenceFilters={"$.a": 1}), "presenceFilters.$.a", "boolean"),
+    (with_(presenceFilters={"$..a": True}), "presenceFilters.$..a", "recursive"),
+    (
+        with_(propertyFilters={"a": ["x"]}, presenceFilters={"$['a']": True}),
+        "presenceFilters.$['a']",
+        "also in propertyFilters",
+    ),
+    (with_(presenceFilters=["a"]), "presenceFilters", "dictionary"),
+]
+INVALID += INVALID_MODEL
+
 
 @pytest.mark.parametrize(
     ("doc", "field", "reason"), INVALID, ids=[f"{i}-{c[1]}" for i, c in enumerate(INVALID)]
@@ -124,6 +210,7 @@ def test_invalid_definition_is_refused_naming_field_and_reason(
 
 def test_at_least_25_invalid_cases() -> None:
     assert len(INVALID) >= 25
+    assert len(INVALID_MODEL) >= 25
 
 
 def test_a_non_object_is_refused() -> None:
@@ -146,6 +233,59 @@ def test_defaults() -> None:
     assert [u.value for u in parsed.time_units] == ["day", "month"]
     assert parsed.timezone == "UTC"
     assert parsed.property_filters == {}
+    assert parsed.value_type == "NUMBER"
+    assert parsed.grouping_properties is None
+    assert parsed.presence_filters == {}
+
+
+def test_the_metering_model_fields_are_accepted_and_round_trip() -> None:
+    doc = with_(
+        aggregationType="LATEST",
+        valueType="STRING",
+        aggregationProperty="$.plan['tier name']",
+        metricType="GROUPED",
+        groupingProperties=["region", "$.items[0].sku", "$['a.b']"],
+        presenceFilters={"$.usage.cached": True, "gone": False},
+        propertyFilters={"$.usage.kind": ["chat"]},
+    )
+    parsed = parse_metric(doc)
+    VALIDATOR.validate(doc)
+    assert parse_metric(parsed.to_document()) == parsed
+    for kind in ("MAX", "MIN", "AVG", "LATEST"):
+        parse_metric(with_(aggregationType=kind, aggregationProperty="$.usage.n"))
+
+
+def test_respelling_a_path_is_not_a_change() -> None:
+    old = parse_metric(
+        with_(
+            aggregationType="SUM",
+            aggregationProperty="$.usage.n",
+            metricType="GROUPED",
+            groupingProperties=["a", "$.b"],
+            presenceFilters={"$.c": True},
+        )
+    )
+    same = parse_metric(
+        with_(
+            aggregationType="SUM",
+            aggregationProperty="$['usage'].n",
+            metricType="GROUPED",
+            groupingProperties=["$.a", "b"],
+            presenceFilters={"c": True},
+        )
+    )
+    assert immutable_changes(old, same) == []
+    reordered = parse_metric(
+        with_(
+            aggregationType="SUM",
+            aggregationProperty="$.usage.n",
+            metricType="GROUPED",
+            groupingProperties=["$.b", "a"],
+            presenceFilters={"$.c": False},
+        )
+    )
+    # The order of grouping keys is the order of the group key's elements.
+    assert immutable_changes(old, reordered) == ["groupingProperties", "presenceFilters"]
 
 
 # Rules only the model can check (the schema's $comment says so): JSON Schema
@@ -157,6 +297,11 @@ MODEL_ONLY = [
     ("propertyFilters", "NUL"),
     ("propertyFilters.s.0", "64 bits"),
     ("deletedAt", "years 1 and 9999"),
+    ("groupingProperties[1]", "same property"),
+    ("propertyFilters.$.a", "same property"),
+    ("presenceFilters.$['a']", "also in propertyFilters"),
+    ("aggregationProperty", "at most 1,000,000"),
+    ("aggregationProperty", "at most 32 segments"),
 ]
 
 
@@ -188,11 +333,14 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
         "uid": ["m", "api_calls", "Bad", ...],
         "name": ["n", "", ...],
         "eventType": ["e", "", ...],
-        "aggregationType": ["COUNT", "SUM", "UNIQUE", "MAX", ...],
-        "aggregationProperty": ["v", None, "", ...],
+        "aggregationType": ["COUNT", "SUM", "UNIQUE", "MAX", "MIN", "LATEST", "AVG", "X", ...],
+        "aggregationProperty": ["v", "$.usage.n", "$.a[*]", "$", None, "", ...],
+        "valueType": ["NUMBER", "STRING", "TEXT", ...],
         "metricType": ["SIMPLE", "GROUPED", None, "X", ...],
-        "groupingProperty": ["g", None, ...],
-        "propertyFilters": [{}, {"p": ["x", 1, True]}, {"p": []}, {"p": "x"}, ...],
+        "groupingProperty": ["g", "$.a.b", "$..g", None, ...],
+        "groupingProperties": [["a"], ["a", "$.b[0]", "$['c.d']"], [], list("abcdef"), None, ...],
+        "propertyFilters": [{}, {"p": ["x", 1, True]}, {"$.p.q": [1]}, {"p": []}, {"p": "x"}, ...],
+        "presenceFilters": [{}, {"$.p.q": True}, {"z": False}, {"$.p[-1]": True}, {"p": 1}, ...],
         "caseSensitive": [True, False, "yes", ...],
         "timeUnits": [["hour"], ["day", "month"], [], ["day", "day"], ["minute"], ...],
         "timezone": ["UTC", "Asia/Kathmandu", ...],

@@ -47,10 +47,36 @@ CROSS_FIELD_RULES: list[dict[str, Any]] = [
     {
         "if": {"properties": {"metricType": {"const": "GROUPED"}}, "required": ["metricType"]},
         "then": {
-            "required": ["groupingProperty"],
-            "properties": {"groupingProperty": {"type": "string"}},
+            "oneOf": [
+                {
+                    "required": ["groupingProperty"],
+                    "properties": {
+                        "groupingProperty": {"type": "string"},
+                        "groupingProperties": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["groupingProperties"],
+                    "properties": {
+                        "groupingProperties": {"type": "array"},
+                        "groupingProperty": {"type": "null"},
+                    },
+                },
+            ]
         },
-        "else": {"properties": {"groupingProperty": {"type": "null"}}},
+        "else": {
+            "properties": {
+                "groupingProperty": {"type": "null"},
+                "groupingProperties": {"type": "null"},
+            }
+        },
+    },
+    {
+        "if": {"properties": {"valueType": {"const": "STRING"}}, "required": ["valueType"]},
+        "then": {
+            "required": ["aggregationType"],
+            "properties": {"aggregationType": {"const": "LATEST"}},
+        },
     },
 ]
 

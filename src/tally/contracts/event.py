@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -36,7 +37,17 @@ ALIASES: dict[str, str] = {
 }
 
 Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
-PropertyValue = StrictStr | StrictBool | StrictInt | StrictFloat | Decimal | None
+# Scalars, or nested objects and arrays that metrics read through JSONPath.
+PropertyValue = (
+    StrictStr
+    | StrictBool
+    | StrictInt
+    | StrictFloat
+    | Decimal
+    | None
+    | list[JsonValue]
+    | dict[str, JsonValue]
+)
 
 
 class UsageEventModel(BaseModel):

@@ -33,12 +33,14 @@ from pydantic_core import PydanticCustomError
 
 from tally.core.events import parse_timestamp
 from tally.core.numbers import contains_nul, number_text
+from tally.core.paths import PathError, parse_path
 from tally.core.periods import TimeUnit
 
 UID_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
 _EARLIEST = -62135596800.0  # 0001-01-01T00:00:00Z
 _LATEST = 253402300799.0  # 9999-12-31T23:59:59Z
 MAX_FILTER_VALUES = 1000
+MAX_GROUPING_PROPERTIES = 5
 # Validation context key: a zone name accepted without this host's zone data
 # (the one already stored for the metric).
 STORED_ZONE = "stored_timezone"
@@ -48,6 +50,17 @@ class AggregationType(enum.StrEnum):
     COUNT = "COUNT"
     UNIQUE = "UNIQUE"
     SUM = "SUM"
+    MAX = "MAX"
+    MIN = "MIN"
+    LATEST = "LATEST"
+    AVG = "AVG"
+
+
+class ValueType(enum.StrEnum):
+    """What a rollup's value is (Cuoral's data_type): STRING only with LATEST."""
+
+    NUMBER = "NUMBER"
+    STRING = "STRING"
 
 
 class MetricType(enum.StrEnum):
@@ -56,7 +69,8 @@ class MetricType(enum.StrEnum):
 
 
 Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
-PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+# A plain top-level name (at most 256 characters) or a path (`tally.core.paths`).
+PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=1024)]
 
 
 # A filter value is a typed JSON scalar; null is refused (a missing or null
@@ -116,13 +130,19 @@ class UsageMetricDefinition(BaseModel):
     event_type: Text256
     aggregation_type: AggregationType
     aggregation_property: PropertyName | None = None
+    value_type: ValueType = ValueType.NUMBER
     metric_type: MetricType = MetricType.SIMPLE
     grouping_property: PropertyName | None = None
+    grouping_properties: (
+        Annotated[list[PropertyName], Field(min_length=1, max_length=MAX_GROUPING_PROPERTIES)]
+        | None
+    ) = None
     property_filters: dict[
         PropertyName,
         Annotated[list[FilterValue], Field(min_length=1, max_length=MAX_FILTER_VALUES)],
     ] = Field(default_factory=dict)
     properties_to_negate: list[PropertyName] = Field(default_factory=list)
+    presence_filters: dict[PropertyName, StrictBool] = Field(default_factory=dict)
     case_sensitive: StrictBool = True
     time_units: Annotated[list[TimeUnit], Field(min_length=1)] = Field(
         default_factory=lambda: [TimeUnit.DAY, TimeUnit.MONTH]
@@ -196,20 +216,72 @@ class UsageMetricDefinition(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> UsageMetricDefinition:
-        needs_property = self.aggregation_type is not AggregationType.COUNT
+        kind = self.aggregation_type
+        needs_property = kind is not AggregationType.COUNT
         if needs_property and self.aggregation_property is None:
-            raise _rule("aggregationProperty", f"required for {self.aggregation_type.value}")
+            raise _rule("aggregationProperty", f"required for {kind.value}")
         if not needs_property and self.aggregation_property is not None:
             raise _rule("aggregationProperty", "not allowed for COUNT (it counts events)")
+        if self.value_type is ValueType.STRING and kind is not AggregationType.LATEST:
+            raise _rule("valueType", f"STRING is only allowed with LATEST, not {kind.value}")
         grouped = self.metric_type is MetricType.GROUPED
-        if grouped and self.grouping_property is None:
+        one, several = self.grouping_property, self.grouping_properties
+        if one is not None and several is not None:
+            raise _rule(
+                "groupingProperties", "give groupingProperty or groupingProperties, not both"
+            )
+        if grouped and one is None and several is None:
             raise _rule("groupingProperty", "required when metricType is GROUPED")
-        if not grouped and self.grouping_property is not None:
+        if not grouped and one is not None:
             raise _rule("groupingProperty", "only allowed when metricType is GROUPED")
+        if not grouped and several is not None:
+            raise _rule("groupingProperties", "only allowed when metricType is GROUPED")
+        self._check_paths()
         for key in self.properties_to_negate:
             if key not in self.property_filters:
                 raise _rule("propertiesToNegate", f"{key!r} is not a key of propertyFilters")
         return self
+
+    def _check_paths(self) -> None:
+        """Every property is a supported path; none appears twice where that is meaningless."""
+
+        def path(field: str, text: str) -> tuple[str | int, ...]:
+            try:
+                return parse_path(text)
+            except PathError as exc:
+                raise _rule(field, f"{text[:64]!r} is not a supported path: {exc}") from None
+
+        if self.aggregation_property is not None:
+            path("aggregationProperty", self.aggregation_property)
+        if self.grouping_property is not None:
+            path("groupingProperty", self.grouping_property)
+        seen: dict[tuple[str | int, ...], str] = {}
+        for n, text in enumerate(self.grouping_properties or ()):
+            segments = path(f"groupingProperties[{n}]", text)
+            if segments in seen:
+                raise _rule(f"groupingProperties[{n}]", f"the same property as {seen[segments]!r}")
+            seen[segments] = text
+        filtered: dict[tuple[str | int, ...], str] = {}
+        for text in self.property_filters:
+            segments = path(f"propertyFilters.{text[:64]}", text)
+            if segments in filtered:
+                raise _rule(
+                    f"propertyFilters.{text[:64]}", f"the same property as {filtered[segments]!r}"
+                )
+            filtered[segments] = text
+        present: dict[tuple[str | int, ...], str] = {}
+        for text in self.presence_filters:
+            segments = path(f"presenceFilters.{text[:64]}", text)
+            if segments in present:
+                raise _rule(
+                    f"presenceFilters.{text[:64]}", f"the same property as {present[segments]!r}"
+                )
+            if segments in filtered:
+                raise _rule(
+                    f"presenceFilters.{text[:64]}",
+                    f"also in propertyFilters as {filtered[segments]!r}: a listed value is present",
+                )
+            present[segments] = text
 
     @property
     def is_deleted(self) -> bool:
@@ -233,10 +305,13 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "event_type",
     "aggregation_type",
     "aggregation_property",
+    "value_type",
     "metric_type",
     "grouping_property",
+    "grouping_properties",
     "property_filters",
     "properties_to_negate",
+    "presence_filters",
     "case_sensitive",
     "time_units",
     "timezone",
@@ -253,13 +328,29 @@ def _typed(value: object) -> tuple[str, str]:
     return ("s", str(value))
 
 
+def _canonical(text: str) -> tuple[str | int, ...] | str:
+    try:
+        return parse_path(text)
+    except PathError:
+        return text  # refused at validation; never stored
+
+
 def _comparable(definition: UsageMetricDefinition, field: str) -> object:
-    """A field's meaning, so that reordering a list is not a change."""
+    """A field's meaning, so that reordering a set or respelling a path
+    (`$.a`, `$['a']`, `a`) is not a change; grouping keys keep their order."""
     value = getattr(definition, field)
     if field == "property_filters":
-        return {key: frozenset(map(_typed, values)) for key, values in value.items()}
-    if field in ("properties_to_negate", "time_units"):
+        return {_canonical(key): frozenset(map(_typed, values)) for key, values in value.items()}
+    if field == "presence_filters":
+        return {_canonical(key): present for key, present in value.items()}
+    if field == "properties_to_negate":
+        return frozenset(map(_canonical, value))
+    if field == "time_units":
         return frozenset(value)
+    if field in ("aggregation_property", "grouping_property") and value is not None:
+        return _canonical(value)
+    if field == "grouping_properties" and value is not None:
+        return tuple(map(_canonical, value))
     return value
 
 

@@ -11,21 +11,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from tally.core.paths import Segment, parse_path
 from tally.core.periods import TimeUnit
 
+Path = tuple[Segment, ...]
 SpecTuple = tuple[
     str,
     str,
     str,
-    str | None,
-    str | None,
+    Path | None,
+    list[Path],
     bool,
-    list[tuple[str, bool, list[Any]]],
+    list[tuple[Path, bool, list[Any]]],
     list[str],
     str,
+    str,
+    list[tuple[Path, bool]],
 ]
-"""(uid, eventType, aggregationType, aggregationProperty, groupingProperty,
-caseSensitive, [(filtered property, negated, values)], [time units], zone)"""
+"""(uid, eventType, aggregationType, aggregationProperty, [grouping
+properties], caseSensitive, [(filtered property, negated, values)], [time
+units], zone, valueType, [(property, must be present)]); each property as its
+path's segments (`tally.core.paths`)."""
 
 
 class MetricSpec(Protocol):
@@ -41,6 +47,12 @@ class MetricSpec(Protocol):
     def aggregation_property(self) -> str | None: ...
     @property
     def grouping_property(self) -> str | None: ...
+    @property
+    def grouping_properties(self) -> Sequence[str] | None: ...
+    @property
+    def value_type(self) -> str: ...
+    @property
+    def presence_filters(self) -> Mapping[str, bool]: ...
     @property
     def property_filters(self) -> Mapping[str, Sequence[str | int | float | bool]]: ...
     @property
@@ -58,19 +70,26 @@ class MetricSpec(Protocol):
 def native_spec(spec: MetricSpec) -> SpecTuple:
     negated = set(spec.properties_to_negate)
     units = sorted({TimeUnit(u) for u in spec.time_units}, key=list(TimeUnit).index)
+    if spec.grouping_properties is not None:
+        groups = list(spec.grouping_properties)
+    else:
+        groups = [spec.grouping_property] if spec.grouping_property is not None else []
+    value = spec.aggregation_property
     return (
         spec.uid,
         spec.event_type,
         str(spec.aggregation_type),
-        spec.aggregation_property,
-        spec.grouping_property,
+        parse_path(value) if value is not None else None,
+        [parse_path(g) for g in groups],
         spec.case_sensitive,
         [
-            (name, name in negated, list(values))
+            (parse_path(name), name in negated, list(values))
             for name, values in sorted(spec.property_filters.items())
         ],
         [unit.value for unit in units],
         spec.timezone,
+        str(spec.value_type),
+        [(parse_path(name), present) for name, present in sorted(spec.presence_filters.items())],
     )
 
 
