@@ -10,8 +10,12 @@ The order of statements inside the transaction is fixed here;
 4. UNIQUE members, inserted in key order; only new ones add to a value
    (with a `MemberCache`, members this worker's committed flushes already
    stored are not sent again);
-5. rollup deltas, upserted in primary-key order (`value = value + delta`),
-   so concurrent flushes of other workers cannot deadlock on each other.
+5. rollup deltas, upserted in primary-key order: COUNT, SUM and UNIQUE
+   (`value = value + delta`) first, then MAX, MIN, AVG and LATEST, one
+   statement each (GREATEST, LEAST, the exact sums and counts, the later
+   (timestamp, id)). A row's kind never changes, so every worker locks rows
+   in the same order, (statement, key), and concurrent flushes cannot
+   deadlock on each other.
 
 The caller commits Kafka's advisory offsets only after this returns.
 """
@@ -70,7 +74,8 @@ DELETE FROM tally.dedup_segments WHERE topic = $1 AND partition = $2 AND bucket 
 _STAGED = """
 SELECT has_database_privilege(current_database(), 'TEMPORARY') AS allowed,
        to_regclass('pg_temp.tally_flush_members') IS NOT NULL
-       AND to_regclass('pg_temp.tally_flush_values') IS NOT NULL AS ready
+       AND to_regclass('pg_temp.tally_flush_values') IS NOT NULL
+       AND to_regclass('pg_temp.tally_flush_kinds') IS NOT NULL AS ready
 """
 
 _CREATE_STAGING = """
@@ -80,6 +85,11 @@ CREATE TEMP TABLE IF NOT EXISTS tally_flush_members (
 CREATE TEMP TABLE IF NOT EXISTS tally_flush_values (
     metric_uid text, customer_id text, group_key text, time_unit text,
     period_start int8, period_end int8, value text, event_count int8
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS tally_flush_kinds (
+    merge text, metric_uid text, customer_id text, group_key text, time_unit text,
+    period_start int8, period_end int8, value text, value_text text, value_sum text,
+    event_count int8, latest_at int8, latest_id text
 ) ON COMMIT DELETE ROWS
 """
 
@@ -119,6 +129,61 @@ ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPD
 """
 _UPSERT_VALUES = _UPSERT_VALUES_FROM.format(source=_VALUES_FROM_ARRAYS)
 _UPSERT_STAGED_VALUES = _UPSERT_VALUES_FROM.format(source="tally_flush_values AS u")
+
+# MAX, MIN, AVG and LATEST rows (`Deltas.kind_columns`), one statement per
+# kind, in this order; each merges the delta into the stored row its way.
+_KINDS_FROM_ARRAYS = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[],
+              $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[])
+       AS u(merge, metric_uid, customer_id, group_key, time_unit, period_start, period_end,
+            value, value_text, value_sum, event_count, latest_at, latest_id)"""
+
+_UPSERT_KIND_FROM = """
+INSERT INTO tally.metric_values AS v
+       (metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, value_text,
+        value_sum, event_count, latest_at, latest_id, updated_at)
+SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, to_timestamp(u.period_start),
+       to_timestamp(u.period_end), {value}, u.value_text, u.value_sum::numeric, u.event_count,
+       u.latest_at, u.latest_id, now()
+  FROM {{source}}
+ WHERE u.merge = '{merge}'
+ ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key
+ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPDATE
+   SET {set},
+       event_count = v.event_count + EXCLUDED.event_count,
+       updated_at = EXCLUDED.updated_at
+"""
+
+_LATER = """(EXCLUDED.latest_at > v.latest_at OR EXCLUDED.latest_at = v.latest_at
+              AND EXCLUDED.latest_id COLLATE "C" > v.latest_id COLLATE "C")"""
+
+_MERGES: dict[str, tuple[str, str]] = {
+    "max": ("u.value::numeric", "value = GREATEST(v.value, EXCLUDED.value)"),
+    "min": ("u.value::numeric", "value = LEAST(v.value, EXCLUDED.value)"),
+    "avg": (
+        "tally.average_value(u.value_sum::numeric, u.event_count)",
+        "value_sum = v.value_sum + EXCLUDED.value_sum, value = tally.average_value("
+        "v.value_sum + EXCLUDED.value_sum, v.event_count + EXCLUDED.event_count)",
+    ),
+    "latest": (
+        "u.value::numeric",
+        ", ".join(
+            f"{column} = CASE WHEN {_LATER} THEN EXCLUDED.{column} ELSE v.{column} END"
+            for column in ("value", "value_text", "latest_at", "latest_id")
+        ),
+    ),
+}
+_UPSERT_KINDS = {
+    merge: _UPSERT_KIND_FROM.format(value=value, set=update, merge=merge).format(
+        source=_KINDS_FROM_ARRAYS
+    )
+    for merge, (value, update) in _MERGES.items()
+}
+_UPSERT_STAGED_KINDS = {
+    merge: _UPSERT_KIND_FROM.format(value=value, set=update, merge=merge).format(
+        source="tally_flush_kinds AS u"
+    )
+    for merge, (value, update) in _MERGES.items()
+}
 
 
 ParkedRow = tuple[object, ...]
@@ -213,6 +278,7 @@ async def write_flush(
             staged = await _staging(connection) if offer.sent or len(deltas) else False
             added = await _write_members(connection, offer.columns, staged)
             rows = await _write_values(connection, deltas, added, staged)
+            rows += await _write_kinds(connection, deltas, staged)
     except Fenced:
         if members is not None:
             members.clear()  # the database moved on without us: know nothing
@@ -312,6 +378,26 @@ async def _write_values(
         await connection.execute(_UPSERT_STAGED_VALUES)
     else:
         await connection.execute(_UPSERT_VALUES, *columns)
+    return len(columns[0])
+
+
+async def _write_kinds(connection: Connection, deltas: Deltas, staged: bool = False) -> int:
+    """MAX, MIN, AVG and LATEST rollups: one upsert per kind present."""
+    columns = deltas.kind_columns()
+    if not columns[0]:
+        return 0
+    present = set(columns[0])
+    if staged:
+        await connection.copy_records_to_table(
+            "tally_flush_kinds", records=zip(*columns, strict=True)
+        )
+    for merge in _MERGES:  # this order, in every worker
+        if merge not in present:
+            continue
+        if staged:
+            await connection.execute(_UPSERT_STAGED_KINDS[merge])
+        else:
+            await connection.execute(_UPSERT_KINDS[merge], *columns)
     return len(columns[0])
 
 
