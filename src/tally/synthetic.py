@@ -1,8 +1,10 @@
 """A seeded, realistic synthetic usage workload, for demos, tests and benches.
 
 Events are 200-400 bytes of JSON with many customers (Zipf-like skew), skewed
-event types, mixed-case strings, integer and decimal amounts. The same seed
-always yields the same events, so a bench and its exactness check agree.
+event types, mixed-case strings, integer and decimal amounts, and nested
+values (an API call's token usage and line items, a snapshot's volume). The
+same seed always yields the same events, so a bench and its exactness check
+agree.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ STATUSES = (200, 200, 200, 200, 201, 204, 400, 404, 429, 500)
 CHANNELS = ("SMS", "sms", "Email", "email", "EMAIL", "WhatsApp", "push")
 REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-south-1", "internal")
 PLANS = ("free", "starter", "pro", "enterprise")
+TIERS = ("Free", "FREE", "Team", "team", "Business", "Enterprise")
+MODELS = ("small-1", "medium-2", "large-3")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +77,9 @@ def _customer_weights(count: int) -> list[float]:
 def events(workload: Workload, count: int) -> Iterator[dict[str, Any]]:
     """`count` event documents; with duplicate_ratio, some repeat an earlier id."""
     rng = random.Random(workload.seed)
+    # Nested values draw from their own stream, so the main stream (ids,
+    # times, customers, flat properties) stays what earlier runs produced.
+    nested = random.Random(workload.seed ^ 0x6E65_7374)
     end = workload.end or datetime.now(UTC).timestamp()
     customers = [f"cust_{n:05d}" for n in range(workload.customers)]
     weights = _customer_weights(workload.customers)
@@ -89,7 +96,7 @@ def events(workload: Workload, count: int) -> Iterator[dict[str, Any]]:
             "eventType": event_type,
             "customerId": customer,
             "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "properties": _properties(rng, event_type, customer, workload),
+            "properties": _properties(rng, nested, event_type, customer, workload),
         }
         if workload.duplicate_ratio and len(sent) < 100_000:
             sent.append(document)
@@ -106,13 +113,17 @@ def _event_time(rng: random.Random, workload: Workload, end: float, n: int, coun
 
 
 def _properties(
-    rng: random.Random, event_type: str, customer: str, workload: Workload
+    rng: random.Random,
+    nested: random.Random,
+    event_type: str,
+    customer: str,
+    workload: Workload,
 ) -> dict[str, Any]:
     user = f"user{rng.randrange(workload.users_per_customer)}@{customer}.example.com"
     if rng.random() < 0.3:
         user = user.upper() if rng.random() < 0.5 else user.capitalize()
     if event_type == "api_call":
-        return {
+        call: dict[str, Any] = {
             "endpoint": rng.choice(ENDPOINTS),
             "method": rng.choice(("GET", "GET", "POST", "DELETE")),
             "status": rng.choice(STATUSES),
@@ -121,6 +132,17 @@ def _properties(
             "region": rng.choice(REGIONS),
             "user": user,
         }
+        if nested.random() < 0.3:  # a model call: LLM-style usage, nested
+            usage: dict[str, Any] = {
+                "input_tokens": nested.randrange(1, 8000),
+                "output_tokens": nested.randrange(0, 2000),
+            }
+            if nested.random() < 0.25:
+                usage["cached"] = True
+            call["usage"] = usage
+            call["model"] = {"name": nested.choice(MODELS)}
+            call["items"] = [{"sku": f"sku-{nested.randrange(12)}"}]
+        return call
     if event_type == "message_sent":
         return {
             "channel": rng.choice(CHANNELS),
@@ -142,13 +164,123 @@ def _properties(
             "direction": rng.choice(("egress", "ingress")),
         }
     if event_type == "storage_snapshot":
-        return {"gb_stored": round(rng.uniform(0, 5000), 4), "tier": rng.choice(("hot", "cold"))}
-    return {"seats": rng.randrange(1, 200), "plan": rng.choice(PLANS)}
+        return {
+            "gb_stored": round(rng.uniform(0, 5000), 4),
+            "tier": rng.choice(("hot", "cold")),
+            "volume": {
+                "class": nested.choice(("ssd", "hdd")),
+                "zone": nested.choice(("a", "b", "c")),
+            },
+        }
+    return {"seats": rng.randrange(1, 200), "plan": rng.choice(PLANS), "tier": nested.choice(TIERS)}
 
 
 def encoded(workload: Workload, count: int) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs as a producer keyed by customerId would send them."""
     return [(doc["customerId"].encode(), orjson.dumps(doc)) for doc in events(workload, count)]
+
+
+MODEL_DEFINITIONS: tuple[dict[str, Any], ...] = (
+    {
+        "uid": "storage_average",
+        "name": "GB stored (average of snapshots), by volume class and zone",
+        "eventType": "storage_snapshot",
+        "aggregationType": "AVG",
+        "aggregationProperty": "gb_stored",
+        "metricType": "GROUPED",
+        "groupingProperties": ["$.volume.class", "$.volume.zone"],
+        "timeUnits": ["day", "month"],
+    },
+    {
+        "uid": "storage_low",
+        "name": "GB stored (least of snapshots)",
+        "eventType": "storage_snapshot",
+        "aggregationType": "MIN",
+        "aggregationProperty": "gb_stored",
+        "timeUnits": ["day"],
+    },
+    {
+        "uid": "seats",
+        "name": "Seats (latest)",
+        "eventType": "seat_change",
+        "aggregationType": "LATEST",
+        "aggregationProperty": "seats",
+        "timeUnits": ["day", "month"],
+    },
+    {
+        "uid": "seats_peak",
+        "name": "Seats (peak)",
+        "eventType": "seat_change",
+        "aggregationType": "MAX",
+        "aggregationProperty": "seats",
+        "timeUnits": ["month"],
+        "timezone": "America/New_York",
+    },
+    {
+        "uid": "plan_tier",
+        "name": "Plan tier (latest)",
+        "eventType": "seat_change",
+        "aggregationType": "LATEST",
+        "valueType": "STRING",
+        "aggregationProperty": "tier",
+        "caseSensitive": False,
+        "timeUnits": ["day", "month"],
+    },
+    {
+        "uid": "input_tokens",
+        "name": "Input tokens by model, region and first item",
+        "eventType": "api_call",
+        "aggregationType": "SUM",
+        "aggregationProperty": "$.usage.input_tokens",
+        "metricType": "GROUPED",
+        "groupingProperties": ["$.model.name", "region", "$.items[0].sku"],
+        "timeUnits": ["hour", "day", "month"],
+    },
+    {
+        "uid": "output_tokens_peak",
+        "name": "Largest output of one call",
+        "eventType": "api_call",
+        "aggregationType": "MAX",
+        "aggregationProperty": "$['usage']['output_tokens']",
+        "timeUnits": ["day"],
+        "timezone": "Asia/Kathmandu",
+    },
+    {
+        "uid": "cached_calls",
+        "name": "Model calls served from cache",
+        "eventType": "api_call",
+        "aggregationType": "COUNT",
+        "presenceFilters": {"$.usage.cached": True},
+        "timeUnits": ["day"],
+    },
+    {
+        "uid": "plain_calls",
+        "name": "Calls that used no model",
+        "eventType": "api_call",
+        "aggregationType": "COUNT",
+        "presenceFilters": {"$.usage.input_tokens": False},
+        "propertyFilters": {"method": ["GET"]},
+        "timeUnits": ["day"],
+    },
+    {
+        "uid": "transfer_average",
+        "name": "Average GB per transfer, by direction and region",
+        "eventType": "transfer",
+        "aggregationType": "AVG",
+        "aggregationProperty": "gigabytes",
+        "metricType": "GROUPED",
+        "groupingProperties": ["direction", "region"],
+        "timeUnits": ["day", "month"],
+        "timezone": "Europe/Berlin",
+    },
+)
+"""Ten definitions with the kinds and shapes beyond COUNT, SUM and UNIQUE:
+MAX, MIN, AVG, LATEST (number and STRING), several grouping keys, paths into
+nested properties, and presence filters."""
+
+
+def model_definitions() -> list[dict[str, Any]]:
+    return [dict(d) for d in MODEL_DEFINITIONS]
 
 
 def metric_definitions(count: int) -> list[dict[str, Any]]:
@@ -241,9 +373,9 @@ def metric_definitions(count: int) -> list[dict[str, Any]]:
         },
         {
             "uid": "gb_stored",
-            "name": "GB stored (sum of snapshots)",
+            "name": "GB stored (peak of snapshots)",
             "eventType": "storage_snapshot",
-            "aggregationType": "SUM",
+            "aggregationType": "MAX",
             "aggregationProperty": "gb_stored",
             "timeUnits": ["hour", "day"],
         },

@@ -58,7 +58,7 @@ from tally.bench.workers import (
     with_dead_letters,
     worker_env,
 )
-from tally.synthetic import Workload, events, metric_definitions
+from tally.synthetic import Workload, events, metric_definitions, model_definitions
 
 BENCH_END = 1_795_000_000.0  # fixed event-time end, so the backfill is the same every run
 BACKFILL_SPAN_SECONDS = 3 * 86400.0
@@ -132,6 +132,10 @@ def scenarios() -> dict[str, Scenario]:
         Scenario(name="10 metrics COUNT/SUM only, dedup on", metrics=count_sum_only(10)),
         Scenario(name="UNIQUE-heavy (8 metrics), dedup on", metrics=unique_heavy()),
         Scenario(name="50 metrics, dedup on", metrics=metric_definitions(50)),
+        Scenario(
+            name="10 metrics MAX/MIN/AVG/LATEST, paths, several keys, dedup on",
+            metrics=model_definitions(),
+        ),
     ]
     return {s.name: s for s in found}
 
@@ -181,7 +185,8 @@ async def _produce(bootstrap: str, topic: str, chosen: Workload, count: int) -> 
 
 async def preload(bootstrap: str, count: int, seed: int) -> str:
     """The backfill topic holding `count` seeded events; produced once, reused after."""
-    topic = f"tally-bench-s{seed}-n{count}"
+    # v2: the workload gained nested properties (issue 13); older topics lack them.
+    topic = f"tally-bench-v2-s{seed}-n{count}"
     await create_topic(bootstrap, topic)
     if sum((await end_offsets(bootstrap, topic)).values()) == count:
         return topic

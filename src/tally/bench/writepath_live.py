@@ -50,6 +50,7 @@ def live_events(rate: int, flush: int, seed: int = 11) -> list[bytes]:
     skew, event types and properties), every event timed in that interval."""
     workload = Workload(seed=seed)
     rng = random.Random(seed * 1_000_003 + flush)
+    nested = random.Random(seed * 1_000_003 + flush + 1)  # keeps rng's sequence
     customers = [f"cust_{n:05d}" for n in range(workload.customers)]
     customer_cum = list(accumulate(_customer_weights(workload.customers)))
     type_cum = list(accumulate(EVENT_TYPE_WEIGHTS))
@@ -64,7 +65,7 @@ def live_events(rate: int, flush: int, seed: int = 11) -> list[bytes]:
             "eventType": event_type,
             "customerId": customer,
             "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "properties": _properties(rng, event_type, customer, workload),
+            "properties": _properties(rng, nested, event_type, customer, workload),
         }
         found.append(orjson.dumps(document))
     return found
@@ -120,6 +121,7 @@ def universe_events(seed: int = 13) -> Iterator[bytes]:
     other type per customer, in the ten minutes before the live stream."""
     workload = Workload(seed=seed)
     rng = random.Random(seed)
+    nested = random.Random(seed + 1)  # keeps rng's sequence
     n = 0
     for c in range(workload.customers):
         customer = f"cust_{c:05d}"
@@ -133,7 +135,7 @@ def universe_events(seed: int = 13) -> Iterator[bytes]:
         kinds += [("seat_change", {"plan": plan}) for plan in PLANS]
         for event_type, fixed in kinds:
             moment = datetime.fromtimestamp(LIVE_START - rng.random() * 600, UTC)
-            properties = {**_properties(rng, event_type, customer, workload), **fixed}
+            properties = {**_properties(rng, nested, event_type, customer, workload), **fixed}
             n += 1
             yield orjson.dumps(
                 {
