@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -18,7 +19,7 @@ from tally.contracts.metric import parse_metric
 from tally.core.engine import Deltas, aggregate, new_core
 from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
-from tally.synthetic import Workload, encoded, metric_definitions
+from tally.synthetic import Workload, encoded, metric_definitions, model_definitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +33,10 @@ class CoreResult:
 BATCH = 5000  # records per fetch, as the worker's max_batch
 
 
-def _runner(values: list[bytes], metrics: int, now: float) -> Callable[[], int]:
-    core = new_core(MetricIndex([parse_metric(d) for d in metric_definitions(metrics)]))
+def _runner(
+    values: list[bytes], definitions: list[dict[str, Any]], now: float
+) -> Callable[[], int]:
+    core = new_core(MetricIndex([parse_metric(d) for d in definitions]))
     limits = DecodeLimits().native()
     batches = [list(values[i : i + BATCH]) for i in range(0, len(values), BATCH)]
 
@@ -66,8 +69,10 @@ def run_core_bench(
     variants: dict[str, Callable[[], int]] = {"orjson.loads only (baseline)": _baseline(values)}
     for count in metric_counts:
         variants[f"decode + aggregate, {count} metric{'s' if count > 1 else ''}"] = _runner(
-            values, count, now
+            values, metric_definitions(count), now
         )
+    # The metering model's kinds (MAX, MIN, AVG, LATEST, paths, several keys).
+    variants["decode + aggregate, 10 model metrics"] = _runner(values, model_definitions(), now)
     timings: dict[str, list[float]] = {name: [] for name in variants}
     rollups: dict[str, int] = {}
     for _ in range(rounds):
