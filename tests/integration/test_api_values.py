@@ -85,6 +85,7 @@ async def test_values_are_exact_decimal_strings_in_the_contract_shape(api: Api) 
         "metricUid": "revenue",
         "customerId": "acme",
         "groupKey": "pro",
+        "group": {"plan": "pro"},
         "timeUnit": "day",
         "periodStart": "2026-03-01T00:00:00Z",
         "periodEnd": "2026-03-02T00:00:00Z",

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -204,3 +204,94 @@ async def test_errors_are_one_clear_line_without_a_traceback(
     message = [line for line in done.stderr.splitlines() if line.startswith("tally:")]
     assert len(message) == 1, done.stderr
     assert "wrong" not in done.stderr  # the password is never echoed
+
+
+PLACES = {
+    "uid": "last_plan",
+    "name": "Last plan",
+    "eventType": "call",
+    "aggregationType": "LATEST",
+    "aggregationProperty": "plan",
+    "valueType": "STRING",
+    "metricType": "GROUPED",
+    "groupingProperties": ["region", "$.tier", "zone"],
+    "timeUnits": ["day"],
+}
+
+
+async def test_values_show_kinds_and_filter_by_group_name(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    await apply_metrics(fresh_database, [CALLS, PLACES], tmp_path)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        day = datetime(2026, 3, 1, tzinfo=UTC)
+        for key, text in (
+            ('["eu","",null]', "Pro"),
+            ('["eu",null,"z1"]', "Free"),
+            ('["us","",""]', "Team"),
+        ):
+            await connection.execute(
+                "INSERT INTO tally.metric_values (metric_uid, customer_id, group_key, time_unit,"
+                " period_start, period_end, value_text, event_count, latest_at, latest_id)"
+                " VALUES ('last_plan', 'acme', $1, 'day', $2, $3, $4, 1, 1772366400000001, 'e1')",
+                key,
+                day,
+                day + timedelta(days=1),
+                text,
+            )
+        await connection.execute(
+            "INSERT INTO tally.metric_values (metric_uid, customer_id, group_key, time_unit,"
+            " period_start, period_end, value, event_count) VALUES"
+            " ('calls', 'acme', 'pro', 'day', $1, $2, 5, 5)",
+            day,
+            day + timedelta(days=1),
+        )
+    finally:
+        await connection.close()
+    env = {"TALLY_DATABASE_URL": fresh_database}
+
+    eu = tally(
+        "values",
+        "--metric",
+        "last_plan",
+        "--group-by-name",
+        "region=eu",
+        "--format",
+        "json",
+        env=env,
+    )
+    assert eu.returncode == 0, eu.stderr
+    rows = json.loads(eu.stdout)
+    assert sorted(r["text"] for r in rows) == ["Free", "Pro"]
+    (pro,) = [r for r in rows if r["text"] == "Pro"]
+    assert pro["group_by_name"] == {"region": "eu", "$.tier": "", "zone": None}
+    assert pro["value"] is None
+    assert (pro["latest_at"], pro["latest_id"]) == ("2026-03-01T12:00:00.000001Z", "e1")
+    both = tally(
+        "values", "--metric", "last_plan", "--group-by-name", "region=eu",
+        "--group-by-name", "tier=", "--format", "csv", env=env,
+    )  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    (only,) = csv.DictReader(io.StringIO(both.stdout))
+    assert (only["text"], only["value"], only["sum"]) == ("Pro", "", "")
+    assert only["group_by_name"] == '{"region":"eu","$.tier":"","zone":null}'
+
+    # A table shows the kind columns only when some row has them.
+    counts = tally("values", "--metric", "calls", env=env)
+    assert counts.returncode == 0, counts.stderr
+    header = counts.stdout.splitlines()[0].split()
+    assert "group_by_name" in header
+    assert not {"text", "sum", "latest_at", "latest_id"} & set(header)
+    assert '{"plan":"pro"}' in counts.stdout
+    latest = tally("values", "--metric", "last_plan", env=env)
+    assert {"text", "latest_at", "latest_id"} <= set(latest.stdout.splitlines()[0].split())
+
+    for args, says in (
+        (["--metric", "last_plan", "--group-by-name", "plan=x"], "--group-by-name plan:"),
+        (["--group-by-name", "region=eu"], "needs --metric"),
+        (["--metric", "last_plan", "--group-by-name", "region"], "PROPERTY=TEXT"),
+    ):
+        refused = tally("values", *args, env=env)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert says in refused.stderr, refused.stderr

@@ -68,7 +68,11 @@ def test_request_bodies_are_the_contract_models() -> None:
         "unit",
         "deletedAt",
     }
-    assert schemas["MetricValue"]["properties"]["value"]["type"] == "string"
+    value = schemas["MetricValue"]["properties"]["value"]
+    # A decimal string, or null for a STRING LATEST (its text is valueText).
+    assert [kind["type"] for kind in value["anyOf"]] == ["string", "null"]
+    assert "value" in schemas["MetricValue"]["required"]
+    assert "valueText" not in schemas["MetricValue"]["required"]
 
 
 def test_the_cross_field_rules_are_the_json_schema_contracts() -> None:

@@ -40,6 +40,13 @@ from tally.api.models import (
     Bound,
     MetricValuePage,
 )
+from tally.contracts.group import (
+    GroupFilterError,
+    GroupTerm,
+    group_key_problem,
+    group_terms,
+    names_of,
+)
 from tally.contracts.metric import AggregationType, MetricType
 from tally.contracts.value import MetricValue
 from tally.core.numbers import decimal_text
@@ -61,6 +68,9 @@ GroupKey = Annotated[
     # No group key is longer (in bytes, so in characters either).
     text_query("groupKey", "Only this group ('' is the ungrouped one).", 0, MAX_GROUP_KEY),
 ]
+GROUP_PREFIX = "group."
+# The kinds a signed delta can correct: value = value + delta means something.
+ADJUSTABLE = (AggregationType.COUNT, AggregationType.SUM, AggregationType.UNIQUE)
 Unit = Annotated[TimeUnit | None, Query(alias="timeUnit", description="Only this time unit.")]
 
 
@@ -71,6 +81,7 @@ Unit = Annotated[TimeUnit | None, Query(alias="timeUnit", description="Only this
     summary="List metric values (rollups)",
 )
 async def list_metric_values(
+    request: Request,
     principal: Reader,
     pool: Pool,
     metric_uid: MetricUid = None,
@@ -87,17 +98,30 @@ async def list_metric_values(
     after: Annotated[MetricValuesCursor | None, AFTER] = None,
 ) -> Response:
     """Rollups in (metricUid, customerId, timeUnit, periodStart, groupKey) order.
-    Give metricUid for an index range scan; other filters alone scan the table."""
+    Give metricUid for an index range scan; other filters alone scan the table.
+
+    `group.<property>=<text>` (repeatable for different properties, with
+    metricUid) keeps the rows whose group has that text for that grouping
+    property, named as the definition writes it or by any spelling of the same
+    path. A missing key of a several-key group (null) matches no text."""
+    wanted = _group_filters(request)
     key = None
     if after is not None:
         uid, customer, unit, start, group = decode(METRIC_VALUES, after, (str, str, str, int, str))
         if not store.MIN_MICROS <= int(start) <= store.MAX_MICROS:
             raise decode_refusal()
         key = (str(uid), str(customer), str(unit), int(start), str(group))
-    where = store.ValueFilter(
-        metric_uid, customer_id, time_unit.value if time_unit else None, group_key, since, until
-    )
     async with pool.acquire() as connection:
+        terms = await _group_terms(connection, metric_uid, wanted)
+        where = store.ValueFilter(
+            metric_uid,
+            customer_id,
+            time_unit.value if time_unit else None,
+            group_key,
+            terms,
+            since,
+            until,
+        )
         values = await store.page_values(connection, where, key, limit + 1)
     more = len(values) > limit
     values = values[:limit]
@@ -106,7 +130,51 @@ async def list_metric_values(
 
 
 def _shown(value: MetricValue) -> dict[str, Any]:
-    return value.model_dump(mode="json", by_alias=True)
+    return value.wire()
+
+
+def _group_filters(request: Request) -> dict[str, str]:
+    """The `group.<property>` query parameters, each at most once."""
+    wanted: dict[str, str] = {}
+    for name, text in request.query_params.multi_items():
+        if not name.startswith(GROUP_PREFIX):
+            continue
+        loc = ["query", name]
+        if name in wanted or name == GROUP_PREFIX:
+            why = "give each group property once" if name in wanted else "name a property"
+            raise ApiError.one(422, loc, why, "value_error")
+        if "\x00" in text or len(text.encode()) > MAX_GROUP_KEY:
+            raise ApiError.one(
+                422, loc, f"at most {MAX_GROUP_KEY} bytes of UTF-8, without NUL", "value_error"
+            )
+        wanted[name] = text
+    return {name.removeprefix(GROUP_PREFIX): text for name, text in wanted.items()}
+
+
+async def _group_terms(
+    connection: Connection, metric_uid: str | None, wanted: dict[str, str]
+) -> tuple[GroupTerm, ...]:
+    if not wanted:
+        return ()
+    first = f"{GROUP_PREFIX}{next(iter(wanted))}"
+    if metric_uid is None:
+        raise ApiError.one(
+            422,
+            ["query", first],
+            "needs metricUid: a group's properties are those of one metric",
+            "value_error",
+        )
+    metric = await metric_by_uid(connection, metric_uid)
+    if metric is None:
+        raise ApiError.one(
+            422, ["query", first], f"no metric has the uid {metric_uid!r}", "not_found"
+        )
+    try:
+        return group_terms(names_of(metric), wanted)
+    except GroupFilterError as exc:
+        raise ApiError.one(
+            422, ["query", f"{GROUP_PREFIX}{exc.name}"], exc.reason, "unknown_property"
+        ) from None
 
 
 def _adjustment(row: asyncpg.Record) -> dict[str, Any]:
@@ -189,8 +257,10 @@ async def create_adjustment(
     idempotency_key: idempotency.RequiredKey,
 ) -> Response:
     """Adds `delta` to the rollup (creating it if missing) and records who, why and
-    the values before and after, in one transaction. Never makes a COUNT or UNIQUE
-    value negative; event counts are left alone."""
+    the values before and after, in one transaction. Only COUNT, SUM and UNIQUE
+    metrics are adjustable (a delta means nothing to a MAX, MIN, AVG or LATEST).
+    Never makes a COUNT or UNIQUE value negative; event counts are left alone. A
+    several-key groupKey is the canonical JSON array the worker writes."""
     document = require_object(await read_json(request))
     wanted = _parse_adjustment(document)
     delta = Decimal(wanted.delta)
@@ -202,8 +272,17 @@ async def create_adjustment(
         if wanted.time_unit not in metric.time_units:
             units = ", ".join(metric.time_units)
             raise _refuse("timeUnit", f"{metric.uid} is aggregated by {units} only")
+        if metric.aggregation_type not in ADJUSTABLE:
+            raise _refuse(
+                "metricUid",
+                f"{metric.uid} is a {metric.aggregation_type} metric: a delta cannot be added"
+                " to a MAX, MIN, AVG or LATEST value (only COUNT, SUM and UNIQUE are adjustable)",
+                "not_adjustable",
+            )
         if metric.metric_type is MetricType.SIMPLE and wanted.group_key:
             raise _refuse("groupKey", f"{metric.uid} is not GROUPED: its only group is ''")
+        if (problem := group_key_problem(names_of(metric), wanted.group_key)) is not None:
+            raise _refuse("groupKey", problem)
         counted = metric.aggregation_type is not AggregationType.SUM
         if counted and delta != delta.to_integral_value():
             raise _refuse("delta", f"a {metric.aggregation_type} changes by whole numbers")

@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     values.add_argument("--unit", choices=["hour", "day", "week", "month", "quarter", "year"])
     values.add_argument("--group", help="group key ('' for ungrouped)")
     values.add_argument(
+        "--group-by-name",
+        dest="group_by_name",
+        action="append",
+        default=[],
+        metavar="PROPERTY=TEXT",
+        help="only groups whose grouping property has this text (repeatable; needs --metric)",
+    )
+    values.add_argument(
         "--from",
         dest="since",
         metavar="WHEN",

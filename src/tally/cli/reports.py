@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 from datetime import UTC, date, datetime, time, tzinfo
@@ -14,11 +15,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.cli.main import UserError, settings_from
 from tally.config import Settings
+from tally.contracts.group import GroupFilterError, GroupTerm, group_terms
 from tally.contracts.value import MetricValue
 from tally.core.periods import zone
 from tally.store.definitions import list_metrics
-from tally.store.pool import connect
-from tally.store.values import ValueFilter, page_values
+from tally.store.pool import Connection, connect
+from tally.store.values import ValueFilter, grouping_of, page_values
 from tally.telemetry import logs
 
 VALUE_COLUMNS = (
@@ -31,7 +33,15 @@ VALUE_COLUMNS = (
     "value",
     "events",
     "updated_at",
+    # Since the metering kinds (issue 13); after the older columns, which keep their places.
+    "group_by_name",
+    "text",
+    "sum",
+    "latest_at",
+    "latest_id",
 )
+# Left out of a table when no row shown has them (COUNT, SUM and UNIQUE never do).
+KIND_COLUMNS = ("text", "sum", "latest_at", "latest_id")
 
 
 def parse_moment(text: str, flag: str) -> datetime:
@@ -49,9 +59,39 @@ def parse_moment(text: str, flag: str) -> datetime:
     return moment
 
 
+def group_filters(pairs: list[str], metric: str | None) -> dict[str, str]:
+    """`--group-by-name PROPERTY=TEXT` flags as {property: text}."""
+    wanted: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise UserError(f"--group-by-name: {pair!r} is not PROPERTY=TEXT")
+        if name in wanted:
+            raise UserError(f"--group-by-name: {name!r} is given twice")
+        wanted[name] = text
+    if wanted and metric is None:
+        raise UserError("--group-by-name needs --metric: a group's properties are one metric's")
+    return wanted
+
+
+async def _group_terms(
+    connection: Connection, metric: str | None, wanted: dict[str, str]
+) -> tuple[GroupTerm, ...]:
+    if not wanted or metric is None:
+        return ()
+    names = (await grouping_of(connection, [metric])).get(metric)
+    if names is None:
+        raise UserError(f"--group-by-name: no metric has the uid {metric!r}")
+    try:
+        return group_terms(names, wanted)
+    except GroupFilterError as exc:
+        raise UserError(f"--group-by-name {exc.name}: {exc.reason}") from None
+
+
 async def values(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     logs.setup(settings.log_level, settings.log_format == "json")
+    wanted = group_filters(args.group_by_name, args.metric)
     where = ValueFilter(
         metric_uid=args.metric,
         customer_id=args.customer,
@@ -62,6 +102,9 @@ async def values(args: argparse.Namespace) -> int:
     )
     connection = await connect(settings.database_url)
     try:
+        where = dataclasses.replace(
+            where, group=await _group_terms(connection, args.metric, wanted)
+        )
         # The API's query; one row more than shown tells whether there are more.
         found = await page_values(connection, where, None, args.limit + 1)
         metrics = await list_metrics(connection)
@@ -74,7 +117,11 @@ async def values(args: argparse.Namespace) -> int:
             zones[metric.uid] = zone(metric.timezone)
     more = len(found) > args.limit
     rows = [_value_row(value, zones.get(value.metric_uid, UTC)) for value in found[: args.limit]]
-    print(render(rows, VALUE_COLUMNS, args.format), end="")
+    columns: tuple[str, ...] = VALUE_COLUMNS
+    if args.format == "table":
+        unused = {c for c in KIND_COLUMNS if all(row[c] is None for row in rows)}
+        columns = tuple(c for c in VALUE_COLUMNS if c not in unused)
+    print(render(rows, columns, args.format), end="")
     if args.format == "table" and more:
         print(
             f"(first {args.limit} rows; narrow with --metric/--customer/--unit/--from/--to or raise --limit)"
@@ -88,25 +135,40 @@ def _value_row(value: MetricValue, zone: tzinfo) -> dict[str, Any]:
         "metric": value.metric_uid,
         "customer": value.customer_id,
         "group": value.group_key,
+        "group_by_name": value.group,
         "unit": value.time_unit.value,
         "period_start": value.period_start.astimezone(zone).isoformat(),
         "period_end": value.period_end.astimezone(zone).isoformat(),
         "value": value.value,
+        "text": value.value_text,
+        "sum": value.sum,
+        "latest_at": value.latest_at,
+        "latest_id": value.latest_id,
         "events": value.event_count,
         "updated_at": value.updated_at.astimezone(UTC).isoformat(timespec="seconds"),
     }
 
 
+def _cell(value: object) -> str:
+    """A table or CSV cell: empty for none, a group by name as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
 def render(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
+        return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    flat = [{c: _cell(row[c]) for c in columns} for row in rows]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(flat)
         return out.getvalue()
-    cells = [columns, *[tuple(str(row[c]) for c in columns) for row in rows]]
+    cells = [columns, *[tuple(row[c] for c in columns) for row in flat]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from tally.contracts.group import GroupTerm, decode_group, grouping_names
 from tally.contracts.value import MetricValue
 from tally.store.pool import Connection
 
@@ -35,6 +36,9 @@ class ValueFilter:
     customer_id: str | None = None
     time_unit: str | None = None
     group_key: str | None = None
+    # group.<property>=<text> filters, resolved against metric_uid's grouping
+    # (tally.contracts.group.group_terms); only meaningful with metric_uid.
+    group: tuple[GroupTerm, ...] = ()
     since: datetime | None = None  # periods starting at or after
     until: datetime | None = None  # periods starting before
 
@@ -50,18 +54,35 @@ def value_key(value: MetricValue) -> ValueKey:
     )
 
 
-def _row_to_value(row: asyncpg.Record) -> MetricValue:
+def _row_to_value(row: asyncpg.Record, names: tuple[str, ...] | None) -> MetricValue:
+    latest_at = row["latest_at"]
     return MetricValue.from_row(
         metric_uid=row["metric_uid"],
         customer_id=row["customer_id"],
         group_key=row["group_key"],
+        group=None if names is None else decode_group(names, row["group_key"]),
         time_unit=row["time_unit"],
         period_start=row["period_start"],
         period_end=row["period_end"],
         value=row["value"],
+        value_text=row["value_text"],
+        value_sum=row["value_sum"],
+        latest_at=None if latest_at is None else from_micros(latest_at),
+        latest_id=row["latest_id"],
         event_count=row["event_count"],
         updated_at=row["updated_at"],
     )
+
+
+async def grouping_of(connection: Connection, uids: list[str]) -> dict[str, tuple[str, ...]]:
+    """The grouping properties of each stored metric in `uids`, deleted or not."""
+    rows = await connection.fetch(
+        "SELECT uid, definition -> 'groupingProperty' AS one,"
+        " definition -> 'groupingProperties' AS several"
+        " FROM tally.metrics WHERE uid = ANY($1::text[])",
+        uids,
+    )
+    return {row["uid"]: grouping_names(row["one"], row["several"]) for row in rows}
 
 
 async def page_values(
@@ -82,6 +103,16 @@ async def page_values(
     ):
         if given is not None:
             clauses.append(f"{column} = {param(given)}")
+    if where.group and where.metric_uid is None:
+        raise ValueError("group terms are positions in one metric's grouping: give metric_uid")
+    for term in where.group:
+        if term.position is None:
+            clauses.append(f"group_key = {param(term.text)}")
+        else:
+            # A several-key group_key is a JSON array the worker wrote (or an
+            # adjustment checked to be canonical); a null element (a missing
+            # key) equals no text, "" included.
+            clauses.append(f"(group_key::jsonb ->> {term.position:d}) = {param(term.text)}")
     if where.since is not None:
         clauses.append(f"period_start >= {param(where.since)}")
     if where.until is not None:
@@ -97,9 +128,14 @@ async def page_values(
         )
     sql = (
         "SELECT metric_uid, customer_id, group_key, time_unit, period_start, period_end,"
-        " value, event_count, updated_at FROM tally.metric_values"
+        " value, value_text, value_sum, latest_at, latest_id, event_count, updated_at"
+        " FROM tally.metric_values"
         + (" WHERE " + " AND ".join(clauses) if clauses else "")
         + " ORDER BY metric_uid, customer_id, time_unit, period_start, group_key"
         + f" LIMIT {param(limit)}"
     )
-    return [_row_to_value(row) for row in await connection.fetch(sql, *params)]
+    rows = await connection.fetch(sql, *params)
+    if not rows:
+        return []
+    names = await grouping_of(connection, sorted({row["metric_uid"] for row in rows}))
+    return [_row_to_value(row, names.get(row["metric_uid"])) for row in rows]
