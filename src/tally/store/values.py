@@ -111,8 +111,13 @@ async def page_values(
         else:
             # A several-key group_key is a JSON array the worker wrote (or an
             # adjustment checked to be canonical); a null element (a missing
-            # key) equals no text, "" included.
-            clauses.append(f"(group_key::jsonb ->> {term.position:d}) = {param(term.text)}")
+            # key) equals no text, "" included. The CASE keeps the cast off
+            # other metrics' rows (raw text, not JSON): PostgreSQL may test
+            # AND's terms in any order, CASE's in the written one.
+            clauses.append(
+                f"(CASE WHEN metric_uid = {param(where.metric_uid)} AND group_key LIKE '[%'"
+                f" THEN group_key::jsonb ->> {term.position:d} END) = {param(term.text)}"
+            )
     if where.since is not None:
         clauses.append(f"period_start >= {param(where.since)}")
     if where.until is not None:
