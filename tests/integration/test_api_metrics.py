@@ -44,7 +44,8 @@ async def test_create_returns_the_stored_metric_with_every_field(api: Api) -> No
     assert response.status_code == 201, response.text
     body = response.json()
     assert {k: body[k] for k in MINUTES} == MINUTES
-    assert set(body) == {*MINUTES, "id", "createdAt", "updatedAt"}
+    # Defaults are shown: the metering model's fields too (issue 13).
+    assert set(body) == {*MINUTES, "id", "createdAt", "updatedAt", "valueType", "presenceFilters"}
     assert response.headers["location"] == f"/usage-metrics/{body['id']}"
 
     defaults = (await api.create(CALLS)).json()
@@ -53,6 +54,8 @@ async def test_create_returns_the_stored_metric_with_every_field(api: Api) -> No
     assert defaults["timezone"] == "UTC"
     assert defaults["propertyFilters"] == {}
     assert defaults["propertiesToNegate"] == []
+    assert defaults["valueType"] == "NUMBER"
+    assert defaults["presenceFilters"] == {}
 
     # What the worker reads: the same definition, from the same table.
     async with api.pool.acquire() as connection:

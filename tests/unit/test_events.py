@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -304,6 +304,9 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=500, deadline=None)
 @given(doc=documents())
+# Valid but for nesting: all three must accept it (the schema once refused it).
+@example(doc={**GOOD, "properties": {"a": {"b": [1, None]}}})
+@example(doc={**GOOD, "eventProperties": {"a": [{"b": "x"}]}})
 def test_decoder_model_and_schema_agree(doc: dict[str, Any]) -> None:
     decoded = decode_event(
         encode(doc), NOW, DecodeLimits(max_lateness_seconds=1e12, max_future_seconds=1e12)
