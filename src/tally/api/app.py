@@ -47,7 +47,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
         if len(authenticator) == 0:
             log.warning(
                 "no API tokens configured: every endpoint but /healthz and /readyz answers 401",
-                hint="tally api hash-token NAME read|admin",
+                hint="tally api hash-token NAME read|ingest|admin",
             )
         if pool is not None:
             yield

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         [],
     )
     hash_token.add_argument("name", help="who holds the token (shown in logs)")
-    hash_token.add_argument("scope", choices=["read", "admin"])
+    hash_token.add_argument("scope", choices=["read", "ingest", "admin"])
     hash_token.add_argument("--token", help="the token; generated when omitted (printed once)")
     api.set_defaults(handler=None, parser=api)
 
