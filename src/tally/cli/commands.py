@@ -232,6 +232,15 @@ async def api_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def ingest_serve(args: argparse.Namespace) -> int:
+    from tally.ingest.server import serve_ingest
+
+    settings = settings_from(args)
+    _setup_logs(settings)
+    await serve_ingest(settings, stop_on_signals())
+    return 0
+
+
 async def api_hash_token(args: argparse.Namespace) -> int:
     from tally.api.auth import new_token, token_entry
 

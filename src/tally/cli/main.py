@@ -53,6 +53,8 @@ WORKER = [
     "worker_id",
 ]
 API = ["api_host", "api_port", "api_tokens", "database_timeout", "lock_timeout"]
+# What POST /events reads: the topic, and the worker's decode limits.
+INGEST = ["kafka_bootstrap", "topic", "max_event_bytes", "max_lateness", "max_future_skew"]
 
 
 class UserError(Exception):
@@ -284,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     hash_token.add_argument("scope", choices=["read", "ingest", "admin"])
     hash_token.add_argument("--token", help="the token; generated when omitted (printed once)")
     api.set_defaults(handler=None, parser=api)
+
+    ingest = sub.add_parser("ingest", help="POST /events alone: HTTP into the events topic")
+    isub = ingest.add_subparsers(dest="ingest_command", metavar="ACTION")
+    _command(
+        isub,
+        "serve",
+        "serve POST /events (and /healthz, /readyz, /metrics) without the read API",
+        commands.ingest_serve,
+        [*INGEST, *LOGGING, "api_host", "api_port", "api_tokens", "shutdown_timeout"],
+    )
+    ingest.set_defaults(handler=None, parser=ingest)
 
     send = _command(
         sub,
