@@ -30,10 +30,12 @@ from tests.integration.support import (
     WorkerProcess,
     apply_metrics,
     end_offsets,
+    metric_sum,
     read_topic,
     wait_caught_up,
     worker_env,
 )
+from tests.integration.test_api_end_to_end import api_url
 from tests.integration.test_api_support import ADMIN_TOKEN, READ, READ_TOKEN, ApiProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -319,3 +321,61 @@ async def test_ingest_serve_alone_takes_events_and_stops_on_sigterm(
     )
     assert refused.returncode == 2, refused.stderr
     assert f"topic {missing} does not exist" in refused.stderr
+
+
+async def test_a_worker_with_the_api_takes_events_and_counts_them_on_its_metrics_port(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    topic = await make_topic(2)
+    env = worker_env(
+        kafka_bootstrap,
+        fresh_database,
+        topic,
+        f"g-ingest-{uuid.uuid4().hex[:8]}",
+        api_tokens=TOKENS,
+        api_host="127.0.0.1",
+        api_port="0",
+    )
+    worker = WorkerProcess("ingest-with-api", env, tmp_path, args=["--with-api"]).start()
+    try:
+        await worker.wait_log("partition ready")
+        await worker.wait_log('api listening"')
+        since = len(worker.current_log())
+        await apply_metrics(fresh_database, METRICS, tmp_path)
+        await worker.wait_log("definitions changed", timeout=30, since=since)
+        async with httpx.AsyncClient(base_url=api_url(worker), timeout=20) as client:
+            body = [event("w-1", tokens=2), event("w-2", "globex", 3), {"id": "w-3"}]
+            sent = await client.post("/events", json=body, headers=INGEST)
+            assert statuses(sent) == ["accepted", "accepted", "rejected"]
+            admin = await client.post(
+                "/events",
+                json=event("w-4", tokens=5),
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+            assert statuses(admin) == ["accepted"]
+        await wait_caught_up(kafka_bootstrap, fresh_database, topic)
+        samples = await worker.scrape()
+        assert metric_sum(samples, "tally_ingest_events_accepted_total") == 3
+        assert (
+            metric_sum(samples, "tally_ingest_events_rejected_total", reason="missing_field") == 1
+        )
+        connection = await asyncpg.connect(fresh_database)
+        try:
+            rows = await connection.fetch(
+                "SELECT metric_uid, customer_id, value FROM tally.metric_values"
+            )
+        finally:
+            await connection.close()
+        assert {(r["metric_uid"], r["customer_id"]): str(r["value"]) for r in rows} == {
+            ("calls", "acme"): "2",
+            ("calls", "globex"): "1",
+            ("tokens", "acme"): "7",
+            ("tokens", "globex"): "3",
+        }
+    finally:
+        try:
+            assert worker.stop() == 0
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+    assert "request failed" not in worker.log()

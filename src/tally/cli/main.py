@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         "serve the HTTP API",
         commands.api_serve,
-        [*DATABASE, *LOGGING, *API, "migrate"],
+        [*DATABASE, *LOGGING, *API, *INGEST, "migrate"],
     )
     hash_token = _command(
         asub,
