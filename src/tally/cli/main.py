@@ -298,6 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(handler=None, parser=ingest)
 
+    from tally.cli import explain
+
+    why = _command(
+        sub,
+        "explain",
+        "what the live metrics make of one event: decoded or refused, matched or which filter failed",
+        explain.explain,
+        [*explain.FIELDS, *LOGGING],
+    )
+    why.add_argument("file", nargs="?", help="a file with one event; - or nothing for stdin")
+    why.add_argument("--format", choices=["text", "json"], default="text")
+
     send = _command(
         sub,
         "send",
