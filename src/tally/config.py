@@ -200,7 +200,7 @@ class Settings(BaseModel):
     )
     api_tokens: str = Field(
         "",
-        description="API bearer tokens, comma-separated NAME:SCOPE:SHA256HEX (scope read or admin); "
+        description="API bearer tokens, comma-separated NAME:SCOPE:SHA256HEX (scope read, ingest or admin); "
         "only hashes are configured: `tally api hash-token` makes one",
     )
     with_api: bool = Field(False, description="also serve the HTTP API from this worker process")

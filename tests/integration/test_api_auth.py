@@ -9,11 +9,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tally.api.auth import token_entry
 from tests.integration.test_api_support import (
     ADMIN,
     ADMIN_TOKEN,
     CALLS,
     READ,
+    TOKENS,
     Api,
     error_locs,
     open_api,
@@ -38,7 +40,7 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
             if operation.get("security"):
                 url = path.replace("{idOrUid}", "api_calls")
                 found.append((method.upper(), url, method != "get"))
-    assert len(found) == 8
+    assert len(found) == 9  # POST /events included
     return found
 
 
@@ -100,3 +102,18 @@ async def test_the_openapi_document_is_served_to_readers(api: Api) -> None:
     assert served.json()["info"]["title"] == "Tally"
     for hidden in ("/docs", "/redoc"):
         assert (await api.client.get(hidden, headers=READ)).status_code == 404
+
+
+async def test_an_ingest_token_only_sends_events(fresh_database: str) -> None:
+    ingest = {"Authorization": "Bearer tly_test_ingest_only"}
+    tokens = TOKENS + "," + token_entry("meter", "ingest", "tly_test_ingest_only")
+    async with open_api(fresh_database, tokens=tokens) as api:
+        for method, url, _ in operations(api):
+            answered = await call(api, method, url, ingest)
+            if (method, url) == ("POST", "/events"):
+                # Past the token: {"name": "x"} is one event, refused by the decoder.
+                assert answered.status_code == 422, answered.text
+                assert answered.json()["detail"][0]["type"] == "missing_field"
+            else:
+                assert_refused(answered, 403)
+        assert (await api.client.get("/openapi.json", headers=ingest)).status_code == 403

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MakeTopic
 from tests.integration.test_api_support import (
     ADMIN,
     ADMIN_TOKEN,
@@ -97,11 +98,18 @@ def before_call(context, case, kwargs):
 #   (it exists, has the time unit, periodStart starts a period in its zone, a
 #   COUNT or UNIQUE changes by whole numbers and stays >= 0), a zero delta, and a
 #   reused Idempotency-Key;
-# - PATCH /usage-metrics/{idOrUid}: a deletedAt outside the years 1-9999 in UTC.
+# - PATCH /usage-metrics/{idOrUid}: a deletedAt outside the years 1-9999 in UTC;
+# - POST /events: the worker's decoder judges each event (a timestamp outside
+#   the lateness window, say), and a single refused event answers 422.
 CONFIG = """
 [[operations]]
-include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}"]
+include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+# Over the batch limit (maxItems) is 413, like a body over 1 MiB.
+[[operations]]
+include-name = "POST /events"
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]
 
 [[operations]]
 include-name = "GET /usage-metrics/{idOrUid}"
@@ -133,13 +141,21 @@ async def seed(dsn: str) -> None:
         assert made.status_code == 201, made.text
 
 
-async def test_schemathesis_finds_no_failures(fresh_database: str, tmp_path: Path) -> None:
+async def test_schemathesis_finds_no_failures(
+    fresh_database: str, kafka_bootstrap: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
     await seed(fresh_database)
+    topic = await make_topic(1)  # where POST /events produces (no 503 for a missing topic)
     hooks = tmp_path / "tally_st_hooks.py"
     hooks.write_text(HOOKS)
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
-    env = {"TALLY_DATABASE_URL": fresh_database, "TALLY_API_TOKENS": TOKENS}
+    env = {
+        "TALLY_DATABASE_URL": fresh_database,
+        "TALLY_API_TOKENS": TOKENS,
+        "TALLY_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TALLY_TOPIC": topic,
+    }
     with ApiProcess(["api", "serve"], env, tmp_path / "api.log") as server:
         base_url = await server.base_url()
         command = [

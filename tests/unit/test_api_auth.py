@@ -49,6 +49,18 @@ def test_scopes() -> None:
     assert not Scope.READ.allows(Scope.ADMIN)
 
 
+def test_ingest_only_sends_events_and_admin_includes_it() -> None:
+    assert Scope.ADMIN.allows(Scope.INGEST)
+    assert Scope.INGEST.allows(Scope.INGEST)
+    assert not Scope.INGEST.allows(Scope.READ)
+    assert not Scope.INGEST.allows(Scope.ADMIN)
+    assert not Scope.READ.allows(Scope.INGEST)
+    entry = token_entry("meter", "ingest", "i-token")
+    found = Authenticator(entry).identify("i-token")
+    assert found is not None
+    assert found.scope is Scope.INGEST
+
+
 def test_upper_case_hex_is_accepted() -> None:
     digest = hashlib.sha256(b"t").hexdigest().upper()
     assert Authenticator(f"a:read:{digest}").identify("t") is not None
@@ -58,7 +70,7 @@ def test_upper_case_hex_is_accepted() -> None:
     ("config", "message"),
     [
         ("just-a-token", "NAME:SCOPE:SHA256HEX"),
-        ("a:write:" + "0" * 64, "scope must be read or admin"),
+        ("a:write:" + "0" * 64, "scope must be read, ingest or admin"),
         ("a:read:tly_plaintext_token", "never the token"),
         ("a b:read:" + "0" * 64, "bad name"),
         (f"a:read:{'0' * 64},a:admin:{'1' * 64}", "appears twice"),

@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry
 from pydantic.alias_generators import to_camel
 
 from tally import __version__
@@ -21,6 +22,8 @@ from tally.api import errors, openapi, routes_health, routes_metrics, routes_val
 from tally.api.auth import Authenticator, Reader
 from tally.api.deps import JSON
 from tally.config import Settings
+from tally.ingest import routes as routes_events
+from tally.ingest.service import Ingest, build_ingest
 from tally.store.pool import close_pool, create_pool
 from tally.telemetry.logs import Log
 
@@ -38,16 +41,28 @@ class TallyApi(FastAPI):
         return self.openapi_schema
 
 
-def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
-    """The API over `settings.database_url` (or `pool`), with `settings.api_tokens`."""
+def create_app(
+    settings: Settings, pool: asyncpg.Pool | None = None, ingest: Ingest | None = None
+) -> FastAPI:
+    """The API over `settings.database_url` (or `pool`), with `settings.api_tokens`;
+    POST /events through `ingest` (by default one on a registry of its own)."""
     authenticator = Authenticator(settings.api_tokens)
+    events = ingest or build_ingest(settings, CollectorRegistry())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with _serving(app):
+                yield
+        finally:
+            await events.close()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         if len(authenticator) == 0:
             log.warning(
                 "no API tokens configured: every endpoint but /healthz and /readyz answers 401",
-                hint="tally api hash-token NAME read|admin",
+                hint="tally api hash-token NAME read|ingest|admin",
             )
         if pool is not None:
             yield
@@ -76,10 +91,12 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
     )
     app.state.pool = pool
     app.state.authenticator = authenticator
+    app.state.ingest = events
     errors.install(app)
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_values.router)
+    app.include_router(routes_events.router)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_document(request: Request, principal: Reader) -> Response:

@@ -4,8 +4,9 @@ Configuration (`TALLY_API_TOKENS`, `--api-tokens`) holds comma-separated
 `NAME:SCOPE:SHA256HEX` entries; only the SHA-256 of a token is ever stored.
 Tokens are 256-bit random strings (`new_token`), so a plain SHA-256 is as good
 as a slow password hash here: there is nothing to guess. `read` may call every
-GET; `admin` may call everything. With no entries every endpoint except the
-health checks answers 401: the API is closed by default.
+GET; `ingest` may only send events (POST /events); `admin` may call everything.
+With no entries every endpoint except the health checks answers 401: the API
+is closed by default.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ _WHERE = "TALLY_API_TOKENS / --api-tokens"
 
 class Scope(enum.StrEnum):
     READ = "read"
+    INGEST = "ingest"
     ADMIN = "admin"
 
     def allows(self, needed: Scope) -> bool:
-        return self is Scope.ADMIN or needed is Scope.READ
+        # admin includes read and ingest; read and ingest do not include each other.
+        return self is Scope.ADMIN or self is needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,7 @@ def token_entry(name: str, scope: str, token: str) -> str:
     if not _NAME.match(name):
         raise ConfigError(f"token name {name!r}: use 1-64 letters, digits, _ . @ or -")
     if scope not in Scope.__members__.values():
-        raise ConfigError(f"token scope {scope!r}: expected read or admin")
+        raise ConfigError(f"token scope {scope!r}: expected read, ingest or admin")
     if not token or token != token.strip():
         raise ConfigError("the token must be non-empty, without surrounding spaces")
     return f"{name}:{scope}:{hash_token(token)}"
@@ -89,7 +92,9 @@ def parse_entries(text: str) -> list[tuple[Principal, str]]:
         if not _NAME.match(name):
             raise ConfigError(f"{_WHERE}: entry {number}: bad name {name!r}")
         if scope not in Scope.__members__.values():
-            raise ConfigError(f"{_WHERE}: entry {number} ({name}): scope must be read or admin")
+            raise ConfigError(
+                f"{_WHERE}: entry {number} ({name}): scope must be read, ingest or admin"
+            )
         if not _HEX.match(digest.lower()):
             raise ConfigError(
                 f"{_WHERE}: entry {number} ({name}): expected the 64 hex digits of a SHA-256 "
@@ -172,5 +177,13 @@ def _admin(
     return _authorize(request, credentials, Scope.ADMIN)
 
 
+def _ingester(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    return _authorize(request, credentials, Scope.INGEST)
+
+
 Reader = Annotated[Principal, Depends(_reader)]
+Ingester = Annotated[Principal, Depends(_ingester)]
 Admin = Annotated[Principal, Depends(_admin)]

@@ -9,10 +9,12 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from tally.api.app import create_app
 from tally.api.auth import parse_entries
 from tally.config import ConfigError, Settings
+from tally.ingest.service import build_ingest
 from tally.store.migrate import check_schema, migrate
 from tally.store.pool import close_pool, create_pool
 from tally.telemetry.logs import Log
@@ -38,9 +40,16 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
-async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bool = True) -> None:
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    apply_migrations: bool = True,
+    registry: CollectorRegistry | None = None,
+) -> None:
     """Apply migrations (or with --no-migrate check the schema version) unless
     the caller did, then serve on api_host:api_port until `stop` is set.
+    POST /events counts on `registry` (the worker's, with --with-api).
 
     A failure sets `stop` too, so a worker started with --with-api does not go
     on without the API it was asked for."""
@@ -60,7 +69,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, apply_migrations: bo
         if apply_migrations:
             async with pool.acquire() as connection:
                 await (migrate if settings.migrate else check_schema)(connection)
-        app = create_app(settings, pool)
+        app = create_app(settings, pool, build_ingest(settings, registry or CollectorRegistry()))
         sock = _listen(settings.api_host, settings.api_port)
         host, port = sock.getsockname()[:2]
         config = uvicorn.Config(

@@ -203,15 +203,18 @@ async def run(args: argparse.Namespace) -> int:
         statement_timeout=settings.database_timeout,
         lock_timeout=settings.lock_timeout,
     )
+    registry = CollectorRegistry()  # the worker's and POST /events' counters, on one /metrics
     api_task = None
     if settings.with_api:
         from tally.api.server import serve
 
-        api_task = asyncio.create_task(serve(settings, stop, apply_migrations=False))  # done above
+        api_task = asyncio.create_task(
+            serve(settings, stop, apply_migrations=False, registry=registry)  # migrated above
+        )
         # Supervised: an API that dies stops the worker too, and says why.
         api_task.add_done_callback(lambda _: stop.set())
     try:
-        worker = Worker(settings=settings, pool=pool, registry=CollectorRegistry())
+        worker = Worker(settings=settings, pool=pool, registry=registry)
         await worker.run(stop)
     finally:
         stop.set()
@@ -229,6 +232,15 @@ async def api_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _setup_logs(settings)
     await serve(settings, stop_on_signals())
+    return 0
+
+
+async def ingest_serve(args: argparse.Namespace) -> int:
+    from tally.ingest.server import serve_ingest
+
+    settings = settings_from(args)
+    _setup_logs(settings)
+    await serve_ingest(settings, stop_on_signals())
     return 0
 
 

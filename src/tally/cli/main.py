@@ -53,6 +53,8 @@ WORKER = [
     "worker_id",
 ]
 API = ["api_host", "api_port", "api_tokens", "database_timeout", "lock_timeout"]
+# What POST /events reads: the topic, and the worker's decode limits.
+INGEST = ["kafka_bootstrap", "topic", "max_event_bytes", "max_lateness", "max_future_skew"]
 
 
 class UserError(Exception):
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         "serve the HTTP API",
         commands.api_serve,
-        [*DATABASE, *LOGGING, *API, "migrate"],
+        [*DATABASE, *LOGGING, *API, *INGEST, "migrate"],
     )
     hash_token = _command(
         asub,
@@ -289,9 +291,32 @@ def build_parser() -> argparse.ArgumentParser:
         [],
     )
     hash_token.add_argument("name", help="who holds the token (shown in logs)")
-    hash_token.add_argument("scope", choices=["read", "admin"])
+    hash_token.add_argument("scope", choices=["read", "ingest", "admin"])
     hash_token.add_argument("--token", help="the token; generated when omitted (printed once)")
     api.set_defaults(handler=None, parser=api)
+
+    ingest = sub.add_parser("ingest", help="POST /events alone: HTTP into the events topic")
+    isub = ingest.add_subparsers(dest="ingest_command", metavar="ACTION")
+    _command(
+        isub,
+        "serve",
+        "serve POST /events (and /healthz, /readyz, /metrics) without the read API",
+        commands.ingest_serve,
+        [*INGEST, *LOGGING, "api_host", "api_port", "api_tokens", "shutdown_timeout"],
+    )
+    ingest.set_defaults(handler=None, parser=ingest)
+
+    from tally.cli import explain
+
+    why = _command(
+        sub,
+        "explain",
+        "what the live metrics make of one event: decoded or refused, matched or which filter failed",
+        explain.explain,
+        [*explain.FIELDS, *LOGGING],
+    )
+    why.add_argument("file", nargs="?", help="a file with one event; - or nothing for stdin")
+    why.add_argument("--format", choices=["text", "json"], default="text")
 
     send = _command(
         sub,

@@ -1,0 +1,151 @@
+"""Why an event counts or not (`tally explain`), answered by the worker's own core.
+
+Nothing here re-implements matching: the event is decoded and applied by the
+native core exactly as a worker does, once per live metric of its eventType.
+When a metric does not take the event, the core is asked again with each
+filter alone (filters are AND-ed): each one under which the metric still does
+not take the event is one that failed. The value shown is the event's value at that filter's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tally.core.engine import aggregate, new_core
+from tally.core.events import DecodeLimits, Rejection, decode_event
+from tally.core.metrics import MetricSpec, SpecTuple, native_spec
+from tally.core.paths import Segment
+
+_FILTERS = 6
+_PRESENCE = 10
+
+
+def _read(properties: Mapping[str, Any], path: Sequence[Segment]) -> Any:
+    value: Any = properties
+    for segment in path:
+        if isinstance(segment, int) and isinstance(value, list):
+            found = -len(value) <= segment < len(value)
+        else:
+            found = isinstance(segment, str) and isinstance(value, dict) and segment in value
+        if not found:
+            return None
+        value = value[segment]
+    return value
+
+
+def _shown(value: Any) -> Any:
+    return value if value is None or isinstance(value, str | bool | int) else str(value)
+
+
+def _outcome(
+    spec: SpecTuple, raw: bytes, now: float, limits: DecodeLimits
+) -> tuple[str, str | None]:
+    """("applied" | "skipped" | "unmatched", skip reason) from the core."""
+    core = new_core()
+    core.set_metrics([spec])
+    deltas = aggregate(core, [raw], now, limits)
+    if deltas.applied.get(spec[0]):
+        return "applied", None
+    for (uid, reason), count in deltas.skipped.items():
+        if uid == spec[0] and count:
+            return "skipped", reason
+    return "unmatched", None
+
+
+def _only(spec: SpecTuple, index: int, at: int) -> SpecTuple:
+    """`spec` with one filter (property or presence) and no other."""
+    parts: list[Any] = list(spec)
+    chosen = parts[index][at]
+    parts[_FILTERS] = []
+    parts[_PRESENCE] = []
+    parts[index] = [chosen]
+    only: Any = tuple(parts)
+    return only  # type: ignore[no-any-return]
+
+
+def explain(
+    raw: bytes, metrics: Iterable[MetricSpec], now: float, limits: DecodeLimits
+) -> dict[str, Any]:
+    """The decode outcome, then for each live metric of the event's type what it did."""
+    decoded = decode_event(raw, now, limits)
+    if isinstance(decoded, Rejection):
+        return {
+            "decoded": False,
+            "reason": decoded.reason.value,
+            "detail": decoded.detail,
+            "metrics": [],
+        }
+    found = []
+    for metric in sorted(metrics, key=lambda m: m.uid):
+        if metric.deleted_at is not None or metric.event_type != decoded.event_type:
+            continue
+        spec = native_spec(metric)
+        outcome, skip = _outcome(spec, raw, now, limits)
+        entry: dict[str, Any] = {"uid": metric.uid, "outcome": outcome}
+        if skip is not None:
+            entry["skipReason"] = skip
+        if outcome == "unmatched":
+            failed = []
+            names = sorted(metric.property_filters)
+            for at, (path, negated, values) in enumerate(spec[6]):  # _FILTERS
+                if _outcome(_only(spec, _FILTERS, at), raw, now, limits)[0] == "unmatched":
+                    failed.append(
+                        {
+                            "filter": names[at],
+                            "negated": negated,
+                            "expected": [_shown(v) for v in values],
+                            "value": _shown(_read(decoded.properties, path)),
+                        }
+                    )
+            present = sorted(metric.presence_filters)
+            for at, (path, must) in enumerate(spec[10]):  # _PRESENCE
+                if _outcome(_only(spec, _PRESENCE, at), raw, now, limits)[0] == "unmatched":
+                    failed.append(
+                        {
+                            "presence": present[at],
+                            "mustBePresent": must,
+                            "value": _shown(_read(decoded.properties, path)),
+                        }
+                    )
+            entry["failed"] = failed
+        found.append(entry)
+    return {
+        "decoded": True,
+        "id": decoded.id,
+        "eventType": decoded.event_type,
+        "customerId": decoded.customer_id,
+        "metrics": found,
+    }
+
+
+def render(answer: Mapping[str, Any]) -> str:
+    """The answer for a terminal."""
+    if not answer["decoded"]:
+        return (
+            f"refused: {answer['reason']} ({answer['detail']}); it goes to the dead-letter topic\n"
+        )
+    lines = [
+        f"decoded: id={answer['id']} eventType={answer['eventType']} "
+        f"customerId={answer['customerId']}"
+    ]
+    if not answer["metrics"]:
+        lines.append(f"no live metric has eventType {answer['eventType']}: unmatched")
+    for metric in answer["metrics"]:
+        line = f"  {metric['uid']}: {metric['outcome']}"
+        if "skipReason" in metric:
+            line += f" ({metric['skipReason']})"
+        lines.append(line)
+        for miss in metric.get("failed", []):
+            if "filter" in miss:
+                wanted = "not one of" if miss["negated"] else "one of"
+                lines.append(
+                    f"    filter {miss['filter']}: the value is {miss['value']!r}, "
+                    f"expected {wanted} {miss['expected']!r}"
+                )
+            else:
+                must = "present" if miss["mustBePresent"] else "absent"
+                lines.append(
+                    f"    presence {miss['presence']}: must be {must} (is {miss['value']!r})"
+                )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Usage events over HTTP into the workers' topic: POST /events (`tally ingest serve`)."""

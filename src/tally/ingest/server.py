@@ -1,0 +1,51 @@
+"""Serving POST /events alone with uvicorn until `stop` is set (`tally ingest serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from tally.api.auth import parse_entries
+from tally.api.server import _listen, _Server
+from tally.config import ConfigError, Settings
+from tally.ingest.app import create_ingest_app
+from tally.ingest.service import build_ingest
+from tally.kafka.clients import missing_topics
+from tally.telemetry.logs import Log
+
+log = Log("tally.ingest")
+
+
+async def serve_ingest(settings: Settings, stop: asyncio.Event) -> None:
+    """Check the tokens and that the topic exists, then serve on api_host:api_port."""
+    parse_entries(settings.api_tokens)  # a bad entry stops us before anything else
+    topic = settings.topic[0]
+    if await missing_topics(settings.kafka_bootstrap, [topic]):
+        raise ConfigError(
+            f"topic {topic} does not exist on {settings.kafka_bootstrap}: create it "
+            "(tally run --create-topics does) or fix TALLY_TOPIC"
+        )
+    app = create_ingest_app(settings, build_ingest(settings, CollectorRegistry()))
+    sock = _listen(settings.api_host, settings.api_port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+    )
+    server = _Server(config)
+    log.info("ingest api listening", url=f"http://{host}:{port}", topic=topic)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stopping.cancel()
+        await serving
+    log.info("ingest api stopped")

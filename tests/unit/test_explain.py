@@ -1,0 +1,137 @@
+"""`tally explain`: what the worker's core does with one event, per live metric
+(no services). Each answer is checked against the core's own aggregation of
+the same event with every metric loaded, as a worker runs it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from tally.contracts.metric import parse_metric
+from tally.core.engine import aggregate, new_core
+from tally.core.events import DecodeLimits
+from tally.core.explain import explain, render
+from tally.core.metrics import MetricIndex
+
+NOW = time.time()
+LIMITS = DecodeLimits()
+BASE: dict[str, Any] = {"eventType": "api_call", "timeUnits": ["day"]}
+METRICS = [
+    parse_metric({**BASE, "uid": "calls", "name": "Calls", "aggregationType": "COUNT"}),
+    parse_metric(
+        {
+            **BASE,
+            "uid": "eu_calls",
+            "name": "EU calls",
+            "aggregationType": "COUNT",
+            "propertyFilters": {"region": ["eu-1", "eu-2"], "tier": ["pro"]},
+        }
+    ),
+    parse_metric(
+        {
+            **BASE,
+            "uid": "tokens",
+            "name": "Tokens",
+            "aggregationType": "SUM",
+            "aggregationProperty": "tokens",
+        }
+    ),
+    parse_metric(
+        {**BASE, "uid": "other", "name": "Other", "eventType": "upload", "aggregationType": "COUNT"}
+    ),
+]
+
+
+def raw(**properties: Any) -> bytes:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW))
+    return orjson.dumps(
+        {
+            "id": "e-1",
+            "eventType": "api_call",
+            "customerId": "acme",
+            "timestamp": stamp,
+            "properties": properties,
+        }
+    )
+
+
+def worker_view(value: bytes) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    core = new_core(MetricIndex(METRICS))
+    deltas = aggregate(core, [value], NOW, LIMITS)
+    return dict(deltas.applied), dict(deltas.skipped)
+
+
+def outcomes(answer: dict[str, Any]) -> dict[str, str]:
+    return {m["uid"]: m["outcome"] for m in answer["metrics"]}
+
+
+def agrees_with_the_worker(value: bytes, answer: dict[str, Any]) -> None:
+    applied, skipped = worker_view(value)
+    for metric in answer["metrics"]:
+        uid = metric["uid"]
+        assert (metric["outcome"] == "applied") == bool(applied.get(uid)), uid
+        skips = {reason for (u, reason), n in skipped.items() if u == uid and n}
+        assert skips == ({metric["skipReason"]} if "skipReason" in metric else set()), uid
+
+
+def test_a_match_a_filter_miss_and_a_skip() -> None:
+    value = raw(region="us-1", tier="pro", tokens="many")
+    answer = explain(value, METRICS, NOW, LIMITS)
+    assert answer["decoded"]
+    assert outcomes(answer) == {"calls": "applied", "eu_calls": "unmatched", "tokens": "skipped"}
+    (miss,) = answer["metrics"][1]["failed"]
+    assert miss == {
+        "filter": "region",
+        "negated": False,
+        "expected": ["eu-1", "eu-2"],
+        "value": "us-1",
+    }
+    assert answer["metrics"][2]["skipReason"]
+    agrees_with_the_worker(value, answer)
+    text = render(answer)
+    assert "eu_calls: unmatched" in text
+    assert "filter region: the value is 'us-1'" in text
+
+
+def test_every_filter_that_fails_is_named() -> None:
+    value = raw(tier="free", tokens=3)
+    answer = explain(value, METRICS, NOW, LIMITS)
+    assert outcomes(answer) == {"calls": "applied", "eu_calls": "unmatched", "tokens": "applied"}
+    assert [(m["filter"], m["value"]) for m in answer["metrics"][1]["failed"]] == [
+        ("region", None),
+        ("tier", "free"),
+    ]
+    agrees_with_the_worker(value, answer)
+
+
+def test_an_event_no_metric_takes_and_a_refused_event() -> None:
+    unmatched = raw().replace(b"api_call", b"download")
+    answer = explain(unmatched, METRICS, NOW, LIMITS)
+    assert answer["decoded"]
+    assert answer["metrics"] == []
+    assert "no live metric has eventType download" in render(answer)
+    refused = explain(b'{"id": "x"}', METRICS, NOW, LIMITS)
+    assert (refused["decoded"], refused["reason"]) == (False, "missing_field")
+    assert "refused: missing_field" in render(refused)
+
+
+def test_a_presence_filter_that_fails_is_named() -> None:
+    metrics = [
+        parse_metric(
+            {
+                **BASE,
+                "uid": "with_plan",
+                "name": "With a plan",
+                "aggregationType": "COUNT",
+                "presenceFilters": {"plan": True},
+            }
+        )
+    ]
+    answer = explain(raw(tokens=1), metrics, NOW, LIMITS)
+    (metric,) = answer["metrics"]
+    assert metric["outcome"] == "unmatched"
+    assert metric["failed"] == [{"presence": "plan", "mustBePresent": True, "value": None}]
+    assert explain(raw(plan="pro"), metrics, NOW, LIMITS)["metrics"][0]["outcome"] == "applied"
+    assert "presence plan: must be present" in render(answer)

@@ -1,0 +1,145 @@
+"""POST /events bodies into candidate messages, and the worker's decoder's verdict on
+them (no services): shapes, the CloudEvents mapping, limits and field names."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tally.config import Settings
+from tally.core.events import DecodeLimits, Rejection, RejectReason, decode_event
+from tally.ingest import shapes
+from tally.ingest.service import build_ingest
+
+NOW = time.time()
+STAMP = "2026-12-02T00:00:00Z"
+
+
+def event(n: int, **fields: object) -> dict[str, object]:
+    return {
+        "id": f"e-{n}",
+        "eventType": "api_call",
+        "customerId": "acme",
+        "timestamp": STAMP,
+        "properties": {"n": n},
+        **fields,
+    }
+
+
+def test_an_array_keeps_each_events_bytes_as_sent() -> None:
+    body = b' [ {"id":"a", "x": 1.50000000000000000001} ,\n{"id":"b"} ] '
+    candidates, batch = shapes.split(shapes.JSON, body)
+    assert batch
+    assert [c.value for c in candidates] == [
+        b'{"id":"a", "x": 1.50000000000000000001}',
+        b'{"id":"b"}',
+    ]
+
+
+def test_one_object_is_one_event_not_a_batch() -> None:
+    candidates, batch = shapes.split(shapes.JSON, orjson.dumps(event(1)))
+    assert not batch
+    assert candidates[0].value == orjson.dumps(event(1))
+
+
+def test_ndjson_lines_are_events_and_blank_lines_are_skipped() -> None:
+    body = b'{"id":"a"}\r\n\n  \n{"id":"b"}\nnot json\n'
+    candidates, batch = shapes.split(shapes.NDJSON, body)
+    assert batch
+    assert [c.value for c in candidates] == [b'{"id":"a"}', b'{"id":"b"}', b"not json"]
+
+
+@pytest.mark.parametrize(
+    ("media", "body", "status", "kind"),
+    [
+        (shapes.JSON, b"[" + b"{}," * shapes.MAX_EVENTS + b"{}]", 413, "too_many"),
+        (shapes.NDJSON, b"{}\n" * (shapes.MAX_EVENTS + 1), 413, "too_many"),
+        (shapes.JSON, b"[]", 422, "no_events"),
+        (shapes.NDJSON, b"\n\n", 422, "no_events"),
+        (shapes.JSON, b'[{"id": 1}', 422, "json_invalid"),
+        (shapes.JSON, b'{"id": ', 422, "json_invalid"),
+        (shapes.JSON, b"5", 422, "model_attributes_type"),
+        (shapes.JSON, b"\xff", 422, "body_encoding"),
+        (shapes.CLOUDEVENTS_BATCH, b"{}", 422, "array_type"),
+    ],
+)
+def test_bodies_that_hold_no_events_to_judge(
+    media: str, body: bytes, status: int, kind: str
+) -> None:
+    with pytest.raises(shapes.BodyError) as refused:
+        shapes.split(media, body)
+    assert (refused.value.status, refused.value.type) == (status, kind)
+
+
+def test_exactly_the_batch_limit_is_taken() -> None:
+    body = b"[" + b",".join([b"{}"] * shapes.MAX_EVENTS) + b"]"
+    assert len(shapes.split(shapes.JSON, body)[0]) == shapes.MAX_EVENTS
+
+
+def test_a_cloudevent_maps_as_openmeter_does() -> None:
+    ce: dict[str, object] = {
+        "specversion": "1.0",
+        "id": "ce-1",
+        "source": "billing/eu",
+        "type": "api_call",
+        "subject": "acme",
+        "time": STAMP,
+        "data": {"tokens": 12345678901234567890123, "cost": 0.1000000000000000000001},
+    }
+    (candidate,), batch = shapes.split(shapes.CLOUDEVENT, _dump(ce))
+    assert not batch
+    assert candidate.headers == [("ce_source", b"billing/eu")]
+    decoded = decode_event(candidate.value, NOW, DecodeLimits(max_lateness_seconds=1e10))
+    assert not isinstance(decoded, Rejection)
+    assert (decoded.id, decoded.event_type, decoded.customer_id) == ("ce-1", "api_call", "acme")
+    assert str(decoded.properties["tokens"]) == "12345678901234567890123"
+    assert str(decoded.properties["cost"]) == "0.1000000000000000000001"
+
+
+def _dump(ce: dict[str, object]) -> bytes:
+    text = orjson.dumps({k: v for k, v in ce.items() if k != "data"}).decode()
+    return (
+        text[:-1] + ',"data":{"tokens":12345678901234567890123,"cost":0.1000000000000000000001}}'
+    ).encode()
+
+
+def test_reasons_are_the_decoders_and_fields_use_the_clients_names() -> None:
+    ingest = build_ingest(Settings(), CollectorRegistry(), clock=lambda: NOW)
+    ok = event(1, timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW)))
+    bad = [
+        ok,
+        {k: v for k, v in ok.items() if k != "customerId"},
+        {**ok, "timestamp": "yesterday"},
+        {**ok, "eventType": 7},
+    ]
+    ces = [
+        {"specversion": "1.0", "id": "c", "source": "s", "type": "t", "time": ok["timestamp"]},
+        {"specversion": "1.0", "id": "c", "type": "t", "subject": "x", "time": ok["timestamp"]},
+        {"specversion": "0.3", "id": "c", "source": "s", "type": "t"},
+    ]
+    raw_events = shapes.split(shapes.JSON, orjson.dumps(bad))[0]
+    raw_ces = shapes.split(shapes.CLOUDEVENTS_BATCH, orjson.dumps(ces))[0]
+    judged = ingest.judge(raw_events + raw_ces + [shapes.Candidate(b"x" * 70_000)])
+    got = [(s["status"], s.get("reason"), s.get("field")) for s in judged.statuses]
+    assert got == [
+        ("accepted", None, None),
+        ("rejected", "missing_field", "customerId"),
+        ("rejected", "bad_timestamp", "timestamp"),
+        ("rejected", "invalid_field", "eventType"),
+        ("rejected", "missing_field", "subject"),
+        ("rejected", "missing_field", "source"),
+        ("rejected", "invalid_field", "specversion"),
+        ("rejected", "oversized", None),
+    ]
+    # The same reason and detail as the decoder the worker runs.
+    for candidate, status in zip(raw_events, judged.statuses, strict=False):
+        if status["status"] == "rejected":
+            why = decode_event(candidate.value, NOW, DecodeLimits())
+            assert isinstance(why, Rejection)
+            assert (why.reason.value, why.detail) == (status["reason"], status["detail"])
+    assert [i for i, _ in judged.records] == [0]
+    assert judged.records[0][1].key == b"acme"
+    assert RejectReason.OVERSIZED.value == judged.statuses[-1]["reason"]
