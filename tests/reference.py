@@ -6,6 +6,11 @@ Periods are named by their truncated local wall-clock value (a naive
 datetime), not by instants, so the core's period starts are compared by
 truncating them the same way.
 
+Covers every kind of docs/metering-model.md (COUNT, SUM, UNIQUE, MAX, MIN,
+AVG, LATEST of numbers and STRING), paths, several grouping keys and presence
+filters, with its own path walker. `reference_rows` gives every column of a
+rollup (`Row`); `reference_values` just (value, event_count).
+
 Used by the core's property tests and by the worker's end-to-end exactness
 tests, which rebuild the values table from the raw events they sent.
 """
@@ -18,7 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, Inexact, Rounded
-from typing import Any
+from fractions import Fraction
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 _EXACT = Context(prec=500, traps=[Inexact, Rounded])
@@ -122,11 +128,70 @@ def same_value(event_value: Any, listed: Any, case_sensitive: bool) -> bool:
     return exact_number(event_value) == exact_number(listed)
 
 
+def path_segments(text: str) -> tuple[str | int, ...]:
+    """The segments of a property name (docs/metering-model.md, "Paths"):
+    a text not starting with `$` is one key; else `.name`, `['key']` (escapes
+    \\' and \\\\ only) and `[N]` segments. Definitions reaching here were
+    validated, so anything else is a bug in this reference."""
+    if not text.startswith("$"):
+        return (text,)
+    segments: list[str | int] = []
+    i = 1
+    while i < len(text):
+        if text[i] == ".":
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_-]*", text[i + 1 :])
+            assert name, text
+            segments.append(name.group())
+            i += 1 + name.end()
+        elif text.startswith("['", i):
+            i += 2
+            key = ""
+            while text[i] != "'":
+                if text[i] == "\\":
+                    i += 1
+                key += text[i]
+                i += 1
+            assert text[i + 1] == "]", text
+            segments.append(key)
+            i += 2
+        else:
+            index = re.match(r"\[(0|[1-9][0-9]*)\]", text[i:])
+            assert index, text
+            segments.append(int(index.group(1)))
+            i += index.end()
+    assert segments, text
+    return tuple(segments)
+
+
+def lookup(properties: Any, name: str) -> Any:
+    """What a property name or path finds: a scalar, or None (nothing found).
+    Objects and arrays at the end find nothing; so does a wrong type, a
+    missing key or index, or a null on the way."""
+    value = properties
+    for segment in path_segments(name):
+        if isinstance(segment, str):
+            if not isinstance(value, dict):
+                return None
+            value = value.get(segment)
+        else:
+            if not isinstance(value, list) or segment >= len(value):
+                return None
+            value = value[segment]
+        if value is None:
+            return None
+    if isinstance(value, dict | list):
+        return None
+    return value
+
+
 def matches(definition: Mapping[str, Any], properties: Mapping[str, Any]) -> bool:
     case_sensitive = definition.get("caseSensitive", True)
     negated = set(definition.get("propertiesToNegate", []))
+    for name, present in definition.get("presenceFilters", {}).items():
+        if (lookup(properties, name) is not None) != present:
+            return False
     for name, values in definition.get("propertyFilters", {}).items():
-        value = properties.get(name)
+        value = lookup(properties, name)
         equal = any(same_value(value, listed, case_sensitive) for listed in values)
         if name in negated and equal:
             return False
@@ -164,11 +229,66 @@ def sum_amount(value: Any) -> Decimal | None:
     return Decimal(text)
 
 
+def average(total: Decimal, events: int) -> Decimal:
+    """total / events to 12 decimals, a half away from zero, trailing zeros
+    trimmed; worked out on the exact fraction, so no rounding on the way."""
+    exact = Fraction(total) / events
+    scaled = abs(exact) * 10**12
+    whole, rest = divmod(scaled.numerator, scaled.denominator)
+    if 2 * rest >= scaled.denominator:
+        whole += 1
+    rounded = Decimal(whole if exact >= 0 else -whole).scaleb(-12)
+    return Decimal(plain_decimal(rounded))
+
+
+def group_key(definition: Mapping[str, Any], properties: Any) -> str | None:
+    """The rollup's group_key, or None when the event is skipped (too long)."""
+    if definition.get("metricType") != "GROUPED":
+        return ""
+    case_sensitive = definition.get("caseSensitive", True)
+    names = definition.get("groupingProperties")
+    if names is None:
+        one = key_form(lookup(properties, definition["groupingProperty"]), case_sensitive)
+        if one is False:
+            return None
+        return one or ""
+    texts = [key_form(lookup(properties, name), case_sensitive) for name in names]
+    if any(text is False for text in texts):
+        return None
+    if len(names) == 1:
+        return texts[0] or ""
+    encoded = json.dumps(texts, ensure_ascii=False, separators=(",", ":"))
+    if len(encoded.encode("utf-8")) > MAX_KEY_BYTES:
+        return None
+    return encoded
+
+
+class Row(NamedTuple):
+    """One rollup as tally.metric_values holds it (beyond its key).
+
+    Numbers are Decimals (2.5 equals 2.50); `value` is None for a STRING
+    LATEST, whose text is `value_text`; `value_sum` is AVG's exact sum;
+    `latest_at` (POSIX microseconds) and `latest_id` are LATEST's winner."""
+
+    value: Decimal | None
+    events: int
+    value_text: str | None = None
+    value_sum: Decimal | None = None
+    latest_at: int | None = None
+    latest_id: str | None = None
+
+
 @dataclass
 class Rollup:
     events: int = 0
     total: Decimal = Decimal(0)
     members: set[str] = field(default_factory=set)
+    extreme: Decimal | None = None
+    # LATEST's winner: (timestamp micros, id, value).
+    latest: tuple[int, str, Decimal | str] | None = None
+
+
+NUMBER_KINDS = ("SUM", "MAX", "MIN", "AVG")
 
 
 @dataclass
@@ -180,12 +300,20 @@ class Reference:
     seen_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
 
-    def add(self, event: Mapping[str, Any], timestamp: float, dedup: bool = False) -> None:
+    def add(
+        self,
+        event: Mapping[str, Any],
+        timestamp: float,
+        dedup: bool = False,
+        micros: int | None = None,
+    ) -> None:
         if dedup:
             if event["id"] in self.seen_ids:
                 self.duplicates += 1
                 return
             self.seen_ids.add(event["id"])
+        if micros is None:
+            micros = round(timestamp * 1_000_000)
         properties = event.get("properties") or {}
         for definition in self.definitions:
             if definition.get("deletedAt"):
@@ -196,21 +324,22 @@ class Reference:
             case_sensitive = definition.get("caseSensitive", True)
             amount = Decimal(0)
             member = None
-            if kind == "SUM":
-                found = sum_amount(properties.get(definition["aggregationProperty"]))
+            if kind in NUMBER_KINDS or (
+                kind == "LATEST" and definition.get("valueType", "NUMBER") == "NUMBER"
+            ):
+                found = sum_amount(lookup(properties, definition["aggregationProperty"]))
                 if found is None:
                     continue
                 amount = found
-            elif kind == "UNIQUE":
-                member = key_form(properties.get(definition["aggregationProperty"]), case_sensitive)
+            elif kind in ("UNIQUE", "LATEST"):  # a member, or a STRING LATEST's text
+                member = key_form(
+                    lookup(properties, definition["aggregationProperty"]), case_sensitive
+                )
                 if member is None or member is False:
                     continue
-            group = ""
-            if definition.get("metricType") == "GROUPED":
-                grouping = key_form(properties.get(definition["groupingProperty"]), case_sensitive)
-                if grouping is False:
-                    continue
-                group = grouping or ""
+            group = group_key(definition, properties)
+            if group is None:
+                continue
             zone = definition.get("timezone", "UTC")
             for unit in definition.get("timeUnits", ["day", "month"]):
                 key = (
@@ -222,25 +351,54 @@ class Reference:
                 )
                 rollup = self.rollups.setdefault(key, Rollup())
                 rollup.events += 1
-                if kind == "SUM":
+                if kind in ("SUM", "AVG"):
                     rollup.total = _EXACT.add(rollup.total, amount)
                 elif kind == "UNIQUE":
-                    assert member is not None
+                    assert isinstance(member, str)
                     rollup.members.add(member)
+                elif kind == "MAX":
+                    if rollup.extreme is None or amount > rollup.extreme:
+                        rollup.extreme = amount
+                elif kind == "MIN":
+                    if rollup.extreme is None or amount < rollup.extreme:
+                        rollup.extreme = amount
+                elif kind == "LATEST" and (
+                    # The greatest (timestamp, id) wins, ids by code point.
+                    rollup.latest is None or (micros, event["id"]) > rollup.latest[:2]
+                ):
+                    value = member if isinstance(member, str) else amount
+                    rollup.latest = (micros, event["id"], value)
 
-    def values(self) -> dict[RefKey, tuple[Decimal, int]]:
+    def rows(self) -> dict[RefKey, Row]:
         kinds = {d["uid"]: d["aggregationType"] for d in self.definitions}
         result = {}
         for key, rollup in self.rollups.items():
             kind = kinds[key[0]]
             if kind == "COUNT":
-                value = Decimal(rollup.events)
+                row = Row(Decimal(rollup.events), rollup.events)
             elif kind == "SUM":
-                value = rollup.total
+                row = Row(rollup.total, rollup.events)
+            elif kind == "UNIQUE":
+                row = Row(Decimal(len(rollup.members)), rollup.events)
+            elif kind in ("MAX", "MIN"):
+                row = Row(rollup.extreme, rollup.events)
+            elif kind == "AVG":
+                row = Row(
+                    average(rollup.total, rollup.events), rollup.events, value_sum=rollup.total
+                )
             else:
-                value = Decimal(len(rollup.members))
-            result[key] = (value, rollup.events)
+                assert kind == "LATEST"
+                assert rollup.latest is not None
+                micros, winner, value = rollup.latest
+                text = value if isinstance(value, str) else None
+                number = value if isinstance(value, Decimal) else None
+                row = Row(number, rollup.events, text, None, micros, winner)
+            result[key] = row
         return result
+
+    def values(self) -> dict[RefKey, tuple[Decimal | None, int]]:
+        """(value, event_count) of each rollup: what older callers compare."""
+        return {key: (row.value, row.events) for key, row in self.rows().items()}
 
 
 def parse_exact(raw: bytes) -> dict[str, Any]:
@@ -270,11 +428,33 @@ def event_seconds(document: Mapping[str, Any]) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def reference_values(
+def event_micros(document: Mapping[str, Any]) -> int:
+    """POSIX microseconds of the event's time, exactly: digits past the
+    microsecond are cut, a leap second is the last microsecond of its minute."""
+    text = str(document["timestamp"]).upper()
+    cut = re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", text)
+    leap = re.fullmatch(r"(.{17})60(?:\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})", cut)
+    if leap:
+        head, zone = leap.groups()
+        cut = f"{head}59.999999{zone}"
+    moment = datetime.fromisoformat(cut)
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def reference_rows(
     definitions: list[Mapping[str, Any]], raw_events: Iterable[bytes], dedup: bool = False
-) -> dict[RefKey, tuple[Decimal, int]]:
+) -> dict[RefKey, Row]:
+    """Every rollup with all its columns (`Row`), one event at a time."""
     reference = Reference(definitions)
     for raw in raw_events:
         document = parse_exact(raw)
-        reference.add(document, event_seconds(document), dedup=dedup)
-    return reference.values()
+        reference.add(document, event_seconds(document), dedup=dedup, micros=event_micros(document))
+    return reference.rows()
+
+
+def reference_values(
+    definitions: list[Mapping[str, Any]], raw_events: Iterable[bytes], dedup: bool = False
+) -> dict[RefKey, tuple[Decimal | None, int]]:
+    """(value, event_count) of every rollup (`reference_rows` has every column)."""
+    rows = reference_rows(definitions, raw_events, dedup)
+    return {key: (row.value, row.events) for key, row in rows.items()}

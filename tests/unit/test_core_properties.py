@@ -263,3 +263,233 @@ def test_deleted_metrics_do_not_aggregate() -> None:
     deltas = aggregate(core_for([doc]), [raw])
     assert deltas.snapshot() == {}
     assert deltas.unmatched == 1
+
+
+# -- MAX, MIN, AVG, LATEST, paths, several grouping keys, presence filters ----------
+
+# Paths into the nested properties `raw_kind_events` writes; each names a
+# different property (a definition may not list one twice under two spellings).
+PATHS = ["p", "q", "$.n.x", "$['n']['y']", "$.l[0]", "$.l[1].z", "$['odd key']", "$.n"]
+NEW_KINDS = ["MAX", "MIN", "AVG", "LATEST", "STRING", "COUNT", "SUM", "UNIQUE"]
+# Text values for groups and STRING values: case twins, escapes JSON must write.
+TEXT_LITERALS = [
+    '"ß"',
+    '"SS"',
+    '"ss"',
+    '"İ"',
+    '"i̇"',
+    '"Ab"',
+    '"aB"',
+    '""',
+    '"a\\"b"',
+    '"\\n\\u0001"',
+]
+# Ids with non-ASCII characters; U+FF21 sorts before U+1F600 by code point
+# but after it in UTF-16, so a UTF-16 comparison would be caught.
+ID_ALPHABET = "aAzéß日\uff21😀"
+# Few distinct instants (ties) and spread ones (late events, period boundaries).
+INSTANTS = [1_800_000_000, 1_800_000_000, 1_800_003_600, 1_799_996_400, 1_800_086_400]
+
+
+def kind_definition(draw: st.DrawFn, n: int, kind: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "uid": f"k{n}",
+        "name": f"kind {n}",
+        "eventType": draw(st.sampled_from(EVENT_TYPES[:2])),
+        "aggregationType": "LATEST" if kind == "STRING" else kind,
+        "caseSensitive": draw(st.booleans()),
+        "timeUnits": draw(st.lists(st.sampled_from(UNITS), min_size=1, max_size=2, unique=True)),
+        "timezone": draw(st.sampled_from(ZONES)),
+    }
+    if kind == "STRING":
+        doc["valueType"] = "STRING"
+    if kind != "COUNT":
+        doc["aggregationProperty"] = draw(st.sampled_from(PATHS))
+    grouping = draw(st.sampled_from(["none", "one", "several"]))
+    if grouping == "one":
+        doc["metricType"] = "GROUPED"
+        key = draw(st.sampled_from(PATHS))
+        if draw(st.booleans()):
+            doc["groupingProperty"] = key
+        else:
+            doc["groupingProperties"] = [key]
+    elif grouping == "several":
+        doc["metricType"] = "GROUPED"
+        doc["groupingProperties"] = draw(
+            st.lists(st.sampled_from(PATHS), min_size=2, max_size=5, unique=True)
+        )
+    filtered = draw(st.lists(st.sampled_from(PATHS), max_size=1, unique=True))
+    doc["propertyFilters"] = {
+        name: draw(st.lists(st.sampled_from(FILTER_VALUES), min_size=1, max_size=4))
+        for name in filtered
+    }
+    present = draw(
+        st.lists(st.sampled_from([p for p in PATHS if p not in filtered]), max_size=2, unique=True)
+    )
+    doc["presenceFilters"] = {name: draw(st.booleans()) for name in present}
+    return doc
+
+
+@st.composite
+def kind_definitions(draw: st.DrawFn, kinds: list[str] = NEW_KINDS) -> list[dict[str, Any]]:
+    return [
+        kind_definition(draw, n, draw(st.sampled_from(kinds)))
+        for n in range(draw(st.integers(1, 4)))
+    ]
+
+
+@st.composite
+def raw_kind_events(draw: st.DrawFn, max_size: int = 30, tied: bool = False) -> list[bytes]:
+    """Events with nested properties, unique non-ASCII ids and tied timestamps
+    (`tied`: two instants only, so most events tie with another)."""
+    ids = draw(
+        st.lists(st.text(ID_ALPHABET, min_size=1, max_size=3), max_size=max_size, unique=True)
+    )
+    scalar = st.sampled_from(VALUE_LITERALS + TEXT_LITERALS)
+    result = []
+    for event_id in ids:
+        if tied:
+            seconds, micros = draw(st.sampled_from(INSTANTS[1:3])), 0
+        else:
+            seconds = draw(st.sampled_from(INSTANTS)) + draw(st.sampled_from([0, 0, 1, 59]))
+            micros = draw(st.sampled_from([0, 0, 1, 999_999]))
+        offset = draw(st.sampled_from(OFFSETS))
+        moment = datetime.fromtimestamp(seconds, timezone(offset)) + timedelta(microseconds=micros)
+        stamp = moment.isoformat().replace("+00:00", "Z")
+        shapes = {
+            "p": scalar,
+            "q": scalar,
+            "odd key": scalar,
+            # Objects, with a repeated key (the last counts), or not objects at all.
+            "n": st.one_of(
+                scalar,
+                st.builds(lambda x, y: f'{{"x":{x},"y":{y}}}', scalar, scalar),
+                st.builds(lambda x, y: f'{{"x":{x},"y":{{}},"x":{y}}}', scalar, scalar),
+            ),
+            "l": st.one_of(
+                scalar,
+                st.just("[]"),
+                st.builds(lambda a, z: f'[{a},{{"z":{z}}}]', scalar, scalar),
+                st.builds(lambda a: f"[[{a}],null]", scalar),
+            ),
+        }
+        names = draw(st.lists(st.sampled_from(sorted(shapes)), unique=True))
+        body = ",".join(f"{json.dumps(k)}:{draw(shapes[k])}" for k in names)
+        fields = [
+            f'"id":{json.dumps(event_id, ensure_ascii=False)}',
+            f'"eventType":{json.dumps(draw(st.sampled_from(EVENT_TYPES[:2])))}',
+            f'"customerId":{json.dumps(draw(st.sampled_from(CUSTOMERS[:2])))}',
+            f'"timestamp":"{stamp}"',
+            f'"properties":{{{body}}}',
+        ]
+        result.append(("{" + ",".join(fields) + "}").encode())
+    return result
+
+
+def core_rows(deltas: Deltas, docs: list[dict[str, Any]]) -> dict[reference.RefKey, reference.Row]:
+    """Every rollup of a Deltas as the reference's Row: COUNT, SUM and UNIQUE
+    from its snapshot, the other kinds from the columns the flush writes."""
+    zones = {d["uid"]: d.get("timezone", "UTC") for d in docs}
+    kinds = {d["uid"]: d["aggregationType"] for d in docs}
+    out: dict[reference.RefKey, reference.Row] = {}
+    for (uid, customer, group, unit, start), (_end, events, value) in deltas.snapshot().items():
+        if isinstance(value, frozenset):
+            value = Decimal(len(value))
+        if kinds[uid] in ("COUNT", "SUM", "UNIQUE"):
+            key = (uid, customer, group, unit, reference.local_period(start, unit, zones[uid]))
+            out[key] = reference.Row(value, events)
+    columns = deltas.kind_columns()
+    for merge, uid, customer, group, unit, start, end, *rest in zip(*columns, strict=True):
+        value, text, total, events, latest_at, latest_id = rest
+        assert end > start
+        kind = {"max": "MAX", "min": "MIN", "avg": "AVG", "latest": "LATEST"}[merge]
+        assert kind == kinds[uid]
+        key = (uid, customer, group, unit, reference.local_period(start, unit, zones[uid]))
+        assert key not in out, f"two periods of {unit} share the local start {key[4]}"
+        out[key] = reference.Row(
+            None if value is None else Decimal(value),
+            events,
+            text,
+            None if total is None else Decimal(total),
+            latest_at,
+            latest_id,
+        )
+    return out
+
+
+def kind_rows(core: Core, docs: list[dict[str, Any]], raws: list[bytes]) -> dict[Any, Any]:
+    return core_rows(aggregate(core, raws), docs)
+
+
+@SETTINGS
+@given(docs=kind_definitions(), raws=raw_kind_events())
+def test_new_kinds_equal_the_reference(docs: list[dict[str, Any]], raws: list[bytes]) -> None:
+    assert kind_rows(core_for(docs), docs, raws) == reference.reference_rows(docs, raws)
+
+
+@SETTINGS
+@given(docs=kind_definitions(), raws=raw_kind_events(), data=st.data())
+def test_new_kinds_split_batches_merge_to_the_whole(
+    docs: list[dict[str, Any]], raws: list[bytes], data: st.DataObject
+) -> None:
+    core = core_for(docs)
+    cut = data.draw(st.integers(0, len(raws)))
+    whole = aggregate(core, raws)
+    combined = merged(core, [aggregate(core, raws[:cut]), aggregate(core, raws[cut:])])
+    assert core_rows(combined, docs) == core_rows(whole, docs)
+    assert core_rows(combined, docs) == reference.reference_rows(docs, raws)
+    assert combined.snapshot() == whole.snapshot()
+
+
+@SETTINGS
+@given(docs=kind_definitions(), raws=raw_kind_events(), data=st.data())
+def test_new_kinds_do_not_depend_on_arrival_order(
+    docs: list[dict[str, Any]], raws: list[bytes], data: st.DataObject
+) -> None:
+    core = core_for(docs)
+    shuffled = data.draw(st.permutations(raws))
+    in_order = kind_rows(core, docs, raws)
+    assert kind_rows(core, docs, shuffled) == in_order
+    assert reference.reference_rows(docs, shuffled) == in_order
+
+
+@SETTINGS
+@given(
+    docs=kind_definitions(kinds=["LATEST", "STRING"]),
+    raws=raw_kind_events(tied=True),
+    data=st.data(),
+)
+def test_latest_ties_and_late_events(
+    docs: list[dict[str, Any]], raws: list[bytes], data: st.DataObject
+) -> None:
+    """Same instants with different ids, older events after newer ones, and a
+    late older event offered to a delta that already has a winner."""
+    core = core_for(docs)
+    newest_first = sorted(raws, key=lambda raw: reference.event_micros(json.loads(raw)))[::-1]
+    cut = data.draw(st.integers(0, len(raws)))
+    late = merged(core, [aggregate(core, newest_first[:cut]), aggregate(core, newest_first[cut:])])
+    expected = reference.reference_rows(docs, raws)
+    assert core_rows(late, docs) == expected == kind_rows(core, docs, newest_first)
+    for row in expected.values():
+        assert row.latest_at is not None
+        assert row.latest_id is not None
+
+
+@SETTINGS
+@given(
+    docs=kind_definitions(kinds=["COUNT", "STRING", "UNIQUE"]),
+    raws=raw_kind_events(),
+)
+def test_several_grouping_keys_and_case_folding(
+    docs: list[dict[str, Any]], raws: list[bytes]
+) -> None:
+    """group_key encodes the keys as the spec's JSON array (null for a missing
+    key, "" kept apart from it), texts case-folded like Python's casefold."""
+    rows = kind_rows(core_for(docs), docs, raws)
+    assert rows == reference.reference_rows(docs, raws)
+    keys = {d["uid"]: d.get("groupingProperties") or [] for d in docs}
+    for uid, _customer, group, _unit, _start in rows:
+        if len(keys[uid]) > 1:
+            decoded = json.loads(group)
+            assert len(decoded) == len(keys[uid])
+            assert group == json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))

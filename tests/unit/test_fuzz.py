@@ -1,7 +1,8 @@
 """Fuzzing decode -> aggregate -> merge -> flush encoding with hostile records.
 
 No exception may escape any step, whatever the bytes; every accepted event
-must give exactly what `tests/reference.py` computes; split batches must merge
+must give exactly what `tests/reference.py` computes (MAX, MIN, AVG and LATEST
+by every column `kind_columns()` gives); split batches must merge
 to the whole; and every value the flush would write must be the reference's.
 
 `make test` runs FUZZ_EXAMPLES (5,000) examples. The long run is
@@ -29,7 +30,7 @@ from tally.core.metrics import MetricIndex
 from tally.store.flush import MemberKey, member_columns, value_columns
 from tests import reference
 from tests.hostile import COUNTED, COUNTED_METRICS, DEAD_LETTERS, NOW, hostile_records
-from tests.unit.test_core_properties import definitions
+from tests.unit.test_core_properties import core_rows, definitions, kind_definitions
 
 FUZZ_EXAMPLES = int(os.environ.get("TALLY_FUZZ_EXAMPLES", "5000"))
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -76,8 +77,14 @@ def check(docs: list[dict[str, Any]], raws: list[bytes | None], cut: int, wide: 
     left = aggregate(core, accepted[:cut], NOW, limits)
     right = aggregate(core, accepted[cut:], NOW, limits)
     assert merged(core, [left, right]).snapshot() == whole.snapshot()
-    expected = reference.reference_values(docs, accepted)
-    assert flushed_values(whole, docs) == expected
+    expected = reference.reference_rows(docs, accepted)
+    added = {d["uid"] for d in docs if d["aggregationType"] in ("COUNT", "SUM", "UNIQUE")}
+    assert flushed_values(whole, docs) == {
+        key: (row.value, row.events) for key, row in expected.items() if key[0] in added
+    }
+    # MAX, MIN, AVG and LATEST: every column of Deltas.kind_columns.
+    kinds = {key: row for key, row in core_rows(whole, docs).items() if key[0] not in added}
+    assert kinds == {key: row for key, row in expected.items() if key[0] not in added}
 
 
 FUZZ = settings(
@@ -89,7 +96,7 @@ FUZZ = settings(
 
 @FUZZ
 @given(
-    docs=definitions(),
+    docs=st.one_of(definitions(), kind_definitions()),
     raws=st.lists(hostile_records(), max_size=6),
     cut=st.integers(0, 6),
     wide=st.booleans(),

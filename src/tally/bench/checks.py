@@ -52,15 +52,18 @@ async def check_exact(
     customers: set[str],
     dedup: bool,
 ) -> int:
-    """Compare the values table with the reference for `customers`; returns rows compared."""
+    """Compare the values table with the reference for `customers`, every
+    column (value, value_text, value_sum, event_count, latest_at, latest_id:
+    MAX, MIN, AVG and LATEST rows too); returns rows compared."""
     reference = load_reference()
     chosen = [v for v in values if orjson.loads(v)["customerId"] in customers]
-    expected = reference.reference_values(definitions, chosen, dedup=dedup)
+    expected = reference.reference_rows(definitions, chosen, dedup=dedup)
     zones = {d["uid"]: d.get("timezone", "UTC") for d in definitions}
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
-            "SELECT metric_uid, customer_id, group_key, time_unit, period_start, value, event_count"
+            "SELECT metric_uid, customer_id, group_key, time_unit, period_start, value,"
+            " event_count, value_text, value_sum, latest_at, latest_id"
             " FROM tally.metric_values WHERE customer_id = ANY($1::text[])",
             sorted(customers),
         )
@@ -75,13 +78,22 @@ async def check_exact(
             reference.local_period(
                 r["period_start"].timestamp(), r["time_unit"], zones[r["metric_uid"]]
             ),
-        ): (r["value"], r["event_count"])
+        ): reference.Row(
+            r["value"],
+            r["event_count"],
+            r["value_text"],
+            r["value_sum"],
+            r["latest_at"],
+            r["latest_id"],
+        )
         for r in rows
     }
     if actual != expected:
         wrong = [k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k)]
+        example = sorted(wrong, key=repr)[:3]
         raise AssertionError(
-            f"{len(wrong)} rollups differ from the reference, e.g. {sorted(wrong, key=repr)[:3]}"
+            f"{len(wrong)} rollups differ from the reference, e.g. "
+            + "; ".join(f"{k}: stored {actual.get(k)} expected {expected.get(k)}" for k in example)
         )
     return len(actual)
 
