@@ -130,10 +130,10 @@ def same_value(event_value: Any, listed: Any, case_sensitive: bool) -> bool:
 
 def path_segments(text: str) -> tuple[str | int, ...]:
     """The segments of a property name (docs/metering-model.md, "Paths"):
-    a text not starting with `$` is one key; else `.name`, `['key']` (escapes
+    a text not starting with `$.` or `$[` is one key; else `.name`, `['key']` (escapes
     \\' and \\\\ only) and `[N]` segments. Definitions reaching here were
     validated, so anything else is a bug in this reference."""
-    if not text.startswith("$"):
+    if not text.startswith(("$.", "$[")):
         return (text,)
     segments: list[str | int] = []
     i = 1
@@ -237,7 +237,7 @@ def average(total: Decimal, events: int) -> Decimal:
     whole, rest = divmod(scaled.numerator, scaled.denominator)
     if 2 * rest >= scaled.denominator:
         whole += 1
-    rounded = Decimal(whole if exact >= 0 else -whole).scaleb(-12)
+    rounded = Decimal(whole if exact >= 0 else -whole).scaleb(-12, _EXACT)
     return Decimal(plain_decimal(rounded))
 
 

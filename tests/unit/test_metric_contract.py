@@ -17,6 +17,9 @@ from tally.contracts.metric import (
     immutable_changes,
     parse_metric,
 )
+from tally.core.engine import aggregate, new_core
+from tally.core.events import DecodeLimits
+from tally.core.metrics import MetricIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "usage-metric.schema.json").read_text())
@@ -155,7 +158,6 @@ INVALID_MODEL: list[tuple[dict[str, Any], str, str]] = [
     ),
     (with_(**SUM | {"aggregationProperty": "$.items[-1]"}), "aggregationProperty", "negative"),
     (with_(**SUM | {"aggregationProperty": "$.items[0:2]"}), "aggregationProperty", "slices"),
-    (with_(**SUM | {"aggregationProperty": "$"}), "aggregationProperty", "add a segment"),
     (with_(**SUM | {"aggregationProperty": "$.a b"}), "aggregationProperty", "whitespace"),
     (with_(**SUM | {"aggregationProperty": '$["a"]'}), "aggregationProperty", "single quotes"),
     (with_(**SUM | {"aggregationProperty": "$['a"}), "aggregationProperty", "not closed"),
@@ -253,6 +255,27 @@ def test_the_metering_model_fields_are_accepted_and_round_trip() -> None:
     assert parse_metric(parsed.to_document()) == parsed
     for kind in ("MAX", "MIN", "AVG", "LATEST"):
         parse_metric(with_(aggregationType=kind, aggregationProperty="$.usage.n"))
+
+
+def test_names_starting_with_a_dollar_stay_plain_names() -> None:
+    """`$distinct_id`, `$os` (analytics SDKs) were valid names before paths
+    existed; only `$.` and `$[` start a path, so stored definitions still load."""
+    for name in ("$distinct_id", "$os", "$", "$$", "$*"):
+        doc = with_(aggregationType="SUM", aggregationProperty=name)
+        VALIDATOR.validate(doc)
+        assert parse_metric(doc).aggregation_property == name
+    core = new_core(
+        MetricIndex([parse_metric(with_(aggregationType="SUM", aggregationProperty="$os"))])
+    )
+    event = {
+        "id": "e1",
+        "eventType": "api_call",
+        "customerId": "c",
+        "timestamp": "2026-11-18T08:00:00Z",
+        "properties": {"$os": 5, "os": 7},
+    }
+    deltas = aggregate(core, [json.dumps(event).encode()], 1_795_000_000.0, DecodeLimits())
+    assert {value for (_, _, value) in deltas.snapshot().values()} == {5}
 
 
 def test_respelling_a_path_is_not_a_change() -> None:

@@ -1,6 +1,7 @@
 """Property paths: a plain name, or a small JSONPath subset (README, "Paths").
 
-- A text that does not start with `$` is one top-level key, taken literally.
+- A text that does not start with `$.` or `$[` is one top-level key, taken
+  literally (`$distinct_id`, `$os` and `$` are names, as analytics SDKs send).
 - `$` followed by 1-32 segments: `.name` (`[A-Za-z_][A-Za-z0-9_-]*`),
   `['any key']` (with `\\'` and `\\\\` the only escapes) or `[N]` (an index,
   no leading zeros, at most 1,000,000). Nothing else: no wildcards, no `..`,
@@ -70,7 +71,7 @@ def parse_path(text: str) -> tuple[Segment, ...]:
     """The segments of a property path or plain name; PathError if unsupported."""
     if not text:
         raise PathError("must not be empty")
-    if not text.startswith("$"):
+    if not text.startswith(("$.", "$[")):
         if len(text) > MAX_PLAIN_LENGTH:
             raise PathError(f"a property name has at most {MAX_PLAIN_LENGTH} characters")
         return (text,)
@@ -94,6 +95,4 @@ def parse_path(text: str) -> tuple[Segment, ...]:
             raise PathError(_reason(rest))
         if len(segments) > MAX_SEGMENTS:
             raise PathError(f"a path has at most {MAX_SEGMENTS} segments")
-    if not segments:
-        raise PathError("'$' alone is not a property: add a segment, e.g. $.name")
     return tuple(segments)
