@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tally.store.definitions import list_metrics, revision
+from tally.contracts.metric import parse_metric
+from tally.store.definitions import apply_definitions, list_metrics, revision
 from tests.integration.test_api_support import ADMIN, CALLS, READ, Api, error_locs, open_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -265,6 +266,47 @@ async def test_patch_changes_mutable_fields_and_bumps_the_revision(api: Api) -> 
     )
     assert same.status_code == 200
     assert same.json() == body
+
+
+async def test_a_respelled_path_beside_a_real_change_keeps_the_stored_spelling(
+    api: Api,
+) -> None:
+    """The API's `group` object is keyed by the stored spelling: a PATCH that
+    respells `region` as `$.region` while renaming must not rename the keys."""
+    grouped = {
+        **CALLS,
+        "metricType": "GROUPED",
+        "groupingProperties": ["region", "$.plan.tier"],
+        "presenceFilters": {"$.usage.cached": True},
+    }
+    assert (await api.create(grouped)).status_code == 201
+    response = await api.client.patch(
+        "/usage-metrics/api_calls",
+        json={
+            "name": "Calls",
+            "groupingProperties": ["$.region", "$['plan']['tier']"],
+            "presenceFilters": {"$['usage'].cached": True},
+        },
+        headers=ADMIN,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["name"] == "Calls"
+    assert body["groupingProperties"] == ["region", "$.plan.tier"]
+    assert body["presenceFilters"] == {"$.usage.cached": True}
+    async with api.pool.acquire() as connection:
+        (stored,) = await list_metrics(connection)
+        assert stored.to_document() == body
+        # `tally metrics apply` keeps it too.
+        respelled = {
+            **grouped,
+            "name": "Calls again",
+            "groupingProperties": ["$['region']", "$.plan.tier"],
+        }
+        await apply_definitions(connection, [parse_metric(respelled)])
+        (applied,) = await list_metrics(connection)
+    assert applied.name == "Calls again"
+    assert list(applied.grouping_properties or ()) == ["region", "$.plan.tier"]
 
 
 async def test_patch_refuses_immutable_and_server_fields_naming_them(api: Api) -> None:

@@ -35,6 +35,7 @@ from tally.contracts.metric import (
     UsageMetric,
     UsageMetricDefinition,
     changed_fields,
+    keep_stored_spelling,
     immutable_changes,
     parse_metric,
 )
@@ -227,7 +228,8 @@ async def update_usage_metric(
             )
         changed = changed_fields(metric, definition)
         if changed:
-            metric = await store.update_metric(connection, metric.id, definition)
+            kept = keep_stored_spelling(metric, definition)
+            metric = await store.update_metric(connection, metric.id, kept)
             log.info("metric changed", uid=metric.uid, fields=",".join(changed), by=principal.name)
     return json_response(_shown(metric))
 

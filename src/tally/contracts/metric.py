@@ -364,6 +364,16 @@ def changed_fields(old: UsageMetricDefinition, new: UsageMetricDefinition) -> li
     return [field_alias(f) for f in fields if _comparable(old, f) != _comparable(new, f)]
 
 
+def keep_stored_spelling(
+    old: UsageMetricDefinition, new: UsageMetricDefinition
+) -> UsageMetricDefinition:
+    """`new` with `old`'s immutable fields, for an update that changed none.
+
+    They mean the same (`immutable_changes` is empty), but a respelled path
+    stored would rename the API's `group` keys of every existing row."""
+    return new.model_copy(update={f: getattr(old, f) for f in IMMUTABLE_FIELDS})
+
+
 def immutable_changes(old: UsageMetricDefinition, new: UsageMetricDefinition) -> list[str]:
     return [field_alias(f) for f in IMMUTABLE_FIELDS if _comparable(old, f) != _comparable(new, f)]
 

@@ -32,6 +32,7 @@ from tally.contracts.metric import (
     UsageMetric,
     UsageMetricDefinition,
     changed_fields,
+    keep_stored_spelling,
     immutable_changes,
     parse_metric,
 )
@@ -173,6 +174,7 @@ async def apply_definitions(
         existing = {row["uid"]: row_to_metric(row) for row in rows}
         changes: list[Change] = []
         refused: list[FieldError] = []
+        kept: dict[str, UsageMetricDefinition] = {}
         for definition in definitions:
             old = existing.get(definition.uid)
             if old is None:
@@ -190,6 +192,7 @@ async def apply_definitions(
                 ]
                 continue
             fields = changed_fields(old_definition, definition)
+            kept[definition.uid] = keep_stored_spelling(old_definition, definition)
             changes.append(
                 Change(definition.uid, Action.UPDATE if fields else Action.UNCHANGED, tuple(fields))
             )
@@ -197,7 +200,7 @@ async def apply_definitions(
             raise MetricDefinitionError(refused)
         if dry_run:
             return changes
-        by_uid = {d.uid: d for d in definitions}
+        by_uid = {d.uid: d for d in definitions} | kept
         for change in changes:
             definition = by_uid[change.uid]
             if change.action is Action.CREATE:
