@@ -257,6 +257,37 @@ async def values_by_reference_key(
     return result
 
 
+async def rows_by_reference_key(
+    dsn: str, definitions: Sequence[Mapping[str, Any]]
+) -> dict[reference.RefKey, reference.Row]:
+    """The values table keyed like the reference, every column (`reference.Row`)."""
+    zones = {d["uid"]: d.get("timezone", "UTC") for d in definitions}
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT metric_uid, customer_id, group_key, time_unit, period_start, value,"
+            " event_count, value_text, value_sum, latest_at, latest_id FROM tally.metric_values"
+        )
+    finally:
+        await connection.close()
+    result: dict[reference.RefKey, reference.Row] = {}
+    for r in rows:
+        label = reference.local_period(
+            r["period_start"].timestamp(), r["time_unit"], zones[r["metric_uid"]]
+        )
+        key = (r["metric_uid"], r["customer_id"], r["group_key"], r["time_unit"], label)
+        assert key not in result, f"two rows for {key}"
+        result[key] = reference.Row(
+            r["value"],
+            r["event_count"],
+            r["value_text"],
+            r["value_sum"],
+            r["latest_at"],
+            r["latest_id"],
+        )
+    return result
+
+
 def diff(actual: Mapping[Any, Any], expected: Mapping[Any, Any], limit: int = 10) -> str:
     """A readable summary of how two value maps differ."""
     lines = []

@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tally.synthetic import Workload, encoded, events, metric_definitions
+from tally.synthetic import Workload, encoded, events, metric_definitions, model_definitions
 from tests import reference
 from tests.conftest import MakeTopic
 from tests.integration.support import (
@@ -22,6 +22,7 @@ from tests.integration.support import (
     produce,
     produce_paced,
     read_topic,
+    rows_by_reference_key,
     values_by_reference_key,
     wait_caught_up,
     worker_env,
@@ -82,6 +83,81 @@ async def test_sigkill_while_consuming_and_while_flushing(
     expected = reference.reference_values(definitions, [value for _, value in messages])
     actual = await values_by_reference_key(fresh_database, definitions)
     assert actual == expected, diff(actual, expected)
+
+
+async def test_new_kinds_exact_through_sigkills_row_for_row(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """MAX, MIN, AVG, LATEST (number and STRING), a 3-key grouping, nested
+    paths and presence filters: 100,000 events over 4 partitions, the worker
+    killed while consuming and while flushing; every column of every row equals
+    the reference's (value, value_text, value_sum, event_count, latest_at,
+    latest_id)."""
+    definitions = model_definitions() + metric_definitions(4)
+    kinds = {d["aggregationType"] for d in definitions}
+    assert {"MAX", "MIN", "AVG", "LATEST", "COUNT", "SUM", "UNIQUE"} <= kinds
+    assert any(d.get("valueType") == "STRING" for d in definitions)
+    assert any(len(d.get("groupingProperties", [])) == 3 for d in definitions)
+    assert any(d.get("presenceFilters") for d in definitions)
+    assert any(str(d.get("aggregationProperty", "")).startswith("$") for d in definitions)
+    topic = await make_topic(4)
+    await apply_metrics(fresh_database, definitions, tmp_path)
+    # Two days of a producer's ordered stream with a late tail: LATEST meets
+    # events older than its winner, in later flushes and after restarts.
+    messages = encoded(
+        Workload(
+            seed=41,
+            end=datetime.now(UTC).timestamp() - 60,
+            span_seconds=2 * 86400,
+            ordered=True,
+            late_share=0.1,
+            late_seconds=6 * 3600,
+        ),
+        100_000,
+    )
+    env = worker_env(
+        kafka_bootstrap,
+        fresh_database,
+        topic,
+        "g-kinds",
+        flush_interval="0.2",
+        session_timeout="3",
+        log_level="DEBUG",
+    )
+    worker = WorkerProcess("kinds", env, tmp_path)
+    rng = random.Random(9)
+    producing = asyncio.create_task(produce_paced(kafka_bootstrap, topic, messages, seconds=20))
+    kills = {"consuming": 0, "flushing": 0}
+    lock = await asyncpg.connect(fresh_database)
+    try:
+        for round_ in range(4):
+            worker.start()
+            await worker.wait_log("partition ready", timeout=60)
+            if round_ % 2:
+                async with lock.transaction():
+                    await lock.execute("LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE")
+                    await worker.wait_log("flush started", timeout=30)
+                    await asyncio.sleep(0.3)
+                    worker.kill()
+                kills["flushing"] += 1
+            else:
+                await asyncio.sleep(rng.uniform(0.5, 2.5))
+                worker.kill()
+                kills["consuming"] += 1
+        assert kills == {"consuming": 2, "flushing": 2}
+        await producing
+        worker.start()
+        await wait_caught_up(kafka_bootstrap, fresh_database, topic, timeout=240)
+    finally:
+        await lock.close()
+        producing.cancel()
+        assert worker.stop() == 0
+    assert worker.starts == 5
+    expected = reference.reference_rows(definitions, [value for _, value in messages])
+    actual = await rows_by_reference_key(fresh_database, definitions)
+    assert actual == expected, diff(actual, expected)
+    stored_kinds = {uid for uid, *_ in actual}
+    assert {d["uid"] for d in model_definitions()} <= stored_kinds
 
 
 async def test_duplicates_resent_before_and_after_a_restart_count_once(

@@ -493,3 +493,48 @@ def test_several_grouping_keys_and_case_folding(
             decoded = json.loads(group)
             assert len(decoded) == len(keys[uid])
             assert group == json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
+
+
+# Amounts whose averages land on a half at the 13th decimal (or near it).
+HALF_LITERALS = [
+    "0.0000000000005",
+    "-0.0000000000005",
+    "0.0000000000015",
+    "0.0000000000025",
+    "-0.0000000000035",
+    "0.00000000000049",
+    "0.0000000000001",
+    "1",
+    "-1",
+    "2",
+    '"0.0000000000005"',
+    "0",
+]
+
+
+@SETTINGS
+@given(
+    amounts=st.lists(st.sampled_from(HALF_LITERALS), min_size=1, max_size=8),
+    cut=st.integers(0, 8),
+)
+def test_avg_rounds_halves_away_from_zero(amounts: list[str], cut: int) -> None:
+    doc = {
+        "uid": "avg",
+        "name": "avg",
+        "eventType": "a",
+        "aggregationType": "AVG",
+        "aggregationProperty": "p",
+        "timeUnits": ["day"],
+    }
+    raws = [
+        (
+            f'{{"id":"e{n}","eventType":"a","customerId":"c",'
+            f'"timestamp":"2026-11-24T00:00:00Z","properties":{{"p":{amount}}}}}'
+        ).encode()
+        for n, amount in enumerate(amounts)
+    ]
+    core = core_for([doc])
+    expected = reference.reference_rows([doc], raws)
+    assert kind_rows(core, [doc], raws) == expected
+    combined = merged(core, [aggregate(core, raws[:cut]), aggregate(core, raws[cut:])])
+    assert core_rows(combined, [doc]) == expected
