@@ -34,8 +34,13 @@ class Record:
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
+    return producer_for(settings.kafka_bootstrap)
+
+
+def producer_for(bootstrap: str) -> AIOKafkaProducer:
+    """The ingest producer's settings; `tally bench ingest` produces directly with the same."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=bootstrap,
         client_id="tally-ingest",
         acks="all",
         enable_idempotence=True,
