@@ -33,6 +33,8 @@ async def test_every_posted_event_reaches_the_topic_exactly_once(kafka_bootstrap
         assert set(counts.values()) == {1}, leg
     assert report.http.events == report.direct.events == EVENTS
     assert len(report.http.latencies) == len(report.direct.latencies) == 11
+    assert set(report.http.cpu_seconds) == {"bench (load generator)", "tally ingest serve"}
+    assert set(report.direct.cpu_seconds) == {"bench (producer)"}
 
     table = ingest.markdown(report, EVENTS)
     assert "| HTTP: POST /events (tally ingest serve) |" in table

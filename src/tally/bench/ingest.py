@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -34,6 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.api.auth import new_token, token_entry
+from tally.bench.peer_common import cpu_seconds, proc_cpu_seconds
 from tally.bench.workers import PARTITIONS, create_topic, delete_topics, end_offsets
 from tally.ingest.producer import producer_for
 from tally.synthetic import Workload, events
@@ -58,6 +59,7 @@ class Leg:
     events: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by process
 
     @property
     def rate(self) -> float:
@@ -187,6 +189,11 @@ class IngestServer:
         }
         self._process: subprocess.Popen[bytes] | None = None
 
+    def cpu_seconds(self) -> float:
+        """user + sys of the server process so far (0 where /proc is not readable)."""
+        assert self._process is not None
+        return proc_cpu_seconds(self._process.pid) or 0.0
+
     async def __aenter__(self) -> IngestServer:
         command = [sys.executable, "-m", "tally", "ingest", "serve"]
         self._process = subprocess.Popen(command, env=self._env)
@@ -252,10 +259,18 @@ async def bench_ingest(
         for topic in (direct_topic, http_topic):
             await create_topic(bootstrap, topic)
         say(f"direct: {count:,} events to {direct_topic}, {connections} batches in flight")
+        before = cpu_seconds()
         direct = await produce_direct(bootstrap, direct_topic, batches, connections)
+        direct = replace(direct, cpu_seconds={"bench (producer)": cpu_seconds() - before})
         say(f"HTTP: {count:,} events through tally ingest serve, {connections} connections")
         async with IngestServer(bootstrap, http_topic) as server:
+            before, server_before = cpu_seconds(), server.cpu_seconds()
             http = await post_http(server.url, server.token, batches, connections)
+            used = {
+                "bench (load generator)": cpu_seconds() - before,
+                "tally ingest serve": server.cpu_seconds() - server_before,
+            }
+            http = replace(http, cpu_seconds=used)
         load.append(read_loadavg())
         say(f"load average at end: {load[1]}")
         report = IngestBenchReport(direct, http, connections, batch, load=load)
@@ -286,6 +301,12 @@ def markdown(report: IngestBenchReport, expected_ids: int) -> str:
         f" {LAGO_REST_EVENTS_PER_SECOND:,} events/s over REST)",
         "latency: per request (HTTP) or per batch until every record is acknowledged (direct)",
     ]
+    for way in (report.http, report.direct):
+        used = ", ".join(
+            f"{name} {seconds / way.events * 100_000:.1f}"
+            for name, seconds in way.cpu_seconds.items()
+        )
+        lines.append(f"CPU s per 100k events, {way.name}: {used}")
     for leg, counts in report.topics.items():
         once = all(n == 1 for n in counts.values()) and len(counts) == expected_ids
         lines.append(
