@@ -1,22 +1,70 @@
-"""`tally explain`: what the live metrics make of one event (a file, or stdin)."""
+"""`tally explain`: what the live metrics make of one event (a file, or stdin),
+and whether its id is already in the stored dedup window of its partition."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from tally.cli.main import UserError, settings_from
+from tally.config import Settings
+from tally.core.events import DecodeLimits, Rejection, decode_event
+from tally.core.explain import dedup_answer, dedup_digest, render
 from tally.core.explain import explain as explain_event
-from tally.core.explain import render
 from tally.ingest.service import decode_limits
+from tally.kafka.records import partition_count, partition_of
+from tally.store.dedup_lookup import stored_in_window
 from tally.store.definitions import list_metrics
-from tally.store.pool import connect
+from tally.store.pool import Connection, connect
 
-FIELDS = ["database_url", "max_event_bytes", "max_lateness", "max_future_skew"]
+FIELDS = [
+    "database_url",
+    "kafka_bootstrap",
+    "topic",
+    "dedup_window",
+    "max_event_bytes",
+    "max_lateness",
+    "max_future_skew",
+]
+
+
+async def dedup_state(
+    connection: Connection,
+    settings: Settings,
+    raw: bytes,
+    now: float,
+    limits: DecodeLimits,
+    topic: str,
+    partition: int | None,
+) -> dict[str, Any]:
+    """Whether the event's id is in the stored window of its partition: the
+    partition given, or the one Kafka's partitioner gives its customerId."""
+    key = dedup_digest(raw, now, limits)
+    decoded = decode_event(raw, now, limits)
+    if key is None or isinstance(decoded, Rejection):
+        return {"checked": False, "why": "the event is refused"}
+    if settings.dedup_window <= 0:
+        return {"checked": False, "why": "dedup is off (dedup window 0)"}
+    if partition is None:
+        try:
+            count = await asyncio.wait_for(
+                partition_count(settings.kafka_bootstrap, topic), timeout=15
+            )
+        except (KafkaError, OSError, LookupError, TimeoutError) as exc:
+            why = f"partition unknown ({type(exc).__name__}: {exc}); give --partition"
+            return {"checked": False, "why": why}
+        partition = partition_of(decoded.customer_id.encode(), count)
+    duplicate = await stored_in_window(
+        connection, topic, partition, key, now, settings.dedup_window
+    )
+    return dedup_answer(topic, partition, duplicate)
 
 
 async def explain(args: argparse.Namespace) -> int:
@@ -28,12 +76,17 @@ async def explain(args: argparse.Namespace) -> int:
             raw = Path(args.file).read_bytes()
         except OSError as exc:
             raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    raw = raw.strip()
+    now = time.time()
+    limits = decode_limits(settings)
+    topic = settings.topic[0]  # --topic: the first is the one explained
     connection = await connect(settings.database_url)
     try:
         metrics = await list_metrics(connection, include_deleted=False)
+        dedup = await dedup_state(connection, settings, raw, now, limits, topic, args.partition)
     finally:
         await connection.close()
-    answer = explain_event(raw.strip(), metrics, time.time(), decode_limits(settings))
+    answer = explain_event(raw, metrics, now, limits, dedup)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -333,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     why.add_argument("file", nargs="?", help="a file with one event; - or nothing for stdin")
     why.add_argument("--format", choices=["text", "json"], default="text")
+    why.add_argument(
+        "--partition",
+        type=int,
+        metavar="P",
+        help="the partition whose dedup window is checked (default: murmur2 of customerId)",
+    )
 
     send = _command(
         sub,

@@ -109,10 +109,29 @@ def _only(spec: SpecTuple, index: int, at: int) -> SpecTuple:
     return only  # type: ignore[no-any-return]
 
 
+NOT_CHECKED: dict[str, Any] = {"checked": False, "why": "no database configured"}
+
+
+def dedup_digest(raw: bytes, now: float, limits: DecodeLimits) -> bytes | None:
+    """The event's 16-byte dedup digest as the core computes it; None if refused."""
+    batch = new_core().decode([raw], now, limits.native())
+    digests: bytes = batch.digests
+    return digests[:16] if len(digests) >= 16 else None
+
+
+def dedup_answer(topic: str, partition: int, duplicate: bool) -> dict[str, Any]:
+    return {"checked": True, "topic": topic, "partition": partition, "duplicate": duplicate}
+
+
 def explain(
-    raw: bytes, metrics: Iterable[MetricSpec], now: float, limits: DecodeLimits
+    raw: bytes,
+    metrics: Iterable[MetricSpec],
+    now: float,
+    limits: DecodeLimits,
+    dedup: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The decode outcome, then for each live metric of the event's type what it did."""
+    """The decode outcome, then for each live metric of the event's type what it
+    did; `dedup` says whether its id is already in its partition's window."""
     decoded = decode_event(raw, now, limits)
     if isinstance(decoded, Rejection):
         return {
@@ -163,6 +182,7 @@ def explain(
         "eventType": decoded.event_type,
         "customerId": decoded.customer_id,
         "metrics": found,
+        "dedup": dict(dedup if dedup is not None else NOT_CHECKED),
     }
 
 
@@ -209,4 +229,14 @@ def render(answer: Mapping[str, Any]) -> str:
                 lines.append(
                     f"    presence {miss['presence']}: must be {must} (is {miss['value']!r})"
                 )
+    lines.append(_dedup_line(answer["dedup"]))
     return "\n".join(lines) + "\n"
+
+
+def _dedup_line(dedup: Mapping[str, Any]) -> str:
+    if not dedup["checked"]:
+        return f"dedup window: not checked ({dedup['why']})"
+    where = f"{dedup['topic']} partition {dedup['partition']}"
+    if dedup["duplicate"]:
+        return f"dedup window of {where}: duplicate of an event already counted"
+    return f"dedup window of {where}: new"
