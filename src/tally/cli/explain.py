@@ -1,4 +1,5 @@
-"""`tally explain`: what the live metrics make of one event (a file, or stdin),
+"""`tally explain`: what the live metrics make of one event (a file, stdin, or
+the record at --topic/--partition/--offset),
 and whether its id is already in the stored dedup window of its partition."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tally.core.events import DecodeLimits, Rejection, decode_event
 from tally.core.explain import dedup_answer, dedup_digest, render
 from tally.core.explain import explain as explain_event
 from tally.ingest.service import decode_limits
-from tally.kafka.records import partition_count, partition_of
+from tally.kafka.records import fetch_record, partition_count, partition_of
 from tally.store.dedup_lookup import stored_in_window
 from tally.store.definitions import list_metrics
 from tally.store.pool import Connection, connect
@@ -67,9 +68,26 @@ async def dedup_state(
     return dedup_answer(topic, partition, duplicate)
 
 
+async def _from_kafka(settings: Settings, topic: str, partition: int | None, offset: int) -> bytes:
+    if partition is None:
+        raise UserError("--offset needs --partition (and --topic)")
+    try:
+        value = await asyncio.wait_for(
+            fetch_record(settings.kafka_bootstrap, topic, partition, offset), timeout=30
+        )
+    except (KafkaError, OSError, LookupError, TimeoutError) as exc:
+        raise UserError(f"cannot fetch {topic}[{partition}]@{offset}: {exc}") from None
+    return value if value is not None else b""
+
+
 async def explain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if args.file in (None, "-"):
+    topic = settings.topic[0]  # --topic: the first is the one explained
+    if args.offset is not None:
+        if args.file is not None:
+            raise UserError("give a file or --offset, not both")
+        raw = await _from_kafka(settings, topic, args.partition, args.offset)
+    elif args.file in (None, "-"):
         raw = sys.stdin.buffer.read()
     else:
         try:
@@ -79,7 +97,6 @@ async def explain(args: argparse.Namespace) -> int:
     raw = raw.strip()
     now = time.time()
     limits = decode_limits(settings)
-    topic = settings.topic[0]  # --topic: the first is the one explained
     connection = await connect(settings.database_url)
     try:
         metrics = await list_metrics(connection, include_deleted=False)

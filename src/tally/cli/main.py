@@ -339,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="the partition whose dedup window is checked (default: murmur2 of customerId)",
     )
+    why.add_argument(
+        "--offset",
+        type=int,
+        metavar="O",
+        help="explain the record at this offset of --topic/--partition, fetched from Kafka",
+    )
 
     send = _command(
         sub,
