@@ -9,21 +9,19 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
 
 from tally.cli.main import UserError, settings_from
 from tally.config import Settings
-from tally.core.events import DecodeLimits, Rejection, decode_event
-from tally.core.explain import dedup_answer, dedup_digest, render
 from tally.core.explain import explain as explain_event
+from tally.core.explain import render
 from tally.ingest.service import decode_limits
-from tally.kafka.records import fetch_record, partition_count, partition_of
-from tally.store.dedup_lookup import stored_in_window
+from tally.kafka.records import fetch_record
+from tally.store.dedup_lookup import dedup_state
 from tally.store.definitions import list_metrics
-from tally.store.pool import Connection, connect
+from tally.store.pool import connect
 
 FIELDS = [
     "database_url",
@@ -34,38 +32,6 @@ FIELDS = [
     "max_lateness",
     "max_future_skew",
 ]
-
-
-async def dedup_state(
-    connection: Connection,
-    settings: Settings,
-    raw: bytes,
-    now: float,
-    limits: DecodeLimits,
-    topic: str,
-    partition: int | None,
-) -> dict[str, Any]:
-    """Whether the event's id is in the stored window of its partition: the
-    partition given, or the one Kafka's partitioner gives its customerId."""
-    key = dedup_digest(raw, now, limits)
-    decoded = decode_event(raw, now, limits)
-    if key is None or isinstance(decoded, Rejection):
-        return {"checked": False, "why": "the event is refused"}
-    if settings.dedup_window <= 0:
-        return {"checked": False, "why": "dedup is off (dedup window 0)"}
-    if partition is None:
-        try:
-            count = await asyncio.wait_for(
-                partition_count(settings.kafka_bootstrap, topic), timeout=15
-            )
-        except (KafkaError, OSError, LookupError, TimeoutError) as exc:
-            why = f"partition unknown ({type(exc).__name__}: {exc}); give --partition"
-            return {"checked": False, "why": why}
-        partition = partition_of(decoded.customer_id.encode(), count)
-    duplicate = await stored_in_window(
-        connection, topic, partition, key, now, settings.dedup_window
-    )
-    return dedup_answer(topic, partition, duplicate)
 
 
 async def _from_kafka(settings: Settings, topic: str, partition: int | None, offset: int) -> bytes:

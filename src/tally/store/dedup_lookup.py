@@ -8,7 +8,16 @@ either, so "in a stored segment" is "duplicate of an event already counted".
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from tally.config import Settings
 from tally.core.dedup import BUCKET_SECONDS, blob_contains
+from tally.core.events import DecodeLimits, Rejection, decode_event
+from tally.core.explain import dedup_answer, dedup_digest
+from tally.kafka.records import partition_count, partition_of
 from tally.store.pool import Connection
 
 
@@ -28,3 +37,35 @@ async def stored_in_window(
             if blob_contains(row["ids"], key):
                 return True
     return False
+
+
+async def dedup_state(
+    connection: Connection,
+    settings: Settings,
+    raw: bytes,
+    now: float,
+    limits: DecodeLimits,
+    topic: str,
+    partition: int | None,
+) -> dict[str, Any]:
+    """Whether the event's id is in the stored window of its partition: the
+    partition given, or the one Kafka's partitioner gives its customerId."""
+    key = dedup_digest(raw, now, limits)
+    decoded = decode_event(raw, now, limits)
+    if key is None or isinstance(decoded, Rejection):
+        return {"checked": False, "why": "the event is refused"}
+    if settings.dedup_window <= 0:
+        return {"checked": False, "why": "dedup is off (dedup window 0)"}
+    if partition is None:
+        try:
+            count = await asyncio.wait_for(
+                partition_count(settings.kafka_bootstrap, topic), timeout=15
+            )
+        except (KafkaError, OSError, LookupError, TimeoutError) as exc:
+            why = f"partition unknown ({type(exc).__name__}: {exc}); give --partition"
+            return {"checked": False, "why": why}
+        partition = partition_of(decoded.customer_id.encode(), count)
+    duplicate = await stored_in_window(
+        connection, topic, partition, key, now, settings.dedup_window
+    )
+    return dedup_answer(topic, partition, duplicate)
