@@ -5,16 +5,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 
 from tally.api.auth import token_entry
+from tally.config import Settings
 from tally.core.events import DecodeLimits
 from tally.core.explain import dedup_answer, explain
+from tally.store.dedup_lookup import dedup_state
 from tally.store.definitions import list_metrics
+from tests.integration.roles_support import users
 from tests.integration.test_api_support import ADMIN, CALLS, READ, TOKENS, open_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
+__all__ = ["users"]  # the fixture
 
 INGEST_TOKEN = "tly_test_ingest_explain"
 INGEST = {"Authorization": f"Bearer {INGEST_TOKEN}"}
@@ -63,3 +68,22 @@ async def test_an_event_is_explained_as_json_with_its_rollups_and_dedup_state(
             "/events/explain", content=body, headers={**READ, "Content-Type": "application/json"}
         )
         assert as_reader.status_code == 403
+
+
+async def test_the_api_role_cannot_read_the_dedup_window_and_says_so(
+    users: dict[str, str],
+) -> None:
+    # tally_api holds no grant on the workers' state; the answer says it was not checked.
+    connection = await asyncpg.connect(users["tally_api"])
+    try:
+        raw = orjson.dumps(event())
+        answer = await dedup_state(
+            connection, Settings(), raw, time.time(), DecodeLimits(), "usage-events", 0
+        )
+        assert answer == {
+            "checked": False,
+            "why": "this database role cannot read tally.dedup_segments",
+        }
+        assert await connection.fetchval("SELECT 1") == 1  # still usable
+    finally:
+        await connection.close()

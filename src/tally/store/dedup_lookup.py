@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 from aiokafka.errors import KafkaError
 
 from tally.config import Settings
@@ -65,7 +66,11 @@ async def dedup_state(
             why = f"partition unknown ({type(exc).__name__}: {exc}); give --partition"
             return {"checked": False, "why": why}
         partition = partition_of(decoded.customer_id.encode(), count)
-    duplicate = await stored_in_window(
-        connection, topic, partition, key, now, settings.dedup_window
-    )
+    try:
+        duplicate = await stored_in_window(
+            connection, topic, partition, key, now, settings.dedup_window
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        # tally_api holds no grant on the workers' state (migration 0004).
+        return {"checked": False, "why": "this database role cannot read tally.dedup_segments"}
     return dedup_answer(topic, partition, duplicate)
