@@ -61,8 +61,9 @@ class ExplainAnswer(BaseModel):
     openapi_extra={
         "requestBody": {
             "required": True,
-            "description": "One event, as sent to POST /events; nothing is produced.",
-            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "One event, as sent to POST /events; nothing is produced. "
+            "Any body is explained: what the decoder refuses is answered with its reason.",
+            "content": {"application/json": {"schema": {}}},
         }
     },
 )
