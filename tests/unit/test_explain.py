@@ -196,3 +196,25 @@ def test_the_rollups_an_applied_metric_would_change_come_from_the_core() -> None
     assert "group model='m-1': SUM +7" in text
     assert tokens["periodStart"].endswith("T00:00:00Z")
     assert "UNIQUE member 'u-9'" in text
+
+
+def test_avg_and_latest_rollups_show_the_event_as_their_candidate() -> None:
+    kinds = [
+        parse_metric(
+            {
+                **BASE,
+                "uid": f"{kind.lower()}_tokens",
+                "name": kind,
+                "aggregationType": kind,
+                "aggregationProperty": "tokens",
+            }
+        )
+        for kind in ("AVG", "LATEST", "MIN")
+    ]
+    answer = explain(raw(tokens="2.5"), kinds, NOW, LIMITS)
+    shown = {m["uid"]: m["rollups"] for m in answer["metrics"]}
+    assert shown["avg_tokens"][0]["candidate"] == "2.5"
+    assert shown["min_tokens"][0]["candidate"] == "2.5"
+    (latest,) = shown["latest_tokens"]
+    assert (latest["candidate"], latest["latestId"]) == ("2.5", "e-1")
+    assert "LATEST candidate '2.5'" in render(answer)
