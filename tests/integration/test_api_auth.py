@@ -40,7 +40,7 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
             if operation.get("security"):
                 url = path.replace("{idOrUid}", "api_calls")
                 found.append((method.upper(), url, method != "get"))
-    assert len(found) == 9  # POST /events included
+    assert len(found) == 10  # POST /events and POST /events/explain included
     return found
 
 
@@ -114,6 +114,10 @@ async def test_an_ingest_token_only_sends_events(fresh_database: str) -> None:
                 # Past the token: {"name": "x"} is one event, refused by the decoder.
                 assert answered.status_code == 422, answered.text
                 assert answered.json()["detail"][0]["type"] == "missing_field"
+            elif (method, url) == ("POST", "/events/explain"):
+                # Explaining is for those who send events: the same event, explained.
+                assert answered.status_code == 200, answered.text
+                assert answered.json()["reason"] == "missing_field"
             else:
                 assert_refused(answered, 403)
         assert (await api.client.get("/openapi.json", headers=ingest)).status_code == 403

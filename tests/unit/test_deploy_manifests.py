@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import read_definitions
+from tally.ingest.telemetry import IngestTelemetry
 from tally.telemetry.metrics import Telemetry
 from tally.worker.retention import RetentionTelemetry
 
@@ -106,10 +107,12 @@ def promql_metric_names(expr: str) -> set[str]:
 
 
 def exported_sample_names() -> set[str]:
-    """Every sample name the worker's /metrics can show, from its own Telemetry."""
+    """Every sample name the worker's /metrics can show, from its own Telemetry, and
+    the ingest servers' (tally ingest serve, tally api serve)."""
     registry = CollectorRegistry()
     Telemetry(registry)
     RetentionTelemetry(registry)  # the worker's retention task registers its own
+    IngestTelemetry(registry)  # POST /events' counters, at the ingest servers' /metrics
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -548,6 +551,10 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exported() -> None:
         "tally_events_dead_lettered_total",  # dead letters by reason
         "tally_events_duplicate_total",  # duplicates
         "tally_rollup_rows_written_total",  # rollups written
+        # Issue 15: the path from HTTP to rollup, on one row.
+        "tally_ingest_events_accepted_total",
+        "tally_ingest_events_rejected_total",
+        "tally_events_unmatched_total",
     ):
         assert needed in used, f"the dashboard does not show {needed}"
 

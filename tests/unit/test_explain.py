@@ -135,3 +135,86 @@ def test_a_presence_filter_that_fails_is_named() -> None:
     assert metric["failed"] == [{"presence": "plan", "mustBePresent": True, "value": None}]
     assert explain(raw(plan="pro"), metrics, NOW, LIMITS)["metrics"][0]["outcome"] == "applied"
     assert "presence plan: must be present" in render(answer)
+
+
+def test_the_rollups_an_applied_metric_would_change_come_from_the_core() -> None:
+    kinds = [
+        parse_metric(
+            {
+                **BASE,
+                "uid": "tokens_by_model",
+                "name": "Tokens by model",
+                "aggregationType": "SUM",
+                "aggregationProperty": "tokens",
+                "metricType": "GROUPED",
+                "groupingProperty": "model",
+            }
+        ),
+        parse_metric(
+            {
+                **BASE,
+                "uid": "users",
+                "name": "Users",
+                "aggregationType": "UNIQUE",
+                "aggregationProperty": "user",
+            }
+        ),
+        parse_metric(
+            {
+                **BASE,
+                "uid": "peak",
+                "name": "Peak",
+                "aggregationType": "MAX",
+                "aggregationProperty": "tokens",
+                "timeUnits": ["hour", "day"],
+            }
+        ),
+    ]
+    value = raw(tokens=7, model="m-1", user="u-9")
+    answer = explain(value, [*METRICS, *kinds], NOW, LIMITS)
+    by_uid = {m["uid"]: m for m in answer["metrics"]}
+    (calls,) = by_uid["calls"]["rollups"]
+    assert (calls["timeUnit"], calls["add"], calls["groupBy"]) == ("day", "1", [])
+    (tokens,) = by_uid["tokens_by_model"]["rollups"]
+    assert (tokens["add"], tokens["groupKey"], tokens["groupBy"]) == ("7", "m-1", ["model"])
+    assert by_uid["users"]["rollups"][0]["member"] == "u-9"
+    assert [(r["timeUnit"], r["candidate"]) for r in by_uid["peak"]["rollups"]] == [
+        ("day", "7"),
+        ("hour", "7"),
+    ]
+    assert "rollups" not in by_uid["eu_calls"]
+    # The same keys as the worker's own Deltas with every metric loaded.
+    worker = aggregate(new_core(MetricIndex([*METRICS, *kinds])), [value], NOW, LIMITS)
+    keys = {(uid, unit, group) for (uid, _c, group, unit, _s) in worker.snapshot()}
+    shown = {
+        (m["uid"], r["timeUnit"], r["groupKey"])
+        for m in answer["metrics"]
+        for r in m.get("rollups", [])
+    }
+    assert shown == keys
+    text = render(answer)
+    assert "group model='m-1': SUM +7" in text
+    assert tokens["periodStart"].endswith("T00:00:00Z")
+    assert "UNIQUE member 'u-9'" in text
+
+
+def test_avg_and_latest_rollups_show_the_event_as_their_candidate() -> None:
+    kinds = [
+        parse_metric(
+            {
+                **BASE,
+                "uid": f"{kind.lower()}_tokens",
+                "name": kind,
+                "aggregationType": kind,
+                "aggregationProperty": "tokens",
+            }
+        )
+        for kind in ("AVG", "LATEST", "MIN")
+    ]
+    answer = explain(raw(tokens="2.5"), kinds, NOW, LIMITS)
+    shown = {m["uid"]: m["rollups"] for m in answer["metrics"]}
+    assert shown["avg_tokens"][0]["candidate"] == "2.5"
+    assert shown["min_tokens"][0]["candidate"] == "2.5"
+    (latest,) = shown["latest_tokens"]
+    assert (latest["candidate"], latest["latestId"]) == ("2.5", "e-1")
+    assert "LATEST candidate '2.5'" in render(answer)

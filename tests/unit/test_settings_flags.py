@@ -21,3 +21,21 @@ def test_the_environment_turns_migrate_off_and_a_flag_wins() -> None:
     assert load_settings({}, {"TALLY_MIGRATE": "false"}).migrate is False
     assert load_settings({}, {"TALLY_MIGRATE": "true"}).migrate is True
     assert load_settings({"migrate": False}, {"TALLY_MIGRATE": "true"}).migrate is False
+
+
+def test_bench_keeps_its_flags_and_takes_ingest_as_an_optional_subcommand() -> None:
+    from tally.cli import commands
+
+    parser = build_parser()
+    plain = parser.parse_args(["bench", "--events", "5", "--no-peers", "--workload", "live"])
+    assert plain.handler is commands.bench
+    assert (plain.events, plain.peers, plain.workload, plain.bench_command) == (
+        5,
+        False,
+        "live",
+        None,
+    )
+    ingest = parser.parse_args(["bench", "ingest", "--events", "300", "--connections", "2"])
+    assert ingest.handler is commands.bench_ingest
+    assert (ingest.events, ingest.connections, ingest.batch) == (300, 2, 100)
+    assert ingest.fields == ["kafka_bootstrap", "log_format", "log_level"]

@@ -18,7 +18,14 @@ from prometheus_client import CollectorRegistry
 from pydantic.alias_generators import to_camel
 
 from tally import __version__
-from tally.api import errors, openapi, routes_health, routes_metrics, routes_values
+from tally.api import (
+    errors,
+    openapi,
+    routes_explain,
+    routes_health,
+    routes_metrics,
+    routes_values,
+)
 from tally.api.auth import Authenticator, Reader
 from tally.api.deps import JSON
 from tally.config import Settings
@@ -92,10 +99,12 @@ def create_app(
     app.state.pool = pool
     app.state.authenticator = authenticator
     app.state.ingest = events
+    app.state.settings = settings
     errors.install(app)
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_values.router)
+    app.include_router(routes_explain.router)  # before /events: the more specific path
     app.include_router(routes_events.router)
 
     @app.get("/openapi.json", include_in_schema=False)

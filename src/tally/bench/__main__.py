@@ -1,12 +1,14 @@
 """`python -m tally.bench core [EVENTS] [ROUNDS]` | `dedup [IDS]` | `memory [IDS]` |
-`retention [MEMBERS] [WINDOW_SECONDS]` | `writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]`."""
+`retention [MEMBERS] [WINDOW_SECONDS]` | `writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]` |
+`ingest [EVENTS] [CONNECTIONS]` (the same as `tally bench ingest`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
-from tally.bench import core, dedup, memory, retention, writepath
+from tally.bench import core, dedup, ingest, memory, retention, writepath
 
 
 def main(argv: list[str]) -> int:
@@ -38,10 +40,17 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["writepath"]:
         writepath.main(argv[1:])
         return 0
+    if argv[:1] == ["ingest"]:
+        bootstrap = os.environ.get("TALLY_KAFKA_BOOTSTRAP", "localhost:9092")
+        events = int(argv[1]) if len(argv) > 1 else 200_000
+        connections = int(argv[2]) if len(argv) > 2 else ingest.CONNECTIONS
+        print(asyncio.run(ingest.run(bootstrap, events, 7, ingest.BATCH, connections)))
+        return 0
     print(
         "usage: python -m tally.bench core [EVENTS] [ROUNDS] | dedup [IDS] | memory"
         " | retention [MEMBERS] [WINDOW_SECONDS]"
-        " | writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]",
+        " | writepath [ROLLUPS,...] [ROUNDS] [RATES] [FLUSHES] [COMMIT_ROUNDS]"
+        " | ingest [EVENTS] [CONNECTIONS]",
         file=sys.stderr,
     )
     return 2

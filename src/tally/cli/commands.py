@@ -345,3 +345,16 @@ async def bench(args: argparse.Namespace) -> int:
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     return 0
+
+
+async def bench_ingest(args: argparse.Namespace) -> int:
+    from tally.bench import ingest
+
+    settings = settings_from(args)
+    text = await ingest.run(
+        settings.kafka_bootstrap, args.events, args.seed, args.batch, args.connections
+    )
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0

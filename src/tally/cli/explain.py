@@ -1,39 +1,75 @@
-"""`tally explain`: what the live metrics make of one event (a file, or stdin)."""
+"""`tally explain`: what the live metrics make of one event (a file, stdin, or
+the record at --topic/--partition/--offset),
+and whether its id is already in the stored dedup window of its partition."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from tally.cli.main import UserError, settings_from
+from tally.config import Settings
 from tally.core.explain import explain as explain_event
 from tally.core.explain import render
 from tally.ingest.service import decode_limits
+from tally.kafka.records import fetch_record
+from tally.store.dedup_lookup import dedup_state
 from tally.store.definitions import list_metrics
 from tally.store.pool import connect
 
-FIELDS = ["database_url", "max_event_bytes", "max_lateness", "max_future_skew"]
+FIELDS = [
+    "database_url",
+    "kafka_bootstrap",
+    "topic",
+    "dedup_window",
+    "max_event_bytes",
+    "max_lateness",
+    "max_future_skew",
+]
+
+
+async def _from_kafka(settings: Settings, topic: str, partition: int | None, offset: int) -> bytes:
+    if partition is None:
+        raise UserError("--offset needs --partition (and --topic)")
+    try:
+        value = await asyncio.wait_for(
+            fetch_record(settings.kafka_bootstrap, topic, partition, offset), timeout=30
+        )
+    except (KafkaError, OSError, LookupError, TimeoutError) as exc:
+        raise UserError(f"cannot fetch {topic}[{partition}]@{offset}: {exc}") from None
+    return value if value is not None else b""
 
 
 async def explain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if args.file in (None, "-"):
+    topic = settings.topic[0]  # --topic: the first is the one explained
+    if args.offset is not None:
+        if args.file is not None:
+            raise UserError("give a file or --offset, not both")
+        raw = await _from_kafka(settings, topic, args.partition, args.offset)
+    elif args.file in (None, "-"):
         raw = sys.stdin.buffer.read()
     else:
         try:
             raw = Path(args.file).read_bytes()
         except OSError as exc:
             raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    raw = raw.strip()
+    now = time.time()
+    limits = decode_limits(settings)
     connection = await connect(settings.database_url)
     try:
         metrics = await list_metrics(connection, include_deleted=False)
+        dedup = await dedup_state(connection, settings, raw, now, limits, topic, args.partition)
     finally:
         await connection.close()
-    answer = explain_event(raw.strip(), metrics, time.time(), decode_limits(settings))
+    answer = explain_event(raw, metrics, now, limits, dedup)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

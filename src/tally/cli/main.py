@@ -257,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="10 metrics, dedup on",
         help="the scenario of the scale-out runs (see --list)",
     )
+    # `tally bench ingest`: an optional subcommand; `tally bench [flags]` runs as before.
+    bsub = bench.add_subparsers(dest="bench_command", metavar="[ingest]")
+    bench_ingest = _command(
+        bsub,
+        "ingest",
+        "POST /events (a tally ingest serve) against producing straight to Kafka",
+        commands.bench_ingest,
+        [*KAFKA, *LOGGING],
+    )
+    bench_ingest.add_argument("--events", type=_positive_int, default=200_000)
+    bench_ingest.add_argument("--seed", type=int, default=7)
+    bench_ingest.add_argument("--batch", type=_positive_int, default=100, help="events a request")
+    bench_ingest.add_argument(
+        "--connections", type=_positive_int, default=8, help="requests (and batches) in flight"
+    )
+    bench_ingest.add_argument("--markdown", help="also write the report to this file")
 
     from tally.cli import retention
 
@@ -317,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     why.add_argument("file", nargs="?", help="a file with one event; - or nothing for stdin")
     why.add_argument("--format", choices=["text", "json"], default="text")
+    why.add_argument(
+        "--partition",
+        type=int,
+        metavar="P",
+        help="the partition whose dedup window is checked (default: murmur2 of customerId)",
+    )
+    why.add_argument(
+        "--offset",
+        type=int,
+        metavar="O",
+        help="explain the record at this offset of --topic/--partition, fetched from Kafka",
+    )
 
     send = _command(
         sub,

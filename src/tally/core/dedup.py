@@ -344,3 +344,10 @@ class DedupWindow:
         ]
         self._set_closed(parts)
         self.open_runs = []
+
+
+def blob_contains(blob: bytes, key: bytes) -> bool:
+    """Whether one stored segment (`FlushPlan.blob`) holds the 16-byte digest `key`."""
+    hi, lo = _words(blob)
+    q_hi, q_lo = _words(key)
+    return bool(_contains(hi, lo, q_hi, q_lo)[0])

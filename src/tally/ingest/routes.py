@@ -57,7 +57,7 @@ def _ingest(request: Request) -> Ingest:
     return ingest
 
 
-async def _read(request: Request) -> tuple[str, bytes]:
+async def read_body(request: Request) -> tuple[str, bytes]:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in shapes.MEDIA_TYPES:
         raise ApiError.one(
@@ -90,7 +90,7 @@ def _refusals(judged: Judged, batch: bool) -> list[dict[str, Any]]:
 
 async def _events(request: Request, atomic: bool) -> Response:
     ingest = _ingest(request)
-    media, raw = await _read(request)
+    media, raw = await read_body(request)
     try:
         candidates, batch = shapes.split(media, raw)
     except shapes.BodyError as exc:

@@ -1,0 +1,89 @@
+"""`POST /events/explain` over a real database: the same answer as `tally explain`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from tally.api.auth import token_entry
+from tally.config import Settings
+from tally.core.events import DecodeLimits
+from tally.core.explain import dedup_answer, explain
+from tally.store.dedup_lookup import dedup_state
+from tally.store.definitions import list_metrics
+from tests.integration.roles_support import users
+from tests.integration.test_api_support import ADMIN, CALLS, READ, TOKENS, open_api
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+__all__ = ["users"]  # the fixture
+
+INGEST_TOKEN = "tly_test_ingest_explain"
+INGEST = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+
+
+def event(**properties: Any) -> dict[str, Any]:
+    return {
+        "id": "explained-1",
+        "eventType": "api_call",
+        "customerId": "acme",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "properties": properties,
+    }
+
+
+async def test_an_event_is_explained_as_json_with_its_rollups_and_dedup_state(
+    fresh_database: str,
+) -> None:
+    tokens = TOKENS + "," + token_entry("meter", "ingest", INGEST_TOKEN)
+    async with open_api(fresh_database, tokens=tokens) as api:
+        assert (await api.create(CALLS)).status_code == 201
+        body = orjson.dumps(event(region="eu-1"))
+        answered = await api.client.post(
+            "/events/explain?partition=2",
+            content=body,
+            headers={**INGEST, "Content-Type": "application/json"},
+        )
+        assert answered.status_code == 200, answered.text
+        answer = answered.json()
+        (metric,) = answer["metrics"]
+        assert (metric["uid"], metric["outcome"]) == ("api_calls", "applied")
+        assert sorted(r["timeUnit"] for r in metric["rollups"]) == ["day", "month"]
+        assert {r["add"] for r in metric["rollups"]} == {"1"}
+        assert answer["dedup"] == dedup_answer("usage-events", 2, False)
+        async with api.pool.acquire() as connection:
+            metrics = await list_metrics(connection, include_deleted=False)
+        # The same as the core's answer `tally explain` prints (the clock aside).
+        same = explain(body, metrics, time.time(), DecodeLimits(), answer["dedup"])
+        assert same == answer
+        refused = await api.client.post(
+            "/events/explain", content=b"{}", headers={**ADMIN, "Content-Type": "application/json"}
+        )
+        assert refused.status_code == 200, refused.text
+        assert (refused.json()["decoded"], refused.json()["reason"]) == (False, "missing_field")
+        as_reader = await api.client.post(
+            "/events/explain", content=body, headers={**READ, "Content-Type": "application/json"}
+        )
+        assert as_reader.status_code == 403
+
+
+async def test_the_api_role_cannot_read_the_dedup_window_and_says_so(
+    users: dict[str, str],
+) -> None:
+    # tally_api holds no grant on the workers' state; the answer says it was not checked.
+    connection = await asyncpg.connect(users["tally_api"])
+    try:
+        raw = orjson.dumps(event())
+        answer = await dedup_state(
+            connection, Settings(), raw, time.time(), DecodeLimits(), "usage-events", 0
+        )
+        assert answer == {
+            "checked": False,
+            "why": "this database role cannot read tally.dedup_segments",
+        }
+        assert await connection.fetchval("SELECT 1") == 1  # still usable
+    finally:
+        await connection.close()
