@@ -35,8 +35,8 @@ from tally.contracts.metric import (
     UsageMetric,
     UsageMetricDefinition,
     changed_fields,
-    keep_stored_spelling,
     immutable_changes,
+    keep_stored_spelling,
     parse_metric,
 )
 from tally.store import api_metrics as store
