@@ -39,6 +39,15 @@ def test_an_array_keeps_each_events_bytes_as_sent() -> None:
     ]
 
 
+def test_a_huge_integer_in_one_event_leaves_the_rest_of_the_batch() -> None:
+    """Python's int() refuses literals over 4,300 digits; the splitter must not
+    turn that one event's refusal into the whole request's (found in review)."""
+    body = b'[{"id":"a","n":' + b"9" * 5000 + b'},{"id":"b"}]'
+    candidates, batch = shapes.split(shapes.JSON, body)
+    assert batch
+    assert [c.value[:8] for c in candidates] == [b'{"id":"a', b'{"id":"b']
+
+
 def test_one_object_is_one_event_not_a_batch() -> None:
     candidates, batch = shapes.split(shapes.JSON, orjson.dumps(event(1)))
     assert not batch

@@ -74,7 +74,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# Numbers stay text: this only finds where each event ends, and int() of a
+# literal over 4,300 digits raises; the worker's decoder judges each event.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=str, parse_float=str)
 _WHITESPACE = " \t\n\r"
 
 
