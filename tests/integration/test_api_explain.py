@@ -59,6 +59,25 @@ async def test_an_event_is_explained_as_json_with_its_rollups_and_dedup_state(
         # The same as the core's answer `tally explain` prints (the clock aside).
         same = explain(body, metrics, time.time(), DecodeLimits(), answer["dedup"])
         assert same == answer
+        # A CloudEvent is explained as the event POST /events would send (found in review).
+        tally = event(region="eu-1")
+        cloudevent = {
+            "specversion": "1.0",
+            "id": tally["id"],
+            "source": "test",
+            "type": tally["eventType"],
+            "subject": tally["customerId"],
+            "time": tally["timestamp"],
+            "data": tally["properties"],
+        }
+        mapped = await api.client.post(
+            "/events/explain?partition=2",
+            content=orjson.dumps(cloudevent),
+            headers={**INGEST, "Content-Type": "application/cloudevents+json"},
+        )
+        assert mapped.status_code == 200, mapped.text
+        assert mapped.json()["decoded"] is True
+        assert [m["outcome"] for m in mapped.json()["metrics"]] == ["applied"]
         refused = await api.client.post(
             "/events/explain", content=b"{}", headers={**ADMIN, "Content-Type": "application/json"}
         )

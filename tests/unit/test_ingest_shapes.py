@@ -48,6 +48,16 @@ def test_a_huge_integer_in_one_event_leaves_the_rest_of_the_batch() -> None:
     assert [c.value[:8] for c in candidates] == [b'{"id":"a', b'{"id":"b']
 
 
+def test_a_huge_integer_in_a_cloudevent_is_that_events_refusal_not_a_crash() -> None:
+    """json.loads' int() raised past the splitter's text-only numbers (found in review)."""
+    data = b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"c",'
+    data += b'"time":"2026-11-18T08:00:00Z","data":{"n":' + b"9" * 5000 + b"}}"
+    for media, body in ((shapes.CLOUDEVENT, data), (shapes.CLOUDEVENTS_BATCH, b"[" + data + b"]")):
+        (candidate,), _ = shapes.split(media, body)
+        assert candidate.value is not None
+        assert b"9" * 5000 in candidate.value
+
+
 def test_one_object_is_one_event_not_a_batch() -> None:
     candidates, batch = shapes.split(shapes.JSON, orjson.dumps(event(1)))
     assert not batch

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tally.api.auth import Ingester
 from tally.api.deps import Pool, json_response
-from tally.api.errors import responses
+from tally.api.errors import ApiError, responses
 from tally.config import Settings
 from tally.core.explain import explain
+from tally.ingest import shapes
 from tally.ingest.routes import read_body
 from tally.ingest.service import Ingest
 from tally.store.dedup_lookup import dedup_state
@@ -76,10 +77,21 @@ async def explain_event(
         Query(ge=0, le=1_000_000, description="The partition whose dedup window is checked."),
     ] = None,
 ) -> Response:
-    _media, raw = await read_body(request)
+    media, raw = await read_body(request)
     settings: Settings = request.app.state.settings
     ingest: Ingest = request.app.state.ingest
     raw = raw.strip()
+    if media == shapes.CLOUDEVENT:
+        # What POST /events would send for it: the mapped Tally event.
+        try:
+            (candidate,), _ = shapes.split(media, raw)
+        except shapes.BodyError as exc:
+            raise ApiError.one(exc.status, ["body"], exc.message, exc.type) from None
+        if candidate.value is None:
+            refused = candidate.refused
+            assert refused is not None
+            raise ApiError.one(422, ["body"], refused.detail, refused.reason.value)
+        raw = candidate.value
     now = ingest.clock()
     async with pool.acquire() as connection:
         metrics = await list_metrics(connection, include_deleted=False)

@@ -52,15 +52,16 @@ async def explain(args: argparse.Namespace) -> int:
     if args.offset is not None:
         if args.file is not None:
             raise UserError("give a file or --offset, not both")
+        # As stored: the worker decodes the record's bytes unstripped.
         raw = await _from_kafka(settings, topic, args.partition, args.offset)
     elif args.file in (None, "-"):
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read().strip()  # a terminal's trailing newline
     else:
         try:
             raw = Path(args.file).read_bytes()
         except OSError as exc:
             raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
-    raw = raw.strip()
+        raw = raw.strip()  # a file's trailing newline
     now = time.time()
     limits = decode_limits(settings)
     connection = await connect(settings.database_url)

@@ -238,5 +238,5 @@ def _dedup_line(dedup: Mapping[str, Any]) -> str:
         return f"dedup window: not checked ({dedup['why']})"
     where = f"{dedup['topic']} partition {dedup['partition']}"
     if dedup["duplicate"]:
-        return f"dedup window of {where}: duplicate of an event already counted"
+        return f"dedup window of {where}: id already counted (this record, or an earlier one with the same id)"
     return f"dedup window of {where}: new"

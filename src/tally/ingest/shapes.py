@@ -171,7 +171,10 @@ def _refused(reason: RejectReason, detail: str) -> Candidate:
 def from_cloudevent(text: str) -> Candidate:
     """A CloudEvent (structured mode, JSON) as the Tally event it maps to."""
     try:
-        document = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        # parse_int=Decimal: int() refuses literals over 4,300 digits.
+        document = json.loads(
+            text, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
+        )
     except RecursionError:
         return _refused(RejectReason.TOO_DEEP, "the CloudEvent is nested too deeply")
     if not isinstance(document, dict):
