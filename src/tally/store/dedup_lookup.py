@@ -57,6 +57,12 @@ async def dedup_state(
         return {"checked": False, "why": "the event is refused"}
     if settings.dedup_window <= 0:
         return {"checked": False, "why": "dedup is off (dedup window 0)"}
+    # Before any Kafka round trip: tally_api holds no grant on the workers'
+    # state (migration 0004), and would wait on Kafka for nothing.
+    if not await connection.fetchval(
+        "SELECT has_table_privilege('tally.dedup_segments', 'SELECT')"
+    ):
+        return {"checked": False, "why": "this database role cannot read tally.dedup_segments"}
     if partition is None:
         try:
             count = await asyncio.wait_for(
