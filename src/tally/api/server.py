@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
 
 from tally.api.app import create_app
 from tally.api.auth import parse_entries
@@ -38,6 +39,19 @@ def _listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port} ({exc.strerror or exc}): "
             "change --api-host / --api-port (TALLY_API_HOST / TALLY_API_PORT)"
         ) from None
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """How Tally runs uvicorn: its own logs, no access log or server header,
+    a graceful shutdown bounded by the shutdown timeout."""
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+    )
 
 
 async def serve(
@@ -72,15 +86,7 @@ async def serve(
         app = create_app(settings, pool, build_ingest(settings, registry or CollectorRegistry()))
         sock = _listen(settings.api_host, settings.api_port)
         host, port = sock.getsockname()[:2]
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            server_header=False,
-            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
-        )
-        server = _Server(config)
+        server = _Server(uvicorn_config(app, settings))
         log.info("api listening", url=f"http://{host}:{port}")
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         stopping = asyncio.create_task(stop.wait())

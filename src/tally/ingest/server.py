@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from tally.api.auth import parse_entries
-from tally.api.server import _listen, _Server
+from tally.api.server import _listen, _Server, uvicorn_config
 from tally.config import ConfigError, Settings
 from tally.ingest.app import create_ingest_app
 from tally.ingest.service import build_ingest
@@ -30,15 +29,7 @@ async def serve_ingest(settings: Settings, stop: asyncio.Event) -> None:
     app = create_ingest_app(settings, build_ingest(settings, CollectorRegistry()))
     sock = _listen(settings.api_host, settings.api_port)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        server_header=False,
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
-    )
-    server = _Server(config)
+    server = _Server(uvicorn_config(app, settings))
     log.info("ingest api listening", url=f"http://{host}:{port}", topic=topic)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())
