@@ -40,6 +40,10 @@ GRANTS: dict[str, dict[str, set[str]]] = {
     "parked_dead_letters": {"tally_worker": {INS}},
     "parked_dead_letters_id_seq": {"tally_worker": {"USAGE"}},
     "metric_revision": {},  # no longer drawn from
+    "metric_starts": {"tally_worker": {SEL, INS}, "tally_api": {SEL}, "tally_reader": {SEL}},
+    # A backfill runs as tally_worker; the API reads status, cancels, marks partial values.
+    "backfills": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL, UPD}, "tally_reader": {SEL}},
+    "backfill_partitions": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL}},
 }
 TABLES = [name for name in GRANTS if not name.endswith(("_seq", "metric_revision"))]
 A_ROW = {
@@ -54,6 +58,10 @@ A_ROW = {
     " group_key, delta, value_before, value_after, reason, principal, idempotency_key)"
     " VALUES ('m', 'c', 'day', '2026-01-01Z', '2026-01-02Z', '', 1, 0, 1, 'r', 'p', 'k')",
     "schema_migrations": "VALUES (999, 'x')",
+    "metric_starts": "(metric_uid, topic, partition, start_offset) VALUES ('m', 't', 0, 1)",
+    "backfills": "(metric_uid, state, from_spec) VALUES ('m', 'running', 'earliest')",
+    "backfill_partitions": "(metric_uid, topic, partition, from_offset, end_offset, next_offset)"
+    " VALUES ('m', 't', 0, 0, 1, 0)",
     "parked_dead_letters": '(topic, partition, "offset", reason, detail, send_error,'
     " header_names, header_values, record_timestamp) VALUES ('t', 0, 1, 'r', 'd', 'e', '{}',"
     " '{}', 0)",
@@ -70,6 +78,9 @@ UPDATED = {
     "value_adjustments": "reason",
     "schema_migrations": "name",
     "parked_dead_letters": "reason",
+    "metric_starts": "owner",
+    "backfills": "owner",
+    "backfill_partitions": "owner",
 }
 
 

@@ -4,7 +4,9 @@ The order of statements inside the transaction is fixed here;
 `tally.worker.checkpoint` holds the order of the steps around it:
 
 1. compare-and-set each partition's stored offset (fencing, DESIGN 3);
-   if any partition's offset moved, nothing else is written;
+   if any partition's offset moved, nothing else is written; then where
+   this flush's metrics started, for those it is the first to include
+   (`tally.metric_starts`, docs/backfill.md);
 2. dead letters Kafka would not take, parked (`tally.parked_dead_letters`);
 3. the dedup window's new ids, merged and expired segments;
 4. UNIQUE members, inserted in key order; only new ones add to a value
@@ -43,6 +45,14 @@ UPDATE tally.partition_offsets AS o
        AS c(topic, partition, expected, next_offset, records, duplicates, dead_letters)
  WHERE o.topic = c.topic AND o.partition = c.partition AND o.next_offset = c.expected
 RETURNING o.topic, o.partition
+"""
+
+_STARTS = """
+INSERT INTO tally.metric_starts (metric_uid, topic, partition, start_offset, owner)
+SELECT s.metric_uid, s.topic, s.partition, s.start_offset, $5
+  FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) AS s(metric_uid, topic, partition, start_offset)
+ ORDER BY 1, 2, 3
+ON CONFLICT DO NOTHING
 """
 
 _PARK = """
@@ -202,6 +212,8 @@ class PartitionFlush:
     records: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    # (metric uid, offset) of metrics this flush is the first to include.
+    starts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +280,16 @@ async def write_flush(
                             for p in partitions
                             if (p.topic, p.partition) not in kept
                         ]
+                    )
+                starts = [(p, uid, at) for p in partitions for uid, at in p.starts]
+                if starts:
+                    await connection.execute(
+                        _STARTS,
+                        [uid for _, uid, _ in starts],
+                        [p.topic for p, _, _ in starts],
+                        [p.partition for p, _, _ in starts],
+                        [at for _, _, at in starts],
+                        owner,
                     )
             if parked:
                 await connection.executemany(_PARK, parked)

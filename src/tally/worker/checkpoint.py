@@ -82,6 +82,7 @@ class Checkpointer:
                     records=p.records,
                     duplicates=p.duplicates,
                     dead_letters=sum(p.rejected.values()),
+                    starts=tuple(sorted(p.starts.items())),
                 )
                 for p in batch.parts
             ]

@@ -9,7 +9,7 @@ last batch was taken: records read, duplicates, dead letters, new dedup ids
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka.structs import TopicPartition
@@ -34,6 +34,8 @@ class PartitionState:
         "ready",
         "records",
         "rejected",
+        "started",
+        "starts",
         "stored_offset",
         "tp",
     )
@@ -49,6 +51,10 @@ class PartitionState:
         self.rejected: Counter[str] = Counter()
         self.dead_letters: list[DeadLetter] = []
         self.dead_letter_bytes = 0
+        # Where this worker started aggregating each metric, not yet stored
+        # (tally.metric_starts), and the metrics whose start is stored.
+        self.starts: dict[str, int] = {}
+        self.started: set[str] = set()
 
     @property
     def topic(self) -> str:
@@ -65,13 +71,36 @@ class PartitionState:
         """Consumed past the stored offset (even if every record was a duplicate)."""
         return self.next_offset != self.stored_offset
 
-    def loaded(self, stored_offset: int, resume_at: int | None = None) -> None:
+    def loaded(
+        self,
+        stored_offset: int,
+        resume_at: int | None = None,
+        started: set[str] | None = None,
+        live: Iterable[str] = (),
+    ) -> None:
         """State read from PostgreSQL; consuming resumes at `resume_at` (the
-        stored offset unless it lay outside the log, worker/positions.py)."""
+        stored offset unless it lay outside the log, worker/positions.py).
+        `started`: the metrics whose start offset is stored for this
+        partition; every other metric of `live` starts at the stored offset."""
         self.stored_offset = stored_offset
         self.next_offset = stored_offset if resume_at is None else resume_at
         self.clear()
+        self.started = set(started or ())
+        self.starts = {}
+        self.metrics_added(live, stored_offset)
         self.ready = True
+
+    def metrics_added(self, uids: Iterable[str], at: int | None = None) -> None:
+        """Metrics the worker aggregates from now on: they start at `at`
+        (default: the next record consumed) unless their start is known."""
+        offset = self.next_offset if at is None else at
+        for uid in uids:
+            if uid not in self.started:
+                self.starts.setdefault(uid, offset)
+
+    @property
+    def pending_starts(self) -> bool:
+        return bool(self.starts)
 
     def clear(self) -> None:
         """Forget what was counted since the last batch (dropped or taken)."""
@@ -94,6 +123,7 @@ class PartitionPart:
     duplicates: int
     rejected: Counter[str]
     dead_letters: list[DeadLetter]
+    starts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -113,10 +143,12 @@ class FlushBatch:
     def take(
         cls, states: list[PartitionState], deltas: Deltas, now: float, reason: str
     ) -> FlushBatch:
-        """Move the pending work of ready, dirty partitions into a new batch."""
+        """Move the pending work of ready, dirty partitions into a new batch;
+        also of ready partitions with metric starts to store (the flush
+        that first includes a metric writes where it started)."""
         batch = cls(deltas, reason)
         for state in states:
-            if not (state.ready and state.dirty):
+            if not (state.ready and (state.dirty or state.starts)):
                 continue
             plan = state.dedup.plan_flush(now) if state.dedup is not None else None
             batch.parts.append(
@@ -129,8 +161,10 @@ class FlushBatch:
                     state.duplicates,
                     state.rejected,
                     state.dead_letters,
+                    state.starts,
                 )
             )
+            state.starts = {}
             state.clear()
         return batch
 
@@ -139,6 +173,7 @@ class FlushBatch:
         for part in self.parts:
             state = part.state
             state.stored_offset = part.target
+            state.started.update(part.starts)
             if state.dedup is not None and part.plan is not None:
                 rows = dedup_rows[(state.topic, state.partition)]
                 state.dedup.commit(part.plan, rows.new_row, rows.merged_row)
@@ -148,6 +183,7 @@ class FlushBatch:
         current.merge(self.deltas)
         for part in self.parts:
             state = part.state
+            state.starts.update(part.starts)  # taken before anything since: earlier
             if state.dedup is not None:
                 state.dedup.abort()
             state.records += part.records

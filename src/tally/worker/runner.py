@@ -36,6 +36,7 @@ from tally.core.metrics import MetricIndex
 from tally.errors import CorruptBatch, PermanentError, UnreadableBatch, is_transient
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
+from tally.store.backfill import started_metrics
 from tally.store.flush import Fenced, load_partition_into
 from tally.store.member_cache import MemberCache
 from tally.store.pool import DATABASE_ERRORS
@@ -140,8 +141,13 @@ class Worker:
         self.side_tasks: list[asyncio.Task[None]] = []  # supervised by the loop
 
     def _set_index(self, index: MetricIndex) -> None:
+        added = index.by_uid.keys() - self.index.by_uid.keys()
         self.index = index
         self.core.set_metrics(index.specs)
+        if added:  # they start at each partition's next record (docs/backfill.md)
+            for state in self.states.values():
+                if state.ready:
+                    state.metrics_added(sorted(added))
         t = self.telemetry
         t.metrics_defined.set(len(index))
         t.metrics_refused.clear()
@@ -246,6 +252,11 @@ class Worker:
             offset = await load_partition_into(
                 connection, state.topic, state.partition, min_bucket, state.dedup, now
             )
+            started = await started_metrics(connection, state.topic, state.partition)
+        if started - self.index.by_uid.keys():
+            # Another worker started a metric this one does not know yet: the
+            # definition is committed, so reading it now closes the gap.
+            await self.watcher.refresh()
         if self.states.get(state.tp) is not state:
             return  # revoked while we were loading
         consumer = self.consumer
@@ -255,7 +266,7 @@ class Worker:
             start = (await resume_points(consumer, {state.tp: offset}, self.telemetry))[state.tp]
             if self.states.get(state.tp) is not state:
                 return
-        state.loaded(offset, start)
+        state.loaded(offset, start, started, self.index.by_uid)
         if consumer is not None and assigned:
             if start >= 0:
                 consumer.seek(state.tp, start)
