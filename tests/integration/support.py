@@ -28,12 +28,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """One `tally run` in its own process group, logging to a file."""
+    """One `tally run` (or another `command`) in its own process group, logging to a file."""
 
     def __init__(
-        self, name: str, env: Mapping[str, str], log_dir: Path, args: Sequence[str] = ()
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log_dir: Path,
+        args: Sequence[str] = (),
+        command: Sequence[str] = ("run",),
     ) -> None:
         self.name = name
+        self.command = list(command)
         self.env = {**os.environ, **env, "TALLY_WORKER_ID": name, "TALLY_METRICS_PORT": "0"}
         self.log_path = log_dir / f"{name}.log"
         self.args = list(args)
@@ -46,7 +52,7 @@ class WorkerProcess:
         log.write(f"---- start {self.starts} ----\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tally", "--debug", "run", *self.args],
+            [sys.executable, "-m", "tally", "--debug", *self.command, *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

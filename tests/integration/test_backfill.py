@@ -3,12 +3,16 @@ counting the records before that, exactly once, while the workers run."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.structs import TopicPartition
 
 from tally.synthetic import Workload, encoded, metric_definitions
 from tests import reference
@@ -18,13 +22,16 @@ from tests.integration.support import (
     apply_metrics,
     diff,
     end_offsets,
+    metric_sum,
     produce,
+    produce_paced,
     read_topic,
     rows_by_reference_key,
     wait_caught_up,
     wait_until,
     worker_env,
 )
+from tests.integration.test_offset_gaps import delete_before
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -114,3 +121,187 @@ async def test_a_metric_created_while_a_worker_runs_records_where_it_started(
         if k[0] == NEW["uid"]
     }
     assert actual == expected, diff(actual, expected)
+
+
+async def test_backfill_from_the_start_while_workers_run_and_sigkilled_twice_is_exact(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """Stream events, create a metric halfway, backfill it from the start
+    while the live worker keeps consuming, SIGKILL the backfill twice (in
+    the middle of a flush each time): every row of every metric equals the
+    reference over all events, with ids re-sent before the start offset
+    (both copies inside the backfill's range) and across it (first copy
+    before, the re-send after, counted by neither)."""
+    topic = await make_topic(4)
+    await apply_metrics(fresh_database, LIVE, tmp_path)
+    now = datetime.now(UTC).timestamp()
+    originals = encoded(Workload(seed=61, end=now - 120, span_seconds=6 * 3600), 24_000)
+    rng = random.Random(16)
+    early = [originals[i] for i in rng.sample(range(12_000), 900)]  # both copies before start
+    across = [originals[i] for i in rng.sample(range(12_000), 900)]  # re-sent after start
+    later = [originals[i] for i in rng.sample(range(12_000, 24_000), 300)]
+    first = originals[:12_000] + early
+    rng.shuffle(first)
+    second = originals[12_000:] + across + later
+    rng.shuffle(second)
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-backfill", session_timeout="3")
+    worker = WorkerProcess("live", env, tmp_path).start()
+    backfill_env = {**env, "TALLY_FLUSH_INTERVAL": "0.05", "TALLY_MAX_BATCH": "100"}
+    backfill = WorkerProcess(
+        "backfill",
+        backfill_env,
+        tmp_path,
+        args=[
+            NEW["uid"],
+            "--from-offsets",
+            "earliest",
+            "--log-level",
+            "DEBUG",
+            "--flush-records",
+            "100",
+        ],
+        command=["backfill"],
+    )
+    lock = await asyncpg.connect(fresh_database)
+    producing: asyncio.Task[int] | None = None
+    try:
+        await worker.wait_log("partition ready")
+        await produce(kafka_bootstrap, topic, first)
+        await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)  # halfway
+        await wait_started(fresh_database, NEW["uid"], 4)
+        producing = asyncio.create_task(produce_paced(kafka_bootstrap, topic, second, seconds=20))
+        # Kill 1: in the middle of its first flush (the values table held).
+        async with lock.transaction():
+            await lock.execute("LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE")
+            backfill.start()
+            await backfill.wait_log("backfill flush started", timeout=60)
+            await asyncio.sleep(0.3)
+            backfill.kill()
+        assert (await backfill_done(fresh_database, NEW["uid"]))[0] == 0
+        # Kill 2: after some flushes committed, again in the middle of one.
+        backfill.start()
+
+        async def some_done() -> bool:
+            return (await backfill_done(fresh_database, NEW["uid"]))[0] > 0
+
+        await wait_until(some_done, 60, "the backfill to commit a flush", interval=0.02)
+        samples = await backfill.scrape()
+        async with lock.transaction():
+            await lock.execute("LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE")
+            mark = len(backfill.current_log())
+            await backfill.wait_log("backfill flush started", timeout=60, since=mark)
+            await asyncio.sleep(0.3)
+            done, total = await backfill_done(fresh_database, NEW["uid"])
+            backfill.kill()
+        assert 0 < done < total
+        assert metric_sum(samples, "tally_backfill_records_total") == total
+        assert 0 <= metric_sum(samples, "tally_backfill_records_done") <= total
+        # The third run finishes, while the live worker still consumes.
+        backfill.start()
+        assert backfill.process is not None
+        assert await asyncio.to_thread(backfill.process.wait, 120) == 0
+        assert "done" in backfill.current_log()
+        assert producing is not None
+        await producing
+        await wait_caught_up(kafka_bootstrap, fresh_database, topic, timeout=180)
+    finally:
+        await lock.close()
+        if producing is not None:
+            producing.cancel()
+        backfill.kill()
+        assert worker.stop() == 0
+    assert backfill.starts == 3
+    assert (await backfill_done(fresh_database, NEW["uid"])) == (total, total)
+    everything = [value for _, value in first + second]
+    expected = reference.reference_rows([*LIVE, NEW], everything, dedup=True)
+    actual = await rows_by_reference_key(fresh_database, [*LIVE, NEW])
+    assert {k[0] for k in actual} == {d["uid"] for d in [*LIVE, NEW]}
+    assert actual == expected, diff(actual, expected)
+    state = await fetch(
+        fresh_database, "SELECT state FROM tally.backfills WHERE metric_uid = $1", NEW["uid"]
+    )
+    assert [r["state"] for r in state] == ["done"]
+
+
+async def test_backfill_refuses_when_retention_dropped_the_start_of_the_range(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """Records deleted from the log start: both --from (a time before them)
+    and --from-offsets earliest refuse, say what was deleted and from when an
+    exact backfill is still possible; nothing is stored."""
+    topic = await make_topic(1)
+    await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)
+    messages = encoded(Workload(seed=5, end=datetime.now(UTC).timestamp() - 60), 200)
+    await produce(kafka_bootstrap, topic, messages)
+    await delete_before(kafka_bootstrap, TopicPartition(topic, 0), 50)
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-refuse")
+    for args in (["--from", "2020-01-01T00:00:00Z"], ["--from-offsets", "earliest"]):
+        refusal = WorkerProcess(
+            "refused", env, tmp_path, args=[NEW["uid"], *args, "--wait", "1"], command=["backfill"]
+        ).start()
+        assert refusal.process is not None
+        status = await asyncio.to_thread(refusal.process.wait, 60)
+        output = refusal.current_log()
+        assert status == 2, output
+        assert "backfill refused: the retained log no longer reaches" in output
+        assert f"{topic}[0]: retention deleted its records before offset 50" in output
+        assert "still available: offset 50 on, first record at 20" in output
+        assert "an exact backfill can start at --from 20" in output
+    assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
+
+
+async def test_sigterm_stops_a_backfill_cleanly_and_cancel_marks_it(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """SIGTERM: the pending work is flushed, exit 0, progress kept. Cancel:
+    status says cancelled, and running it again refuses."""
+    topic = await make_topic(2)
+    await apply_metrics(fresh_database, LIVE, tmp_path)
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-term")
+    worker = WorkerProcess("live", env, tmp_path).start()
+    messages = encoded(Workload(seed=8, end=datetime.now(UTC).timestamp() - 60), 20_000)
+    backfill = WorkerProcess(
+        "backfill",
+        {**env, "TALLY_FLUSH_INTERVAL": "0.05", "TALLY_MAX_BATCH": "50"},
+        tmp_path,
+        args=[NEW["uid"], "--from-offsets", "earliest", "--flush-records", "100"],
+        command=["backfill"],
+    )
+    try:
+        await worker.wait_log("partition ready")
+        await produce(kafka_bootstrap, topic, messages)
+        await wait_caught_up(kafka_bootstrap, fresh_database, topic)
+        await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)
+        await wait_started(fresh_database, NEW["uid"], 2)
+        backfill.start()
+
+        async def some_done() -> bool:
+            return (await backfill_done(fresh_database, NEW["uid"]))[0] > 0
+
+        await wait_until(some_done, 60, "the backfill to commit a flush", interval=0.02)
+        backfill.signal(signal.SIGTERM)
+        assert backfill.process is not None
+        assert await asyncio.to_thread(backfill.process.wait, 60) == 0
+        assert "run the same command to resume" in backfill.current_log()
+        done, total = await backfill_done(fresh_database, NEW["uid"])
+        assert 0 < done < total
+        cancel = WorkerProcess(
+            "cancel", env, tmp_path, args=["cancel", NEW["uid"]], command=["backfill"]
+        ).start()
+        assert cancel.process is not None
+        assert await asyncio.to_thread(cancel.process.wait, 60) == 0
+        again = WorkerProcess(
+            "again",
+            env,
+            tmp_path,
+            args=[NEW["uid"], "--from-offsets", "earliest"],
+            command=["backfill"],
+        ).start()
+        assert again.process is not None
+        assert await asyncio.to_thread(again.process.wait, 60) == 2
+        assert "was cancelled" in again.current_log()
+    finally:
+        backfill.kill()
+        assert worker.stop() == 0
+    rows = await fetch(fresh_database, "SELECT state FROM tally.backfills")
+    assert [r["state"] for r in rows] == ["cancelled"]

@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)"
     )
+    from tally.cli import backfill
+
+    backfill.register(sub)
     return parser
 
 
