@@ -28,6 +28,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 async def api(fresh_database: str) -> AsyncIterator[Api]:
     async with open_api(fresh_database) as opened:
         assert (await opened.create(CALLS)).status_code == 201
+        # GET /backfills/api_calls reads it (a running backfill: cancel is admin only).
+        await opened.sql(
+            "INSERT INTO tally.backfills (metric_uid, state, from_spec)"
+            " VALUES ('api_calls', 'running', 'earliest')"
+        )
         yield opened
 
 
@@ -38,9 +43,9 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
     for path, methods in app.openapi()["paths"].items():
         for method, operation in methods.items():
             if operation.get("security"):
-                url = path.replace("{idOrUid}", "api_calls")
+                url = path.replace("{idOrUid}", "api_calls").replace("{metricUid}", "api_calls")
                 found.append((method.upper(), url, method != "get"))
-    assert len(found) == 10  # POST /events and POST /events/explain included
+    assert len(found) == 13  # POST /events and POST /events/explain included
     return found
 
 

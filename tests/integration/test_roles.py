@@ -43,7 +43,11 @@ GRANTS: dict[str, dict[str, set[str]]] = {
     "metric_starts": {"tally_worker": {SEL, INS}, "tally_api": {SEL}, "tally_reader": {SEL}},
     # A backfill runs as tally_worker; the API reads status, cancels, marks partial values.
     "backfills": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL, UPD}, "tally_reader": {SEL}},
-    "backfill_partitions": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL}},
+    "backfill_partitions": {
+        "tally_worker": {SEL, INS, UPD},
+        "tally_api": {SEL},
+        "tally_reader": {SEL},
+    },
 }
 TABLES = [name for name in GRANTS if not name.endswith(("_seq", "metric_revision"))]
 A_ROW = {

@@ -21,6 +21,7 @@ from tally import __version__
 from tally.api import (
     errors,
     openapi,
+    routes_backfill,
     routes_explain,
     routes_health,
     routes_metrics,
@@ -104,6 +105,7 @@ def create_app(
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_values.router)
+    app.include_router(routes_backfill.router)
     app.include_router(routes_explain.router)  # before /events: the more specific path
     app.include_router(routes_events.router)
 

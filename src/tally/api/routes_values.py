@@ -48,12 +48,13 @@ from tally.contracts.group import (
     names_of,
 )
 from tally.contracts.metric import AggregationType, MetricType
-from tally.contracts.value import MetricValue
+from tally.contracts.value import MetricValue, PartialRange
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, period_bounds, period_end, zone
 from tally.store import api_adjustments as adjustments
 from tally.store import values as store
 from tally.store.api_metrics import metric_by_uid
+from tally.store.backfill import partial_ranges
 from tally.store.pool import Connection
 from tally.telemetry.logs import Log
 
@@ -123,13 +124,18 @@ async def list_metric_values(
             until,
         )
         values = await store.page_values(connection, where, key, limit + 1)
+        partial = await partial_ranges(connection, (v.metric_uid for v in values[:limit]))
     more = len(values) > limit
     values = values[:limit]
     cursor = encode(METRIC_VALUES, store.value_key(values[-1])) if more else None
-    return json_response({"items": [_shown(v) for v in values], "pagination": {"after": cursor}})
+    items = [_shown(v, partial.get(v.metric_uid)) for v in values]
+    return json_response({"items": items, "pagination": {"after": cursor}})
 
 
-def _shown(value: MetricValue) -> dict[str, Any]:
+def _shown(value: MetricValue, partial: PartialRange | None = None) -> dict[str, Any]:
+    """A value as sent; with the partial-range marker of its metric, if any."""
+    if partial is not None:
+        value = value.model_copy(update={"partial": partial})
     return value.wire()
 
 

@@ -171,7 +171,7 @@ async def status(args: argparse.Namespace, uid: str | None) -> int:
     if uid is not None and not found:
         raise UserError(f"no backfill of metric {uid!r}")
     if args.format == "json":
-        sys.stdout.write(orjson.dumps([describe(b) for b in found]).decode() + "\n")
+        sys.stdout.write(orjson.dumps([store.document(b) for b in found]).decode() + "\n")
         return 0
     print_table(
         ("METRIC", "STATE", "FROM", "RECORDS", "OF", "PERCENT", "UPDATED"),
@@ -189,32 +189,6 @@ async def status(args: argparse.Namespace, uid: str | None) -> int:
         ],
     )
     return 0
-
-
-def describe(b: Any) -> dict[str, Any]:
-    """A backfill as JSON (`tally backfill status --format json`, the admin API)."""
-    return {
-        "metricUid": b.metric_uid,
-        "state": b.state,
-        "from": b.from_spec,
-        "recordsDone": b.done,
-        "recordsTotal": b.total,
-        "createdAt": b.created_at.isoformat(),
-        "updatedAt": b.updated_at.isoformat(),
-        "finishedAt": b.finished_at.isoformat() if b.finished_at else None,
-        "partitions": [
-            {
-                "topic": p.topic,
-                "partition": p.partition,
-                "fromOffset": p.from_offset,
-                "endOffset": p.end_offset,
-                "nextOffset": p.next_offset,
-                "records": p.records,
-                "duplicates": p.duplicates,
-            }
-            for p in b.partitions
-        ],
-    }
 
 
 async def cancel(args: argparse.Namespace, uid: str) -> int:

@@ -16,8 +16,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tally.cli.main import UserError, settings_from
 from tally.config import Settings
 from tally.contracts.group import GroupFilterError, GroupTerm, group_terms
-from tally.contracts.value import MetricValue
+from tally.contracts.value import MetricValue, PartialRange
 from tally.core.periods import zone
+from tally.store.backfill import partial_ranges
 from tally.store.definitions import list_metrics
 from tally.store.pool import Connection, connect
 from tally.store.values import ValueFilter, grouping_of, page_values
@@ -107,6 +108,7 @@ async def values(args: argparse.Namespace) -> int:
         )
         # The API's query; one row more than shown tells whether there are more.
         found = await page_values(connection, where, None, args.limit + 1)
+        partial = await partial_ranges(connection, (v.metric_uid for v in found[: args.limit]))
         metrics = await list_metrics(connection)
     finally:
         await connection.close()
@@ -121,12 +123,25 @@ async def values(args: argparse.Namespace) -> int:
     if args.format == "table":
         unused = {c for c in KIND_COLUMNS if all(row[c] is None for row in rows)}
         columns = tuple(c for c in VALUE_COLUMNS if c not in unused)
+    if partial:  # values that cover part of their range say so (docs/backfill.md)
+        for row in rows:
+            marker = partial.get(row["metric"])
+            row["partial"] = None if marker is None else partial_text(marker)
+        columns = (*columns, "partial")
     print(render(rows, columns, args.format), end="")
     if args.format == "table" and more:
         print(
             f"(first {args.limit} rows; narrow with --metric/--customer/--unit/--from/--to or raise --limit)"
         )
     return 0
+
+
+def partial_text(marker: PartialRange) -> str:
+    share = 100.0 * marker.records_done / marker.records_total if marker.records_total else 0.0
+    return (
+        f"PARTIAL: backfill from {marker.backfill_from} cancelled at {share:.1f}%"
+        f" ({marker.records_done} of {marker.records_total} records)"
+    )
 
 
 def _value_row(value: MetricValue, zone: tzinfo) -> dict[str, Any]:

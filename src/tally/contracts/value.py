@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr
 from pydantic.alias_generators import to_camel
@@ -24,11 +24,34 @@ DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"
 MICROS_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$"
 Decimal_ = Annotated[StrictStr, Field(pattern=DECIMAL_PATTERN)]
 # Left out of the wire form when null: the kinds that do not keep them.
-OPTIONAL_FIELDS = ("valueText", "sum", "latestAt", "latestId")
+OPTIONAL_FIELDS = ("valueText", "sum", "latestAt", "latestId", "partial")
 
 
 def micros_text(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PartialRange(BaseModel):
+    """Why a metric's values cover only part of their range (docs/backfill.md)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+    reason: Literal["backfill_cancelled"] = Field(
+        description="backfill_cancelled: the backfill of the events before the metric existed"
+        " was cancelled; events since are counted, earlier ones only in part."
+    )
+    backfill_from: StrictStr = Field(
+        description="Where the backfill started: 'earliest' or an instant (RFC 3339)."
+    )
+    records_done: Annotated[int, Field(ge=0)] = Field(description="Records of its range counted.")
+    records_total: Annotated[int, Field(ge=0)] = Field(description="Records in its range.")
+    cancelled_at: AwareDatetime | None
 
 
 class MetricValue(BaseModel):
@@ -66,6 +89,11 @@ class MetricValue(BaseModel):
     latest_id: StrictStr | None = Field(None, description="LATEST only: the winning event's id.")
     event_count: Annotated[int, Field(ge=0)]
     updated_at: AwareDatetime
+    partial: PartialRange | None = Field(
+        None,
+        description="Present only when the metric's values cover part of their range"
+        " (a cancelled backfill); absent when they are complete.",
+    )
 
     @classmethod
     def from_row(

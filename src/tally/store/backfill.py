@@ -8,10 +8,12 @@ progress per partition, moved by compare-and-set like a worker's offsets).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from tally.contracts.value import PartialRange
 from tally.store.pool import Connection
 
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
@@ -74,6 +76,32 @@ class Backfill:
     @property
     def done(self) -> int:
         return sum(p.done for p in self.partitions)
+
+
+def document(b: Backfill) -> dict[str, Any]:
+    """A backfill as JSON (`GET /backfills`, `tally backfill status --format json`)."""
+    return {
+        "metricUid": b.metric_uid,
+        "state": b.state,
+        "from": b.from_spec,
+        "recordsDone": b.done,
+        "recordsTotal": b.total,
+        "createdAt": b.created_at.isoformat(),
+        "updatedAt": b.updated_at.isoformat(),
+        "finishedAt": b.finished_at.isoformat() if b.finished_at else None,
+        "partitions": [
+            {
+                "topic": p.topic,
+                "partition": p.partition,
+                "fromOffset": p.from_offset,
+                "endOffset": p.end_offset,
+                "nextOffset": p.next_offset,
+                "records": p.records,
+                "duplicates": p.duplicates,
+            }
+            for p in b.partitions
+        ],
+    }
 
 
 async def load_backfill(connection: Connection, uid: str) -> Backfill | None:
@@ -252,19 +280,28 @@ async def cancel(connection: Connection, uid: str) -> str | None:
     return state
 
 
-async def partial_metrics(connection: Connection, uids: Sequence[str]) -> dict[str, Backfill]:
-    """Of `uids`, those whose values cover only part of their range: a
-    cancelled backfill (the partial-range marker, docs/backfill.md)."""
-    if not uids:
+async def partial_ranges(connection: Connection, uids: Iterable[str]) -> dict[str, PartialRange]:
+    """Of `uids`, those whose values cover only part of their range (a
+    cancelled backfill), with the marker the values carry (docs/backfill.md)."""
+    wanted = sorted(set(uids))
+    if not wanted:
         return {}
     rows = await connection.fetch(
-        "SELECT metric_uid FROM tally.backfills WHERE state = 'cancelled'"
-        " AND metric_uid = ANY($1::text[])",
-        list(set(uids)),
+        "SELECT b.metric_uid, b.from_spec, b.finished_at,"
+        " coalesce(sum(greatest(0, least(p.next_offset, p.end_offset) - p.from_offset)), 0) AS done,"
+        " coalesce(sum(greatest(0, p.end_offset - p.from_offset)), 0) AS total"
+        " FROM tally.backfills AS b LEFT JOIN tally.backfill_partitions AS p USING (metric_uid)"
+        " WHERE b.state = 'cancelled' AND b.metric_uid = ANY($1::text[])"
+        " GROUP BY b.metric_uid, b.from_spec, b.finished_at",
+        wanted,
     )
-    found: dict[str, Backfill] = {}
-    for r in rows:
-        backfill = await load_backfill(connection, r["metric_uid"])
-        if backfill is not None:
-            found[backfill.metric_uid] = backfill
-    return found
+    return {
+        r["metric_uid"]: PartialRange(
+            reason="backfill_cancelled",
+            backfill_from=r["from_spec"],
+            records_done=int(r["done"]),
+            records_total=int(r["total"]),
+            cancelled_at=r["finished_at"],
+        )
+        for r in rows
+    }

@@ -56,4 +56,4 @@ GRANT SELECT ON tally.metric_starts TO tally_api, tally_reader;
 GRANT SELECT, INSERT, UPDATE ON tally.backfills, tally.backfill_partitions TO tally_worker;
 GRANT SELECT, UPDATE ON tally.backfills TO tally_api;
 GRANT SELECT ON tally.backfill_partitions TO tally_api;
-GRANT SELECT ON tally.backfills TO tally_reader;
+GRANT SELECT ON tally.backfills, tally.backfill_partitions TO tally_reader;  -- the partial marker
