@@ -4,6 +4,7 @@ counting the records before that, exactly once, while the workers run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from tests.integration.support import (
     wait_until,
     worker_env,
 )
+from tests.integration.test_cli import tally
 from tests.integration.test_offset_gaps import delete_before
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -305,3 +307,22 @@ async def test_sigterm_stops_a_backfill_cleanly_and_cancel_marks_it(
         assert worker.stop() == 0
     rows = await fetch(fresh_database, "SELECT state FROM tally.backfills")
     assert [r["state"] for r in rows] == ["cancelled"]
+    env = {"TALLY_DATABASE_URL": fresh_database}
+    status = tally("backfill", "status", NEW["uid"], "--format", "json", env=env)
+    assert status.returncode == 0, status.stderr
+    [shown] = json.loads(status.stdout)
+    assert (shown["state"], shown["recordsDone"], shown["recordsTotal"]) == (
+        "cancelled",
+        done,
+        total,
+    )
+    # Its values say they cover part of the range; the other metrics' do not.
+    values = tally("values", "--format", "json", "--limit", "100000", env=env)
+    assert values.returncode == 0, values.stderr
+    marks = {(row["metric"], row["partial"]) for row in json.loads(values.stdout)}
+    partial = {mark for uid, mark in marks if uid == NEW["uid"]}
+    assert len(partial) == 1
+    assert str(partial.pop()).startswith("PARTIAL: backfill from earliest cancelled at")
+    assert {mark for uid, mark in marks if uid != NEW["uid"]} == {None}
+    table = tally("values", "--metric", NEW["uid"], env=env)
+    assert "PARTIAL: backfill from earliest cancelled" in table.stdout

@@ -113,8 +113,8 @@ def iso(seconds: float) -> str:
 class Progress:
     done: int  # records of the range counted
     total: int
-    rate: float  # records per second in this run
-    events: int  # events applied in this run
+    rate: float  # records of the range counted per second, this run
+    events_rate: float = 0.0  # events applied to the metric per second, this run
 
     @property
     def eta(self) -> float | None:
@@ -131,5 +131,6 @@ class Progress:
         eta = self.eta
         return (
             f"backfill {uid}: {self.done:,} / {self.total:,} records ({share:.1f}%),"
-            f" {self.rate:,.0f} records/s, ETA {'unknown' if eta is None else f'{eta:.0f} s'}"
+            f" {self.rate:,.0f} records/s, {self.events_rate:,.0f} events/s,"
+            f" ETA {'unknown' if eta is None else f'{eta:.0f} s'}"
         )

@@ -78,7 +78,13 @@ class BackfillTelemetry:
         )
         self.rate = Gauge(
             "tally_backfill_records_per_second",
-            "Records per second this run",
+            "Records of the range counted per second, this run",
+            ["metric_uid"],
+            registry=registry,
+        )
+        self.events_rate = Gauge(
+            "tally_backfill_events_per_second",
+            "Events applied to the metric per second, this run (durable)",
             ["metric_uid"],
             registry=registry,
         )
@@ -131,7 +137,8 @@ class Backfiller:
         self.telemetry = BackfillTelemetry(self.registry)
         self.parts: dict[TopicPartition, _Part] = {}
         self.applied = 0  # records counted in this run (durable)
-        self.events = 0
+        self.events = 0  # events applied, pending (not yet flushed)
+        self.applied_events = 0  # events applied and flushed
         self.started = self.clock()
 
     # -- set-up ----------------------------------------------------------------
@@ -444,6 +451,8 @@ class Backfiller:
             self.applied += step.target - step.expected
             part.stored = step.target
             part.records = part.duplicates = 0
+        self.applied_events += self.events
+        self.events = 0
         self.telemetry.flushes.labels(self.uid).inc()
         log.debug("backfill flushed", uid=self.uid, partitions=len(steps), rows=len(deltas))
 
@@ -455,7 +464,9 @@ class Backfiller:
 
     def progress(self, backfill: store.Backfill) -> Progress:
         elapsed = max(1e-9, self.clock() - self.started)
-        return Progress(backfill.done, backfill.total, self.applied / elapsed, self.events)
+        return Progress(
+            backfill.done, backfill.total, self.applied / elapsed, self.applied_events / elapsed
+        )
 
     def _report(self, backfill: store.Backfill, *, force: bool) -> None:
         progress = self.progress(backfill)
@@ -463,6 +474,7 @@ class Backfiller:
         t.read.labels(self.uid).set(progress.done)
         t.total.labels(self.uid).set(progress.total)
         t.rate.labels(self.uid).set(progress.rate)
+        t.events_rate.labels(self.uid).set(progress.events_rate)
         eta = progress.eta
         t.eta.labels(self.uid).set(float("nan") if eta is None else eta)
         with contextlib.suppress(OSError, ValueError):
