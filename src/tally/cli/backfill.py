@@ -207,3 +207,18 @@ async def cancel(args: argparse.Namespace, uid: str) -> int:
         raise UserError(f"the backfill of {uid!r} is {state}; only a running one can be cancelled")
     print(f"backfill {uid}: cancelled; its values are marked partial", file=sys.stderr)
     return 0
+
+
+async def bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tally.bench import backfill as bench_backfill
+
+    settings = settings_from(args)
+    text = await bench_backfill.run(
+        settings.kafka_bootstrap, settings.database_url, args.events, args.seed
+    )
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0

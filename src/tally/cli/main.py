@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the scenario of the scale-out runs (see --list)",
     )
     # `tally bench ingest`: an optional subcommand; `tally bench [flags]` runs as before.
-    bsub = bench.add_subparsers(dest="bench_command", metavar="[ingest]")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="[ingest|backfill]")
     bench_ingest = _command(
         bsub,
         "ingest",
@@ -273,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=_positive_int, default=8, help="requests (and batches) in flight"
     )
     bench_ingest.add_argument("--markdown", help="also write the report to this file")
+    from tally.cli import backfill as backfill_cli
+
+    bench_backfill = _command(
+        bsub,
+        "backfill",
+        "tally backfill's events/s against a live worker's, in one run (docs/backfill.md)",
+        backfill_cli.bench,
+        [*KAFKA, *DATABASE, *LOGGING],
+    )
+    bench_backfill.add_argument("--events", type=_positive_int, default=200_000)
+    bench_backfill.add_argument("--seed", type=int, default=7)
+    bench_backfill.add_argument("--markdown", help="also write the report to this file")
 
     from tally.cli import retention
 
@@ -365,9 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)"
     )
-    from tally.cli import backfill
-
-    backfill.register(sub)
+    backfill_cli.register(sub)
     return parser
 
 
