@@ -326,3 +326,28 @@ async def test_sigterm_stops_a_backfill_cleanly_and_cancel_marks_it(
     assert {mark for uid, mark in marks if uid != NEW["uid"]} == {None}
     table = tally("values", "--metric", NEW["uid"], env=env)
     assert "PARTIAL: backfill from earliest cancelled" in table.stdout
+
+
+async def test_backfill_refuses_a_metric_no_worker_has_started_or_that_does_not_exist(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    topic = await make_topic(2)
+    await apply_metrics(fresh_database, [NEW], tmp_path)
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-none")
+    cases = {
+        NEW["uid"]: f"the live workers have not started metric '{NEW['uid']}' on {topic}[0],"
+        f" {topic}[1] within 1 s",
+        "nothing": "no metric 'nothing': create it first",
+    }
+    for uid, said in cases.items():
+        refusal = WorkerProcess(
+            "refused",
+            env,
+            tmp_path,
+            args=[uid, "--from-offsets", "earliest", "--wait", "1"],
+            command=["backfill"],
+        ).start()
+        assert refusal.process is not None
+        assert await asyncio.to_thread(refusal.process.wait, 60) == 2
+        assert said in refusal.current_log()
+    assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []

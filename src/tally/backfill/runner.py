@@ -140,6 +140,7 @@ class Backfiller:
         self.events = 0  # events applied, pending (not yet flushed)
         self.applied_events = 0  # events applied and flushed
         self.started = self.clock()
+        self.stop = asyncio.Event()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -180,6 +181,8 @@ class Backfiller:
             missing = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
             if not missing:
                 return {tp: stored[(tp.topic, tp.partition)] for tp in tps}
+            if self.stop.is_set():
+                raise BackfillRefused("stopped while waiting for the live workers; nothing stored")
             if self.clock() >= deadline:
                 raise BackfillRefused(
                     f"the live workers have not started metric {self.uid!r} on "
@@ -192,7 +195,8 @@ class Backfiller:
                 file=self.out,
                 flush=True,
             )
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=1.0)
 
     async def _log_starts(
         self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
@@ -305,6 +309,7 @@ class Backfiller:
     async def run(self, stop: asyncio.Event) -> store.Backfill:
         """Backfill until done, stopped (SIGTERM: pending work flushed) or
         cancelled. Returns the stored backfill as it ends."""
+        self.stop = stop
         settings = self.settings
         metric = await self.metric()
         core = new_core(MetricIndex([metric]))
