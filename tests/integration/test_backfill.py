@@ -223,6 +223,22 @@ async def test_backfill_from_the_start_while_workers_run_and_sigkilled_twice_is_
         fresh_database, "SELECT state FROM tally.backfills WHERE metric_uid = $1", NEW["uid"]
     )
     assert [r["state"] for r in state] == ["done"]
+    # The stream really had both: ids with two copies inside the backfill's
+    # range, and ids whose first copy is in it and a re-send after the start.
+    starts = await starts_of(fresh_database, NEW["uid"])
+    records = await read_topic(kafka_bootstrap, topic, len(everything))
+    sides: dict[str, list[bool]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key = json.loads(record.value)["id"]
+        sides.setdefault(key, []).append(record.offset >= starts[record.partition])
+    assert sum(1 for s in sides.values() if s[:2] == [False, False]) >= 100
+    assert sum(1 for s in sides.values() if s[:2] == [False, True]) >= 100
+    counted = await fetch(
+        fresh_database,
+        "SELECT sum(duplicates_total) AS d FROM tally.backfill_partitions WHERE metric_uid = $1",
+        NEW["uid"],
+    )
+    assert counted[0]["d"] == sum(1 for s in sides.values() for later in s[1:] if not later)
 
 
 async def test_backfill_refuses_when_retention_dropped_the_start_of_the_range(

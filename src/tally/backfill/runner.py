@@ -46,15 +46,18 @@ from tally.contracts.metric import UsageMetric
 from tally.core.engine import Core, Deltas, new_core
 from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
+from tally.errors import is_transient
 from tally.kafka.records import partition_count
 from tally.store import backfill as store
 from tally.store.definitions import list_metrics
 from tally.store.flush import write_flush
+from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
 
 log = Log("tally.backfill")
 
 EARLIEST = "earliest"
+FLUSH_ATTEMPTS = 30  # transient failures in a row before a flush gives up (about 4 min)
 MAX_PENDING_RECORDS = 200_000  # flush at least this often, so a kill loses little
 
 
@@ -383,13 +386,13 @@ class Backfiller:
             now = self.clock()
             read = sum(p.records for p in self.parts.values())
             if read >= self.flush_records or now - last_flush >= settings.flush_interval:
-                await self._flush(deltas)
+                await self._flush_retrying(deltas)
                 deltas = Deltas(core)
                 last_flush = now
             if now - last_report >= self.progress_every:
                 last_report = now
                 self._report(await self._stored(), force=False)
-        await self._flush(deltas)
+        await self._flush_retrying(deltas)
         if all(p.done for p in self.parts.values()):
             async with self.pool.acquire() as connection:
                 await store.finish(connection, self.uid, self.owner)
@@ -429,6 +432,30 @@ class Backfiller:
         for i, _detail in failed:
             part.window.forget(digests[16 * i : 16 * i + 16])
         part.position = records[-1].offset + 1
+
+    async def _flush_retrying(self, deltas: Deltas) -> None:
+        """`_flush`, retried with backoff while PostgreSQL fails transiently
+        (a lock timeout, a lost connection). A failed transaction wrote
+        nothing and `_flush` changes no state before its commit, so the same
+        work is tried again. If a commit landed without our hearing of it, the
+        retry's compare-and-set fails (`Moved`) and the process stops; run
+        again, it resumes from what is stored."""
+        delay = 0.2
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                await self._flush(deltas)
+                return
+            except DATABASE_ERRORS as exc:
+                if not is_transient(exc) or attempt == FLUSH_ATTEMPTS:
+                    raise
+                log.warning(
+                    "backfill flush failed; retrying",
+                    reason=f"{type(exc).__name__}: {exc}",
+                    attempt=attempt,
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _flush(self, deltas: Deltas) -> None:
         steps = []
