@@ -367,3 +367,71 @@ async def test_backfill_refuses_a_metric_no_worker_has_started_or_that_does_not_
         assert await asyncio.to_thread(refusal.process.wait, 60) == 2
         assert said in refusal.current_log()
     assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
+
+
+async def test_backfill_from_a_time_catches_ids_first_seen_before_it(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """--from TIME counts the records from the offset of TIME on; an id whose
+    first copy came before TIME is a duplicate there, as it was for the live
+    worker, because the backfill replays the ids of the window before TIME."""
+    topic = await make_topic(2)
+    await apply_metrics(fresh_database, LIVE, tmp_path)
+    originals = encoded(Workload(seed=19, end=datetime.now(UTC).timestamp() - 60), 6000)
+    rng = random.Random(3)
+    before, after = originals[:3000], originals[3000:]
+    resent = [originals[i] for i in rng.sample(range(3000), 400)]  # first copy before --from
+    after = after + resent
+    rng.shuffle(after)
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-from")
+    worker = WorkerProcess("live", env, tmp_path).start()
+    try:
+        await worker.wait_log("partition ready")
+        await produce(kafka_bootstrap, topic, before)
+        await asyncio.sleep(1.5)
+        since = datetime.now(UTC)
+        await asyncio.sleep(0.5)
+        await produce(kafka_bootstrap, topic, after)
+        await wait_caught_up(kafka_bootstrap, fresh_database, topic)
+        await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)
+        starts = await wait_started(fresh_database, NEW["uid"], 2)
+        run = WorkerProcess(
+            "backfill",
+            env,
+            tmp_path,
+            args=[NEW["uid"], "--from", since.isoformat()],
+            command=["backfill"],
+        ).start()
+        assert run.process is not None
+        assert await asyncio.to_thread(run.process.wait, 120) == 0, run.current_log()
+    finally:
+        assert worker.stop() == 0
+    records = sorted(
+        await read_topic(kafka_bootstrap, topic, len(before) + len(after)),
+        key=lambda r: (r.partition, r.offset),
+    )
+    # Independently: the first copy of each id, kept when it is at or after --from.
+    cut = since.timestamp() * 1000
+    seen: set[str] = set()
+    counted = []
+    for record in records:
+        key = json.loads(record.value)["id"]
+        if key in seen:
+            continue
+        seen.add(key)
+        if record.timestamp >= cut:
+            counted.append(record.value)
+    assert all(starts[p] == end for p, end in (await end_offsets(kafka_bootstrap, topic)).items())
+    expected = reference.reference_rows([NEW], counted)
+    actual = {
+        k: v
+        for k, v in (await rows_by_reference_key(fresh_database, [*LIVE, NEW])).items()
+        if k[0] == NEW["uid"]
+    }
+    assert actual == expected, diff(actual, expected)
+    duplicates = await fetch(
+        fresh_database,
+        "SELECT sum(duplicates_total) AS d FROM tally.backfill_partitions WHERE metric_uid = $1",
+        NEW["uid"],
+    )
+    assert duplicates[0]["d"] == len(resent)
