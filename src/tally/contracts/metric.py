@@ -1,4 +1,4 @@
-"""The usage metric definition (DESIGN 1.2), as operators and the API write it.
+"""The usage metric definition (docs/design.md §2.2), as operators and the API write it.
 
 Field names follow Sequence's UsageMetric API (camelCase on the wire); `uid`
 and the immutability rules follow Exante's metric definitions. Every refusal

@@ -3,7 +3,7 @@
 The order of statements inside the transaction is fixed here;
 `tally.worker.checkpoint` holds the order of the steps around it:
 
-1. compare-and-set each partition's stored offset (fencing, DESIGN 3);
+1. compare-and-set each partition's stored offset (fencing, docs/design.md §3);
    if any partition's offset moved, nothing else is written;
 2. dead letters Kafka would not take, parked (`tally.parked_dead_letters`);
 3. the dedup window's new ids, merged and expired segments;
