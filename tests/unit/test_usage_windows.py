@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tally.config import load_settings
 from tally.contracts.metric import AggregationType
 from tally.core.periods import TimeUnit, period_bounds, zone
 from tally.core.windows import (
@@ -26,6 +27,7 @@ from tally.core.windows import (
     plan,
     summary_days,
 )
+from tally.store.usage import MemberLimits, refuse_deleted_members
 from tests import reference
 
 ZONES = ["UTC", "America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe", "Europe/Berlin"]
@@ -208,3 +210,26 @@ def test_a_rolling_only_value_is_refused_for_calendar() -> None:
     with pytest.raises(WindowRefused) as refused:
         summary_days(date(2026, 3, 15), "calendar", "30-day")
     assert refused.value.field == "periodValue"
+
+
+def test_the_default_member_retention_covers_the_longest_unique_window_served() -> None:
+    """Members are kept max_lateness + TALLY_UNIQUE_WINDOW by default, so the
+    longest UNIQUE union the API serves still finds every member."""
+    assert load_settings({}, environ={}).unique_window == 90 * 86400
+    settings = load_settings({}, environ={"TALLY_UNIQUE_WINDOW": "180d"})
+    assert settings.member_retention == (35 + 180) * 86400
+
+
+def test_a_unique_union_longer_than_the_window_or_past_retention_is_refused() -> None:
+    utc = zone("UTC")
+    now = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp())
+    limits = MemberLimits(retention=125 * 86400, window=90 * 86400)
+    long = plan(now - 120 * 86400, now, None, utc, {TimeUnit.DAY}, utc)
+    with pytest.raises(WindowRefused, match="TALLY_UNIQUE_WINDOW"):
+        refuse_deleted_members(AggregationType.UNIQUE, long, limits, now)
+    old = plan(now - 200 * 86400, now - 150 * 86400, None, utc, {TimeUnit.DAY}, utc)
+    with pytest.raises(WindowRefused, match="TALLY_MEMBER_RETENTION"):
+        refuse_deleted_members(AggregationType.UNIQUE, old, limits, now)
+    recent = plan(now - 90 * 86400, now, None, utc, {TimeUnit.DAY}, utc)
+    refuse_deleted_members(AggregationType.UNIQUE, recent, limits, now)
+    refuse_deleted_members(AggregationType.SUM, long, limits, now)  # values are kept

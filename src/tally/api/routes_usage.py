@@ -155,8 +155,9 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
 
 
-def _settings_retention(request: Request) -> float:
-    return float(request.app.state.settings.member_retention)
+def _limits(request: Request) -> store.MemberLimits:
+    settings = request.app.state.settings
+    return store.MemberLimits(float(settings.member_retention), float(settings.unique_window))
 
 
 @router.get(
@@ -220,9 +221,7 @@ async def usage(
     )
     try:
         async with pool.acquire() as connection:
-            items = await store.run_query(
-                connection, metric, query, _settings_retention(request), time.time()
-            )
+            items = await store.run_query(connection, metric, query, _limits(request), time.time())
     except WindowRefused as exc:
         raise _refused(exc) from None
     body = UsageAnswer(
@@ -371,7 +370,7 @@ async def summary(
                 customer_id,
                 now_bounds,
                 before_bounds,
-                _settings_retention(request),
+                _limits(request),
                 time.time(),
             )
     except WindowRefused as exc:

@@ -226,19 +226,37 @@ def _shown_group(
     return dict(zip(kept, values, strict=True))
 
 
-def _refuse_deleted_members(
-    kind: AggregationType, buckets: Sequence[Bucket], member_retention: float, now: float
+@dataclass(frozen=True, slots=True)
+class MemberLimits:
+    """How far back a UNIQUE union may reach (tally.config: TALLY_MEMBER_RETENTION,
+    TALLY_UNIQUE_WINDOW); seconds, retention 0 keeping members forever."""
+
+    retention: float
+    window: float
+
+
+def refuse_deleted_members(
+    kind: AggregationType, buckets: Sequence[Bucket], limits: MemberLimits, now: float
 ) -> None:
-    if kind is not AggregationType.UNIQUE or member_retention <= 0:
+    if kind is not AggregationType.UNIQUE:
         return
-    cutoff = now - member_retention
-    ends = [p.end for b in buckets if len(b.periods) > 1 for p in b.periods]
-    if ends and min(ends) <= cutoff:
+    unions = [b for b in buckets if len(b.periods) > 1]
+    for bucket in unions:
+        # A day's slack: N local days are up to a DST jump longer than N x 24 h.
+        if bucket.end - bucket.start > limits.window + 86400:
+            raise WindowRefused(
+                "from",
+                f"a UNIQUE window over several periods may span at most TALLY_UNIQUE_WINDOW"
+                f" ({limits.window / 86400:g}d), the longest the members are kept for;"
+                " ask for a shorter window or windowSize",
+            )
+    ends = [p.end for b in unions for p in b.periods]
+    if limits.retention > 0 and ends and min(ends) <= now - limits.retention:
         raise WindowRefused(
             "from",
             "a UNIQUE window of several periods is the distinct count of their members, and"
-            f" members of periods that ended more than TALLY_MEMBER_RETENTION"
-            f" ({member_retention / 86400:g}d) ago are deleted; move from later",
+            " members of periods that ended more than TALLY_MEMBER_RETENTION"
+            f" ({limits.retention / 86400:g}d) ago are deleted; move from later",
         )
 
 
@@ -246,7 +264,7 @@ async def run_query(
     connection: Connection,
     metric: UsageMetricDefinition,
     query: Query,
-    member_retention: float,
+    limits: MemberLimits,
     now: float,
 ) -> list[UsageItem]:
     """The usage of `query.customers` in each window, exactly (WindowRefused otherwise)."""
@@ -274,7 +292,7 @@ async def run_query(
     )
     combined: dict[BucketKey, Combined] = {}
     if members:
-        _refuse_deleted_members(kind, buckets, member_retention, now)
+        refuse_deleted_members(kind, buckets, limits, now)
         if await adjusted_in(connection, metric.uid, query.customers, buckets):
             raise WindowRefused(
                 "windowSize",
@@ -335,7 +353,7 @@ async def _day_values(
     customer: str,
     start: int,
     end: int,
-    member_retention: float,
+    limits: MemberLimits,
     now: float,
 ) -> tuple[Combined, list[tuple[int, int, Combined]]]:
     """The total of `[start, end)` and its value per local day, from day rollups."""
@@ -352,7 +370,7 @@ async def _day_values(
             daily_values = {n: Combined(c, None, e) for (_, _, n), (c, e) in found.items()}
         else:
             daily_values = {n: combine(kind, rows) for (_, _, n), rows in daily.items()}
-        _refuse_deleted_members(kind, whole, member_retention, now)
+        refuse_deleted_members(kind, whole, limits, now)
         if await adjusted_in(connection, metric.uid, [customer], whole):
             raise WindowRefused(
                 "periodValue",
@@ -377,7 +395,7 @@ async def run_summary(
     customer: str,
     current: tuple[int, int],
     previous: tuple[int, int],
-    member_retention: float,
+    limits: MemberLimits,
     now: float,
 ) -> Summary:
     if TimeUnit.DAY not in metric.time_units:
@@ -388,11 +406,9 @@ async def run_summary(
             TimeUnit.DAY,
             metric.timezone,
         )
-    total, series = await _day_values(connection, metric, customer, *current, member_retention, now)
+    total, series = await _day_values(connection, metric, customer, *current, limits, now)
     try:
-        before, _ = await _day_values(
-            connection, metric, customer, *previous, member_retention, now
-        )
+        before, _ = await _day_values(connection, metric, customer, *previous, limits, now)
     except WindowRefused as exc:
         return Summary(total, None, exc.reason, series)
     return Summary(total, before, None, series)
