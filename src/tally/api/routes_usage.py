@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from tally.api.auth import Reader
 from tally.api.deps import Pool, json_response
 from tally.api.errors import ApiError, responses
-from tally.api.models import NO_NUL, Bound
+from tally.api.models import NO_NUL, Bound, parse_moment
 from tally.api.routes_values import _group_filters
 from tally.contracts.metric import (
     UID_PATTERN,
@@ -224,6 +224,14 @@ async def usage(
             items = await store.run_query(connection, metric, query, _limits(request), time.time())
     except WindowRefused as exc:
         raise _refused(exc) from None
+    except (ValueError, OverflowError):
+        # Periods past the years 1-9999 (the stored range) cannot be computed.
+        raise ApiError.one(
+            422,
+            ["query", "from"],
+            "the window's periods fall outside the years 1 to 9999",
+            "value_error",
+        ) from None
     body = UsageAnswer(
         metric_uid=metric.uid,
         aggregation_type=metric.aggregation_type,
@@ -250,20 +258,27 @@ def _as_of(text: str | None, zone_name: str) -> date:
     """asOf: a date, or a date-time taken as its local date in the metric's zone."""
     if text is None:
         return datetime.now(zone(zone_name)).date()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    found: date | None = None
+    if len(text) == 10:
+        try:
+            found = date.fromisoformat(text)
+        except ValueError:
+            found = None
+    else:
+        moment = parse_moment(text)
+        if moment is not None:
+            try:
+                found = moment.astimezone(zone(zone_name)).date()
+            except (OverflowError, ValueError):
+                found = None
+    if found is None:
         raise ApiError.one(
             422,
             ["query", "asOf"],
             "must be a date (2026-03-15) or an RFC 3339 date-time with an offset",
             "value_error",
         )
-    return moment.astimezone(zone(zone_name)).date()
+    return found
 
 
 def _target(metric: UsageMetric, current: Combined, previous: Combined | None) -> Target | None:
@@ -321,7 +336,19 @@ async def summary(
         ),
     ] = None,
     as_of: Annotated[
-        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)] | None,
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=64, pattern=NO_NUL),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"type": "string", "format": "date"},
+                        {"type": "string", "format": "date-time"},
+                    ]
+                }
+            ),
+        ]
+        | None,
         Query(
             alias="asOf",
             description="The last day: a date, or a date-time taken in the metric's timezone;"

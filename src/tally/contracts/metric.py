@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     StrictBool,
     StrictStr,
@@ -33,7 +34,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from tally.core.events import parse_timestamp
-from tally.core.numbers import contains_nul, number_text
+from tally.core.numbers import contains_nul, decimal_text, number_text
 from tally.core.paths import PathError, parse_path
 from tally.core.periods import TimeUnit
 
@@ -80,8 +81,14 @@ class TargetDirection(enum.StrEnum):
     DOWN = "down"
 
 
-# A finite exact number (a JSON number or a string holding one; no NaN, no infinity).
-FiniteDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
+# A finite exact number (a JSON number or a string holding one; no NaN, no
+# infinity), of at most 40 digits, 20 after the point (`1e999999` would be a
+# million digits), written back as canonical decimal text.
+FiniteDecimal = Annotated[
+    Decimal,
+    Field(allow_inf_nan=False, max_digits=40, decimal_places=20),
+    PlainSerializer(decimal_text, return_type=str, when_used="json"),
+]
 Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 # A plain top-level name (at most 256 characters) or a path (`tally.core.paths`).
 PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=1024)]
