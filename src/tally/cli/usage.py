@@ -95,6 +95,10 @@ async def run(args: argparse.Namespace) -> int:
             if exc.field == "windowTimeZone":
                 flag = "--window-time-zone"
             raise UserError(f"{flag}: {exc.reason}") from None
+        except (ValueError, OverflowError):
+            raise UserError(
+                "--from: the window's periods fall outside the years 1 to 9999"
+            ) from None
     finally:
         await connection.close()
     rows = [
