@@ -127,6 +127,18 @@ def month_to_date(as_of: date) -> tuple[list[date], list[date]]:
     )
 
 
+def calendar_month(as_of: date) -> tuple[list[date], list[date]]:
+    first = as_of.replace(day=1)
+    after = (first + timedelta(days=32)).replace(day=1)
+    before = (first - timedelta(days=1)).replace(day=1)
+    return days(first, after), days(before, first)
+
+
+def calendar_week(as_of: date) -> tuple[list[date], list[date]]:
+    monday = as_of - timedelta(days=as_of.weekday())
+    return days(monday, monday + timedelta(days=7)), days(monday - timedelta(days=7), monday)
+
+
 async def get(client: httpx.AsyncClient, path: str, **params: Any) -> httpx.Response:
     return await client.get(path, params=params, headers=READ)
 
@@ -140,6 +152,9 @@ async def check_summaries(
         ({"periodType": "rolling", "periodValue": "90-day"}, rolling(as_of, 90)),
         ({"periodDefinition": "month_to_date"}, month_to_date(as_of)),
         ({"periodDefinition": "trailing_30_days"}, rolling(as_of, 30)),
+        ({"periodType": "calendar", "periodValue": "month"}, calendar_month(as_of)),
+        ({"periodDefinition": "calendar_month"}, calendar_month(as_of)),
+        ({"periodType": "calendar", "periodValue": "week"}, calendar_week(as_of)),
     ]
     for customer in CUSTOMERS:
         for params, (current, previous) in asks:
