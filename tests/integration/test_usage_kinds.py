@@ -198,6 +198,13 @@ async def test_refusals_name_the_field(api: Api) -> None:
         (problem,) = response.json()["detail"]
         assert problem["loc"] == ["query", field], params
         assert word in problem["msg"], params
+    both = await api.client.get(
+        "/usage-metrics/users/usage",
+        params={"customerId": "acme", "from": at(24.0001), "to": at(0)},
+        headers=READ,
+    )
+    assert both.status_code == 422
+    assert [p["loc"] for p in both.json()["detail"]] == [["query", "from"], ["query", "to"]]
     missing = await api.client.get("/usage-metrics/nope/usage", params=cases[0][0], headers=READ)
     assert missing.status_code == 422  # customerId is required
     gone = await api.client.get(

@@ -139,16 +139,24 @@ async def _metric(pool: Any, uid: str) -> UsageMetric:
     return metric
 
 
-def _second(field: str, moment: datetime) -> int:
-    seconds = moment.timestamp()
-    if seconds != int(seconds):
-        raise ApiError.one(
-            422,
-            ["query", field],
-            "must be a whole second (periods start on whole seconds)",
-            "value_error",
+def _bounds(since: datetime, until: datetime) -> tuple[int, int]:
+    """from and to as whole POSIX seconds; every problem with them in one 422."""
+    problems = [
+        {
+            "loc": ["query", field],
+            "msg": "must be a whole second (periods start on whole seconds)",
+            "type": "value_error",
+        }
+        for field, moment in (("from", since), ("to", until))
+        if moment.timestamp() != int(moment.timestamp())
+    ]
+    if until <= since:
+        problems.append(
+            {"loc": ["query", "to"], "msg": "must be after from", "type": "value_error"}
         )
-    return int(seconds)
+    if problems:
+        raise ApiError(422, problems)
+    return int(since.timestamp()), int(until.timestamp())
 
 
 def _text(value: Decimal | None) -> str | None:
@@ -206,9 +214,7 @@ async def usage(
     would answer it; nothing is approximated. `group.<property>=<text>`
     keeps only that group's rows."""
     wanted = _group_filters(request)
-    start, end = _second("from", since), _second("to", until)
-    if end <= start:
-        raise ApiError.one(422, ["query", "to"], "must be after from", "value_error")
+    start, end = _bounds(since, until)
     metric = await _metric(pool, uid)
     query = store.Query(
         customers=tuple(dict.fromkeys(customer_id)),
