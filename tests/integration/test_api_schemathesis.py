@@ -111,6 +111,13 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 include-name = "POST /events"
 checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]
 
+# A usage window that is not a union of stored periods, and a summary of a
+# metric without day rollups, are refused (422) by the data, not the schema.
+[[operations]]
+include-name = ["GET /usage-metrics/{uid}/usage", "GET /usage-metrics/{uid}/summary"]
+parameters = { uid = "seeded_calls" }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
+
 [[operations]]
 include-name = "GET /usage-metrics/{idOrUid}"
 parameters = { idOrUid = "seeded_calls" }

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=1000, help="rows at most (1 or more)"
     )
     values.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    from tally.cli import usage
+
+    usage.add(sub, _command)
     status = _command(
         sub,
         "status",
