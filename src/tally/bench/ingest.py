@@ -43,6 +43,7 @@ BATCH = 100
 CONNECTIONS = 8
 LAGO_REST_EVENTS_PER_SECOND = 10_000  # Lago's published figure for its REST ingest
 SERVER_START_SECONDS = 60.0
+STOP_SECONDS = 30.0  # then the server is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,15 @@ def _free_port() -> int:
 class IngestServer:
     """`python -m tally ingest serve` on a free port, with one ingest token."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        start_seconds: float = SERVER_START_SECONDS,
+        stop_seconds: float = STOP_SECONDS,
+    ) -> None:
+        self.start_seconds = start_seconds
+        self.stop_seconds = stop_seconds
         self.token = new_token()
         self.url = f"http://127.0.0.1:{_free_port()}"
         self._env = {
@@ -197,13 +206,19 @@ class IngestServer:
     async def __aenter__(self) -> IngestServer:
         command = [sys.executable, "-m", "tally", "ingest", "serve"]
         self._process = subprocess.Popen(command, env=self._env)
-        await self._wait_ready()
+        try:
+            await self._wait_ready()
+        except BaseException:
+            # __aexit__ does not run when __aenter__ raises: stop it here, or a
+            # server that is slow to start (or a Ctrl-C) leaves it running.
+            await self._stop()
+            raise
         return self
 
     async def _wait_ready(self) -> None:
         """Until /readyz answers 200 (its producer is started), or the server exits."""
         assert self._process is not None
-        deadline = time.monotonic() + SERVER_START_SECONDS
+        deadline = time.monotonic() + self.start_seconds
         async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
@@ -214,12 +229,22 @@ class IngestServer:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.2)
-        raise RuntimeError(f"tally ingest serve not ready after {SERVER_START_SECONDS:.0f} s")
+        raise RuntimeError(f"tally ingest serve not ready after {self.start_seconds:g} s")
+
+    async def _stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within stop_seconds; reaped either way."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, self.stop_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            await asyncio.to_thread(self._process.wait, 30)
+        await self._stop()
 
 
 async def topic_ids(bootstrap: str, topic: str) -> Counter[str]:
