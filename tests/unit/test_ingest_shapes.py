@@ -178,8 +178,17 @@ def _one_by_one(value: bytes, now: float) -> tuple[str, str | None, str | None, 
 def _judged(
     values: list[bytes], now: float
 ) -> list[tuple[str, str | None, str | None, str | None]]:
+    """judge's verdicts on `values`: each one posted as an array element where the
+    array splits (id and key then come from the split's parse), else as is."""
+    candidates = []
+    for value in values:
+        try:
+            (candidate,), _ = shapes.split(shapes.JSON, b"[" + value + b"]")
+        except (shapes.BodyError, UnicodeDecodeError):
+            candidate = shapes.Candidate(value)
+        candidates.append(candidate)
     ingest = build_ingest(Settings(), CollectorRegistry(), clock=lambda: now)
-    judged = ingest.judge([shapes.Candidate(v) for v in values])
+    judged = ingest.judge(candidates)
     keys = {index: record.key.decode() for index, record in judged.records}
     return [
         ("rejected", s["reason"], s["detail"], None)
@@ -201,6 +210,7 @@ def test_a_batch_is_judged_as_the_one_value_decoder_judges_each_event() -> None:
         b'"customerId":"d","timestamp":"2026-11-25T11:00:00Z","properties":{"n":1e400}}',
         b'{"id":"e7","eventType":"a","customerId":"c","timestamp":"2026-11-25T11:00:00Z",'
         b'"properties":{"big":123456789012345678901234567890}}',
+        b'{"id":"\\ud800","eventType":"a","customerId":"c","timestamp":"2026-11-25T11:00:00Z"}',
     ]
     assert _judged(values, hostile.NOW) == [_one_by_one(v, hostile.NOW) for v in values]
 

@@ -124,28 +124,41 @@ class Ingest:
                     }
                 )
                 continue
-            assert candidate.value is not None
-            event_id, customer_id = self._identity(candidate.value, now)
+            value = candidate.value
+            assert value is not None
+            event_id, customer_id = self._identity(candidate, now)
             judged.statuses.append({"index": index, "id": event_id, "status": "accepted"})
-            record = Record(customer_id.encode("utf-8"), candidate.value, candidate.headers)
+            record = Record(customer_id.encode("utf-8"), value, candidate.headers)
             judged.records.append((index, record))
         return judged
 
-    def _identity(self, value: bytes, now: float) -> tuple[str, str]:
+    def _identity(self, candidate: Candidate, now: float) -> tuple[str, str]:
         """(id, customerId) of an event the decoder accepted, as it reads them:
         the field, or its alias when the field is absent or null (an accepted
-        event's field and alias agree), the last of repeated keys (orjson and
-        the decoder both keep the last). What orjson refuses and the decoder
-        takes (an integer over 64 bits, say) is read by the one-value decoder."""
-        try:
-            document = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            document = None
+        event's field and alias agree), the last of repeated keys (the json
+        module, orjson and the decoder all keep the last). Read from the array
+        element as splitting parsed it, else with orjson; what neither reads as
+        two strings of valid Unicode (orjson refuses an integer over 64 bits, the
+        json module takes a lone surrogate) is read by the one-value decoder."""
+        value = candidate.value
+        assert value is not None
+        document = candidate.parsed
+        if document is None:
+            try:
+                document = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                document = None
         if isinstance(document, dict):
             event_id = _given(document, "id", "customerEventId")
             customer_id = _given(document, "customerId", "customerAlias")
             if isinstance(event_id, str) and isinstance(customer_id, str):
-                return event_id, customer_id
+                try:
+                    event_id.encode("utf-8")
+                    customer_id.encode("utf-8")
+                except UnicodeEncodeError:
+                    pass
+                else:
+                    return event_id, customer_id
         event = decode_event(value, now, self.limits)
         assert not isinstance(event, Rejection), "the batch decoder accepted it"
         return event.id, event.customer_id
