@@ -316,13 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="POST /events alone: HTTP into the events topic")
     isub = ingest.add_subparsers(dest="ingest_command", metavar="ACTION")
+    from tally.ingest.loop import fast_loop
+
     _command(
         isub,
         "serve",
         "serve POST /events (and /healthz, /readyz, /metrics) without the read API",
         commands.ingest_serve,
         [*INGEST, *LOGGING, "api_host", "api_port", "api_tokens", "shutdown_timeout"],
-    )
+    ).set_defaults(loop_factory=fast_loop)
     ingest.set_defaults(handler=None, parser=ingest)
 
     from tally.cli import explain
@@ -378,8 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         (getattr(args, "parser", None) or parser).print_help()
         return 2
+    # A command may name its event loop (tally ingest serve: uvloop, if installed).
+    choose: Callable[[], Callable[[], asyncio.AbstractEventLoop] | None] | None = getattr(
+        args, "loop_factory", None
+    )
     try:
-        return asyncio.run(handler(args))
+        with asyncio.Runner(loop_factory=choose() if choose else None) as runner:
+            return runner.run(handler(args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
