@@ -35,4 +35,9 @@ async def test_a_server_not_ready_in_time_is_stopped_not_left_running(
         assert process is not None
         # Stopped and reaped while its broker still hangs, not left running.
         assert process.poll() is not None
-        assert (process.returncode == -signal.SIGKILL) is killed
+        if killed:
+            # SIGKILL after stop_seconds, unless SIGTERM was quicker still (a
+            # loaded machine may deliver it while the server is importing).
+            assert process.returncode in (-signal.SIGTERM, -signal.SIGKILL)
+        else:
+            assert process.returncode != -signal.SIGKILL
