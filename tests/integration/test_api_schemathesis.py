@@ -100,16 +100,25 @@ def before_call(context, case, kwargs):
 #   reused Idempotency-Key;
 # - PATCH /usage-metrics/{idOrUid}: a deletedAt outside the years 1-9999 in UTC;
 # - POST /events: the worker's decoder judges each event (a timestamp outside
-#   the lateness window, say), and a single refused event answers 422.
+#   the lateness window, say), and a single refused event answers 422;
+# - POST /events/explain: a ?partition= the topic does not have (the schema
+#   cannot know the topic's partition count).
 CONFIG = """
 [[operations]]
-include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events"]
+include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events", "POST /events/explain"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 # Over the batch limit (maxItems) is 413, like a body over 1 MiB.
 [[operations]]
 include-name = "POST /events"
 checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]
+
+# A usage window that is not a union of stored periods, and a summary of a
+# metric without day rollups, are refused (422) by the data, not the schema.
+[[operations]]
+include-name = ["GET /usage-metrics/{uid}/usage", "GET /usage-metrics/{uid}/summary"]
+parameters = { uid = "seeded_calls" }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
 
 [[operations]]
 include-name = "GET /usage-metrics/{idOrUid}"

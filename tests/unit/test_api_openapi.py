@@ -67,6 +67,9 @@ def test_request_bodies_are_the_contract_models() -> None:
         "description",
         "unit",
         "deletedAt",
+        "targetOperator",
+        "targetValue",
+        "targetDirection",
     }
     value = schemas["MetricValue"]["properties"]["value"]
     # A decimal string, or null for a STRING LATEST (its text is valueText).

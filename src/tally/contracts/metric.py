@@ -1,4 +1,4 @@
-"""The usage metric definition (DESIGN 1.2), as operators and the API write it.
+"""The usage metric definition (docs/design.md §2.2), as operators and the API write it.
 
 Field names follow Sequence's UsageMetric API (camelCase on the wire); `uid`
 and the immutability rules follow Exante's metric definitions. Every refusal
@@ -13,6 +13,7 @@ import math
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     StrictBool,
     StrictStr,
@@ -32,7 +34,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from tally.core.events import parse_timestamp
-from tally.core.numbers import contains_nul, number_text
+from tally.core.numbers import contains_nul, decimal_text, number_text
 from tally.core.paths import PathError, parse_path
 from tally.core.periods import TimeUnit
 
@@ -68,6 +70,25 @@ class MetricType(enum.StrEnum):
     GROUPED = "GROUPED"
 
 
+class TargetOperator(enum.StrEnum):
+    GREATER_THAN = "greater_than"
+    LESS_THAN = "less_than"
+    EQUAL_TO = "equal_to"
+
+
+class TargetDirection(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+# A finite exact number (a JSON number or a string holding one; no NaN, no
+# infinity), of at most 40 digits, 20 after the point (`1e999999` would be a
+# million digits), written back as canonical decimal text.
+FiniteDecimal = Annotated[
+    Decimal,
+    Field(allow_inf_nan=False, max_digits=40, decimal_places=20),
+    PlainSerializer(decimal_text, return_type=str, when_used="json"),
+]
 Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 # A plain top-level name (at most 256 characters) or a path (`tally.core.paths`).
 PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=1024)]
@@ -148,6 +169,10 @@ class UsageMetricDefinition(BaseModel):
         default_factory=lambda: [TimeUnit.DAY, TimeUnit.MONTH]
     )
     timezone: StrictStr = "UTC"
+    # Squad's targets: mutable; the usage summary reports whether the current value meets them.
+    target_operator: TargetOperator | None = None
+    target_value: FiniteDecimal | None = None
+    target_direction: TargetDirection | None = None
     deleted_at: AwareDatetime | None = None
 
     @model_validator(mode="before")
@@ -236,6 +261,8 @@ class UsageMetricDefinition(BaseModel):
             raise _rule("groupingProperty", "only allowed when metricType is GROUPED")
         if not grouped and several is not None:
             raise _rule("groupingProperties", "only allowed when metricType is GROUPED")
+        if (self.target_operator is None) != (self.target_value is None):
+            raise _rule("targetValue", "give targetValue and targetOperator together, or neither")
         self._check_paths()
         for key in self.properties_to_negate:
             if key not in self.property_filters:
@@ -316,7 +343,15 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "time_units",
     "timezone",
 )
-MUTABLE_FIELDS: tuple[str, ...] = ("name", "description", "unit", "deleted_at")
+MUTABLE_FIELDS: tuple[str, ...] = (
+    "name",
+    "description",
+    "unit",
+    "deleted_at",
+    "target_operator",
+    "target_value",
+    "target_direction",
+)
 
 
 def _typed(value: object) -> tuple[str, str]:
