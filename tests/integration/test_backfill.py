@@ -340,6 +340,18 @@ async def test_sigterm_stops_a_backfill_cleanly_and_cancel_marks_it(
     assert len(partial) == 1
     assert str(partial.pop()).startswith("PARTIAL: backfill from earliest cancelled at")
     assert {mark for uid, mark in marks if uid != NEW["uid"]} == {None}
+    listed = tally("backfill", "status", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split("\n")[0].split() == [
+        "METRIC",
+        "STATE",
+        "FROM",
+        "RECORDS",
+        "OF",
+        "PERCENT",
+        "UPDATED",
+    ]
+    assert f"{NEW['uid']}  cancelled  earliest  {done}" in " ".join(listed.stdout.split("\n")[1:])
     table = tally("values", "--metric", NEW["uid"], env=env)
     assert "PARTIAL: backfill from earliest cancelled" in table.stdout
 
