@@ -31,7 +31,7 @@ from typing import TextIO
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from tally.backfill.plan import (
     LogStart,
@@ -41,6 +41,7 @@ from tally.backfill.plan import (
     retention_refusal,
     warm_up_time,
 )
+from tally.backfill.telemetry import BackfillTelemetry
 from tally.config import Settings
 from tally.contracts.metric import UsageMetric
 from tally.core.engine import Core, Deltas, new_core
@@ -63,46 +64,6 @@ MAX_PENDING_RECORDS = 200_000  # flush at least this often, so a kill loses litt
 
 class BackfillRefused(Exception):
     """The backfill cannot start (or resume) as asked; the message says why and what can."""
-
-
-class BackfillTelemetry:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.read = Gauge(
-            "tally_backfill_records_done",
-            "Records of the backfill's range counted (durable)",
-            ["metric_uid"],
-            registry=registry,
-        )
-        self.total = Gauge(
-            "tally_backfill_records_total",
-            "Records in the backfill's range",
-            ["metric_uid"],
-            registry=registry,
-        )
-        self.rate = Gauge(
-            "tally_backfill_records_per_second",
-            "Records of the range counted per second, this run",
-            ["metric_uid"],
-            registry=registry,
-        )
-        self.events_rate = Gauge(
-            "tally_backfill_events_per_second",
-            "Events applied to the metric per second, this run (durable)",
-            ["metric_uid"],
-            registry=registry,
-        )
-        self.eta = Gauge(
-            "tally_backfill_eta_seconds",
-            "Seconds left at the current rate (NaN: unknown)",
-            ["metric_uid"],
-            registry=registry,
-        )
-        self.flushes = Counter(
-            "tally_backfill_flushes",
-            "Backfill flush transactions committed",
-            ["metric_uid"],
-            registry=registry,
-        )
 
 
 @dataclass(slots=True)
