@@ -36,6 +36,13 @@ async def api(fresh_database: str) -> AsyncIterator[Api]:
         yield opened
 
 
+# What an operation needs besides its path to answer 200 to a reader.
+QUERIES = {
+    "/usage-metrics/{uid}/usage": "?customerId=acme&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+    "/usage-metrics/{uid}/summary": "?customerId=acme&periodDefinition=month_to_date&asOf=2026-01-15",
+}
+
+
 def operations(api: Api) -> list[tuple[str, str, bool]]:
     """(method, url, needs admin) of every operation the OpenAPI document lists."""
     app = api.client._transport.app  # type: ignore[attr-defined]
@@ -43,9 +50,13 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
     for path, methods in app.openapi()["paths"].items():
         for method, operation in methods.items():
             if operation.get("security"):
-                url = path.replace("{idOrUid}", "api_calls").replace("{metricUid}", "api_calls")
+                url = path + QUERIES.get(path, "")
+                for name in ("{idOrUid}", "{metricUid}", "{uid}"):
+                    url = url.replace(name, "api_calls")
                 found.append((method.upper(), url, method != "get"))
-    assert len(found) == 13  # POST /events and POST /events/explain included
+    # POST /events and /events/explain, the usage query and summary, and the
+    # three backfill operations included.
+    assert len(found) == 15
     return found
 
 
