@@ -40,6 +40,9 @@ GRANTS: dict[str, dict[str, set[str]]] = {
     "parked_dead_letters": {"tally_worker": {INS}},
     "parked_dead_letters_id_seq": {"tally_worker": {"USAGE"}},
     "metric_revision": {},  # no longer drawn from
+    # Each external value's audit row (migration 0008), written by the API.
+    "external_value_audit": {"tally_api": {SEL, INS}},
+    "external_value_audit_seq_seq": {"tally_api": {"USAGE"}},
 }
 TABLES = [name for name in GRANTS if not name.endswith(("_seq", "metric_revision"))]
 A_ROW = {
@@ -57,6 +60,9 @@ A_ROW = {
     "parked_dead_letters": '(topic, partition, "offset", reason, detail, send_error,'
     " header_names, header_values, record_timestamp) VALUES ('t', 0, 1, 'r', 'd', 'e', '{}',"
     " '{}', 0)",
+    "external_value_audit": "(value_uid, metric_uid, context_type, entity_uid, time_unit,"
+    " metric_date, period_start, value, metadata, principal) VALUES"
+    " (gen_random_uuid(), 'm', 'PARTY', 'e', 'day', '2026-01-01', '2026-01-01Z', 1, '{}', 'p')",
 }
 
 UPDATED = {
@@ -70,6 +76,7 @@ UPDATED = {
     "value_adjustments": "reason",
     "schema_migrations": "name",
     "parked_dead_letters": "reason",
+    "external_value_audit": "principal",
 }
 
 

@@ -433,8 +433,15 @@ class UsageMetricDefinition(BaseModel):
         return self.deleted_at is not None
 
     def to_document(self) -> dict[str, Any]:
-        """The wire form: camelCase, JSON types, nulls left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The wire form: camelCase, JSON types, nulls left out, and the
+        defaults of `source` and `isSnapshot` too (a metric of events reads as
+        it did before they existed)."""
+        document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.source is MetricSource.EVENTS:
+            del document["source"]
+        if not self.is_snapshot:
+            del document["isSnapshot"]
+        return document
 
 
 class UsageMetric(UsageMetricDefinition):
