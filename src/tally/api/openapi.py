@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from tally import __version__
+from tally.api.compat import schemas as compat_schemas
 from tally.api.models import AdjustmentRequest
 from tally.contracts.external import ExternalValueBody
 from tally.contracts.metric import MUTABLE_FIELDS, UsageMetricDefinition, field_alias
@@ -103,10 +104,6 @@ CROSS_FIELD_RULES: list[dict[str, Any]] = [
         "then": {"properties": {"aggregationType": {"const": "LATEST"}}},
     },
     {
-        "if": {"properties": {"storageUnit": {"const": "cents"}}, "required": ["storageUnit"]},
-        "then": {"properties": {"valueType": {"enum": ["NUMBER", None]}}},
-    },
-    {
         "if": {"properties": {"targetValue": {"type": "number"}}, "required": ["targetValue"]},
         "then": {
             "required": ["targetOperator"],
@@ -128,6 +125,7 @@ def _body_components() -> dict[str, Any]:
         ref_template="#/components/schemas/{model}",
     )
     components: dict[str, Any] = top["$defs"]
+    components.update(compat_schemas.COMPONENTS)
     definition = components["UsageMetricDefinition"]
     definition["description"] += _SERVER_RULES
     definition["allOf"] = CROSS_FIELD_RULES

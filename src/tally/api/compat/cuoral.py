@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from tally.api.auth import Admin
 from tally.api.compat import Seed, create_metric, stamp
-from tally.api.deps import Pool, json_response
+from tally.api.deps import Pool, body_ref, json_response
 from tally.api.errors import responses
 from tally.contracts.metric import UsageMetric
 
@@ -43,6 +43,7 @@ def cuoral_metric(metric: UsageMetric) -> dict[str, Any]:
     "/external/v1/external/v1/customers/metrics",
     status_code=201,
     responses=responses(401, 403, 409, 413, 415, 422),
+    openapi_extra=body_ref("CuoralMetricBody", "Cuoral's create-metric-definition body."),
     summary="Cuoral: create a metric definition",
 )
 async def cuoral_create_metric(request: Request, principal: Admin, pool: Pool) -> Response:

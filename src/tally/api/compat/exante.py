@@ -73,6 +73,7 @@ def exante_metric(metric: UsageMetric) -> dict[str, Any]:
     "",
     status_code=200,
     responses=responses(401, 403, 409, 413, 415, 422),
+    openapi_extra=body_ref("ExanteMetricBody", "Exante's create-metric body."),
     summary="Exante: create a metric (an EXTERNAL metric)",
 )
 async def exante_create_metric(request: Request, principal: Admin, pool: Pool) -> Response:

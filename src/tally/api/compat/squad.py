@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from tally.api.auth import Admin
 from tally.api.compat import Seed, create_metric, stamp
-from tally.api.deps import Pool, json_response
+from tally.api.deps import Pool, body_ref, json_response
 from tally.api.errors import responses
 from tally.api.models import NO_NUL
 from tally.contracts.metric import UsageMetric
@@ -78,6 +78,7 @@ def squad_metric(metric: UsageMetric) -> dict[str, Any]:
     "/organisations/{orgId}/workspaces/{workspaceId}/metrics",
     status_code=200,
     responses=responses(401, 403, 409, 413, 415, 422),
+    openapi_extra=body_ref("SquadMetricBody", "Squad's create-metric body."),
     summary="Squad: create a metric (an EXTERNAL metric with targets)",
 )
 async def squad_create_metric(
