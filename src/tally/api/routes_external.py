@@ -77,7 +77,9 @@ def _refused(errors: list[FieldError]) -> ApiError:
 def _number(value: Decimal | None) -> int | float | None:
     if value is None:
         return None
-    return int(value) if value == value.to_integral_value() else float(value)
+    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
+        return int(value)
+    return float(value)  # orjson writes no integer beyond 64 bits
 
 
 def _utc(value: datetime) -> str:

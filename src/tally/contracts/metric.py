@@ -148,7 +148,10 @@ EXTERNAL_AGGREGATIONS = frozenset(
 
 def _decimal_number(value: Decimal) -> int | float:
     # A JSON number, as Squad writes it (pydantic would write a string).
-    return int(value) if value == value.to_integral_value() else float(value)
+    # An integer beyond 64 bits is written as a float: the JSON codec (orjson) takes no more.
+    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
+        return int(value)
+    return float(value)
 
 
 FiniteDecimal = Annotated[
