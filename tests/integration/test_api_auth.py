@@ -39,8 +39,17 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
         for method, operation in methods.items():
             if operation.get("security"):
                 url = path.replace("{idOrUid}", "api_calls")
+                for name, value in (
+                    ("{context_type}", "ORGANIZATION"),
+                    ("{entity_uid}", "acme"),
+                    ("{orgId}", "org"),
+                    ("{workspaceId}", "ws"),
+                ):
+                    url = url.replace(name, value)
                 found.append((method.upper(), url, method != "get"))
-    assert len(found) == 10  # POST /events and POST /events/explain included
+    # POST /events and POST /events/explain included; then the external values
+    # endpoint and the four seed paths (Exante twice, Squad, Cuoral).
+    assert len(found) == 15
     return found
 
 
