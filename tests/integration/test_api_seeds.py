@@ -103,6 +103,21 @@ async def test_squad_example_creates_an_external_metric_with_targets(api: Api) -
     assert stored["aggregationType"] == "LATEST"
     assert "eventType" not in stored
     assert (stored["targetOperator"], stored["targetValue"]) == ("greater_than", 100)
+    # The targets are mutable.
+    changed = await api.client.patch(
+        "/usage-metrics/daily_active_users",
+        json={"targetValue": 120.5, "targetDirection": "down"},
+        headers=ADMIN,
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["targetValue"], changed.json()["targetDirection"]) == (120.5, "down")
+    lone = await api.client.patch(
+        "/usage-metrics/daily_active_users",
+        json={"targetOperator": None},
+        headers=ADMIN,
+    )
+    assert lone.status_code == 422
+    assert error_locs(lone) == [["body", "targetValue"]]
     again = await api.client.post(path, json=SQUAD, headers=ADMIN)
     assert again.status_code == 409
     assert "daily_active_users" in again.json()["detail"][0]["msg"]
