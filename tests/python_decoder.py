@@ -127,7 +127,7 @@ class UsageEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DecodeLimits:
-    """Acceptance window and size limit; defaults are DESIGN 1.1's."""
+    """Acceptance window and size limit; defaults are docs/design.md §2.1's."""
 
     max_bytes: int = 64 * 1024
     max_lateness_seconds: float = 35 * 86400.0

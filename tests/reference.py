@@ -1,4 +1,4 @@
-"""A deliberately simple reference for metering semantics (DESIGN 1.2).
+"""A deliberately simple reference for metering semantics (docs/design.md §2.2).
 
 Written from the design text, one event at a time, sharing no code with
 `tally.core`: if the core and this disagree, one of them misreads the design.

@@ -8,6 +8,7 @@
 
 pub mod accum;
 pub mod casefold;
+pub mod copy;
 pub mod deltas;
 pub mod digest;
 pub mod event;
@@ -17,6 +18,7 @@ pub mod json;
 pub mod metric;
 pub mod number;
 pub mod periods;
+pub mod rows;
 pub mod timestamp;
 
 #[cfg(feature = "python")]

@@ -13,12 +13,14 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyTuple};
 
+use crate::copy::CopyWriter;
 use crate::deltas;
 use crate::digest::digest;
 use crate::event::{self, EventStore, Prop, Reads, Segment};
 use crate::index::{Index, Registry, Spec};
 use crate::metric::{FilterValue, Kind, UNITS};
 use crate::periods::{PeriodCaches, Source};
+use crate::rows;
 use crate::timestamp;
 
 #[pyclass(module = "tally._native", frozen)]
@@ -524,43 +526,46 @@ impl Deltas {
         added: &Bound<'py, PyDict>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let cols: [Bound<'py, PyList>; 8] = std::array::from_fn(|_| PyList::empty(py));
-        for table in self.inner.tables.iter().flatten() {
-            if table.kind.merge_label() != "add" {
-                continue; // kind_columns
-            }
-            let uid = self.uid(table.uid);
-            let unit = UNITS[table.unit as usize];
-            for ((customer, group, start), acc) in table.rows.iter() {
-                let customer = self.inner.strings.text(customer);
-                let group = self.inner.strings.text(group);
-                let value = match acc.value_text() {
-                    Some(text) => text,
-                    None => {
-                        let key = PyTuple::new(
-                            py,
-                            [
-                                uid.as_str().into_pyobject(py)?.into_any(),
-                                customer.into_pyobject(py)?.into_any(),
-                                unit.into_pyobject(py)?.into_any(),
-                                start.into_pyobject(py)?.into_any(),
-                                group.into_pyobject(py)?.into_any(),
-                            ],
-                        )?;
-                        let found = added.get_item(key)?;
-                        found.map_or(Ok(0i64), |v| v.extract::<i64>())?.to_string()
-                    }
-                };
-                cols[0].append(&uid)?;
-                cols[1].append(customer)?;
-                cols[2].append(group)?;
-                cols[3].append(unit)?;
-                cols[4].append(start)?;
-                cols[5].append(table.ends[&start])?;
-                cols[6].append(value)?;
-                cols[7].append(acc.events())?;
-            }
-        }
+        rows::value_rows(
+            &self.inner,
+            |id| self.uid(id),
+            |uid, customer, unit, start, group| {
+                added_members(added, (uid, customer, unit, start, group))
+            },
+            |r| {
+                cols[0].append(r.uid)?;
+                cols[1].append(r.customer)?;
+                cols[2].append(r.group)?;
+                cols[3].append(r.unit)?;
+                cols[4].append(r.start)?;
+                cols[5].append(r.end)?;
+                cols[6].append(r.value)?;
+                cols[7].append(r.events)
+            },
+        )?;
         PyTuple::new(py, cols)
+    }
+
+    /// `value_columns` as one binary COPY payload for the flush's
+    /// `tally_flush_values` staging table: (rows, bytes).
+    fn value_copy<'py>(
+        &self,
+        py: Python<'py>,
+        added: &Bound<'py, PyDict>,
+    ) -> PyResult<(usize, Bound<'py, PyBytes>)> {
+        let mut w = CopyWriter::new(8);
+        rows::value_rows(
+            &self.inner,
+            |id| self.uid(id),
+            |uid, customer, unit, start, group| {
+                added_members(added, (uid, customer, unit, start, group))
+            },
+            |r| {
+                rows::copy_value(&mut w, &r);
+                Ok::<(), PyErr>(())
+            },
+        )?;
+        Ok((w.rows(), PyBytes::new(py, &w.finish())))
     }
 
     /// The rollups of MAX, MIN, AVG and LATEST metrics, each merged into its
@@ -571,35 +576,48 @@ impl Deltas {
     /// and latest_id (LATEST's winner).
     fn kind_columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let cols: [Bound<'py, PyList>; 13] = std::array::from_fn(|_| PyList::empty(py));
-        for table in self.inner.tables.iter().flatten() {
-            let merge = table.kind.merge_label();
-            if merge == "add" {
-                continue; // value_columns
-            }
-            let uid = self.uid(table.uid);
-            let unit = UNITS[table.unit as usize];
-            for ((customer, group, start), acc) in table.rows.iter() {
-                let latest = acc.latest();
-                cols[0].append(merge)?;
-                cols[1].append(&uid)?;
-                cols[2].append(self.inner.strings.text(customer))?;
-                cols[3].append(self.inner.strings.text(group))?;
-                cols[4].append(unit)?;
-                cols[5].append(start)?;
-                cols[6].append(table.ends[&start])?;
-                cols[7].append(acc.value_text())?;
-                cols[8].append(
-                    latest
-                        .and_then(|(_, _, text)| text)
-                        .map(|t| self.inner.strings.text(t)),
-                )?;
-                cols[9].append(acc.sum_text())?;
-                cols[10].append(acc.events())?;
-                cols[11].append(latest.map(|(micros, _, _)| micros))?;
-                cols[12].append(latest.map(|(_, id, _)| id))?;
-            }
-        }
+        rows::kind_rows(
+            &self.inner,
+            |id| self.uid(id),
+            |r| {
+                cols[0].append(r.merge)?;
+                cols[1].append(r.uid)?;
+                cols[2].append(r.customer)?;
+                cols[3].append(r.group)?;
+                cols[4].append(r.unit)?;
+                cols[5].append(r.start)?;
+                cols[6].append(r.end)?;
+                cols[7].append(r.value)?;
+                cols[8].append(r.value_text)?;
+                cols[9].append(r.value_sum)?;
+                cols[10].append(r.events)?;
+                cols[11].append(r.latest_at)?;
+                cols[12].append(r.latest_id)
+            },
+        )?;
         PyTuple::new(py, cols)
+    }
+
+    /// `kind_columns` as one binary COPY payload for `tally_flush_kinds`:
+    /// (rows, the merges present, bytes).
+    fn kind_copy<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(usize, Vec<&'static str>, Bound<'py, PyBytes>)> {
+        let mut w = CopyWriter::new(13);
+        let mut merges: Vec<&'static str> = Vec::new();
+        rows::kind_rows(
+            &self.inner,
+            |id| self.uid(id),
+            |r| {
+                if !merges.contains(&r.merge) {
+                    merges.push(r.merge);
+                }
+                rows::copy_kind(&mut w, &r);
+                Ok::<(), PyErr>(())
+            },
+        )?;
+        Ok((w.rows(), merges, PyBytes::new(py, &w.finish())))
     }
 
     /// Every pending rollup, for tests: (uid, customer, group, unit, start) ->
@@ -660,6 +678,32 @@ impl Deltas {
     }
 }
 
+fn added_members(
+    added: &Bound<'_, PyDict>,
+    key: (&str, &str, &'static str, i64, &str),
+) -> PyResult<i64> {
+    let found = added.get_item(key)?;
+    found.map_or(Ok(0i64), |v| v.extract::<i64>())
+}
+
+/// The members a flush sends, as one binary COPY payload for
+/// `tally_flush_members`: `rollups` is [((uid, customer, unit, start,
+/// group), period end, [member, ...]), ...] (`MemberOffer.sent_by_rollup`).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn member_copy<'py>(
+    py: Python<'py>,
+    rollups: Vec<((String, String, String, i64, String), i64, Vec<String>)>,
+) -> (usize, Bound<'py, PyBytes>) {
+    let mut w = CopyWriter::new(6);
+    for ((uid, customer, unit, start, group), _end, members) in &rollups {
+        for member in members {
+            rows::copy_member(&mut w, (uid, customer, unit, *start, group), member);
+        }
+    }
+    (w.rows(), PyBytes::new(py, &w.finish()))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
@@ -668,6 +712,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Limits>()?;
     m.add_function(wrap_pyfunction!(parse_timestamp, m)?)?;
     m.add_function(wrap_pyfunction!(casefold, m)?)?;
+    m.add_function(wrap_pyfunction!(member_copy, m)?)?;
     m.add("MAX_DEPTH", event::MAX_DEPTH)?;
     Ok(())
 }

@@ -122,6 +122,12 @@ class Settings(BaseModel):
         " (values stay); default max_lateness + 90d; at least max_lateness + 1d; 0 keeps them"
         " forever",
     )
+    unique_window: Seconds = Field(
+        ROLLING_WINDOW,
+        description="the longest span whose UNIQUE members the API unions (usage windows,"
+        " summaries; longer ones are refused); the default member_retention keeps members"
+        " this long past max_lateness",
+    )
     retention_interval: Seconds = Field(
         600.0, description="time between retention passes of a worker; 0 runs none"
     )
@@ -225,6 +231,7 @@ class Settings(BaseModel):
         "max_lateness",
         "max_future_skew",
         "member_retention",
+        "unique_window",
         "retention_interval",
         "retention_pause",
         "session_timeout",
@@ -259,14 +266,16 @@ class Settings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_member_retention(cls, data: Any) -> Any:
-        """Not given: the lateness window plus a 90-day rolling window, so a
-        longer max_lateness moves it along (35d + 90d = 125d by default)."""
+        """Not given: the lateness window plus the longest UNIQUE window the API
+        serves (unique_window, 90 days), so a longer max_lateness or window moves
+        it along (35d + 90d = 125d by default)."""
         if isinstance(data, dict) and data.get("member_retention") is None:
             try:
                 lateness = parse_duration(data.get("max_lateness", 35 * 86400.0))
+                window = parse_duration(data.get("unique_window", ROLLING_WINDOW))
             except ValueError:
-                return data  # max_lateness's own validator says what is wrong
-            data = {**data, "member_retention": lateness + ROLLING_WINDOW}
+                return data  # their own validators say what is wrong
+            data = {**data, "member_retention": lateness + window}
         return data
 
     @field_validator("member_retention")

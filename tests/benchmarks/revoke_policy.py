@@ -1,4 +1,4 @@
-"""Revoke policies measured side by side (DESIGN 3): `flush` against `drop`.
+"""Revoke policies measured side by side (docs/design.md §3): `flush` against `drop`.
 
 Run from the repository with the services up (not a pytest test):
 

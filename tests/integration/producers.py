@@ -2,7 +2,7 @@
 
 Tally's consumers meet traffic from whatever producers a company runs, not from
 aiokafka. This module sends records the way those clients do, so tests can hold
-the worker to every setting Kafka allows (docs: DESIGN.md section 6):
+the worker to every setting Kafka allows (docs/design.md §4):
 
 - `produce_java`: ``org.apache.kafka.clients.producer.KafkaProducer`` from
   kafka-clients (``tests/integration/java/TallyTestProducer.java``, compiled

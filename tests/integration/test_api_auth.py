@@ -40,16 +40,23 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
             if operation.get("security"):
                 url = path.replace("{idOrUid}", "api_calls")
                 for name, value in (
+                    ("{uid}", "api_calls"),
                     ("{context_type}", "ORGANIZATION"),
                     ("{entity_uid}", "acme"),
                     ("{orgId}", "org"),
                     ("{workspaceId}", "ws"),
                 ):
                     url = url.replace(name, value)
+                # The usage query and summary's required parameters (a reader gets 200).
+                if url.endswith("/usage"):
+                    url += "?customerId=acme&from=2026-03-01T00:00:00Z&to=2026-03-02T00:00:00Z"
+                elif url.endswith("/summary"):
+                    url += "?customerId=acme&periodType=rolling&periodValue=7-day"
                 found.append((method.upper(), url, method != "get"))
-    # POST /events and POST /events/explain included; then the external values
-    # endpoint and the four seed paths (Exante twice, Squad, Cuoral).
-    assert len(found) == 15
+    # POST /events and POST /events/explain included, the usage query and
+    # summary; then the external values endpoint and the four seed paths
+    # (Exante twice, Squad, Cuoral).
+    assert len(found) == 17
     return found
 
 

@@ -105,16 +105,25 @@ def before_call(context, case, kwargs):
 # - the seed paths (Squad, Exante, Cuoral): a derived or given uid that exists is
 #   409, and the contract's cross-field rules (a snapshot is LATEST, ...) 422;
 # - POST /events: the worker's decoder judges each event (a timestamp outside
-#   the lateness window, say), and a single refused event answers 422.
+#   the lateness window, say), and a single refused event answers 422;
+# - POST /events/explain: a ?partition= the topic does not have (the schema
+#   cannot know the topic's partition count).
 CONFIG = """
 [[operations]]
-include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events", "POST /metrics/values/{context_type}/{entity_uid}", "POST /api/metrics/values/{context_type}/{entity_uid}", "POST /api/metrics", "POST /organisations/{orgId}/workspaces/{workspaceId}/metrics", "POST /external/v1/external/v1/customers/metrics"]
+include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events", "POST /events/explain", "POST /metrics/values/{context_type}/{entity_uid}", "POST /api/metrics/values/{context_type}/{entity_uid}", "POST /api/metrics", "POST /organisations/{orgId}/workspaces/{workspaceId}/metrics", "POST /external/v1/external/v1/customers/metrics"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 # Over the batch limit (maxItems) is 413, like a body over 1 MiB.
 [[operations]]
 include-name = "POST /events"
 checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]
+
+# A usage window that is not a union of stored periods, and a summary of a
+# metric without day rollups, are refused (422) by the data, not the schema.
+[[operations]]
+include-name = ["GET /usage-metrics/{uid}/usage", "GET /usage-metrics/{uid}/summary"]
+parameters = { uid = "seeded_calls" }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
 
 [[operations]]
 include-name = "GET /usage-metrics/{idOrUid}"

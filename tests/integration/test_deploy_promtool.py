@@ -55,9 +55,24 @@ def test_promtool_test_rules_fails_when_an_alert_changes(promtool: str, tmp_path
     assert "TallyDeadLettersHigh" in result.stdout + result.stderr
 
 
-def test_promtool_check_config_accepts_the_compose_config(promtool: str) -> None:
+def test_promtool_check_config_accepts_the_compose_config(promtool: str, tmp_path: Path) -> None:
+    """As mounted: beside the alert rules and the ingest job's token file (promtool
+    checks that the file exists; the repository holds no token)."""
     config = DEPLOY / "prometheus" / "prometheus.yml"
-    result = run(promtool, "check", "config", config.name, cwd=config.parent)
+    for name in (config.name, ALERTS.name):
+        (tmp_path / name).write_text((config.parent / name).read_text())
+    (job,) = [
+        j
+        for j in yaml.safe_load(config.read_text())["scrape_configs"]
+        if j["job_name"] == "tally-ingest"
+    ]
+    token = tmp_path / job["authorization"]["credentials_file"]
+    result = run(promtool, "check", "config", config.name, cwd=tmp_path)
+    assert result.returncode != 0
+    assert job["authorization"]["credentials_file"] in result.stdout + result.stderr
+    token.parent.mkdir(parents=True)
+    token.write_text("a-token\n")
+    result = run(promtool, "check", "config", config.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -12,7 +12,7 @@ import orjson
 from tally.contracts.metric import parse_metric
 from tally.core.engine import aggregate, new_core
 from tally.core.events import DecodeLimits
-from tally.core.explain import explain, render
+from tally.core.explain import NotRunning, explain, render
 from tally.core.metrics import MetricIndex
 
 NOW = time.time()
@@ -218,3 +218,24 @@ def test_avg_and_latest_rollups_show_the_event_as_their_candidate() -> None:
     (latest,) = shown["latest_tokens"]
     assert (latest["candidate"], latest["latestId"]) == ("2.5", "e-1")
     assert "LATEST candidate '2.5'" in render(answer)
+
+
+def test_a_metric_workers_refuse_is_not_running_with_why_among_its_event_types() -> None:
+    refused = [
+        NotRunning("aaa_mars", "api_call", "unknown_timezone", "unknown zone Mars/Olympus"),
+        NotRunning("zz_broken", None, "invalid_definition", "aggregationType: Field required"),
+        NotRunning("uploads_mars", "upload", "unknown_timezone", "unknown zone Mars/Olympus"),
+    ]
+    answer = explain(raw(tokens=3), METRICS, NOW, LIMITS, not_running=refused)
+    # Of the event's type only, in uid order with the metrics that run.
+    assert [(m["uid"], m["outcome"]) for m in answer["metrics"]] == [
+        ("aaa_mars", "not_running"),
+        ("calls", "applied"),
+        ("eu_calls", "unmatched"),
+        ("tokens", "applied"),
+    ]
+    assert answer["metrics"][0]["reason"] == "unknown_timezone"
+    shown = render(answer)
+    assert "aaa_mars: not_running: workers refuse it (unknown_timezone: unknown zone" in shown
+    assert "zz_broken" not in shown
+    assert "uploads_mars" not in shown

@@ -7,12 +7,15 @@ import time
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
 from tally.core.events import DecodeLimits, Rejection, RejectReason, decode_event
 from tally.ingest import shapes
 from tally.ingest.service import build_ingest
+from tests import hostile
 
 NOW = time.time()
 STAMP = "2026-12-02T00:00:00Z"
@@ -162,3 +165,59 @@ def test_reasons_are_the_decoders_and_fields_use_the_clients_names() -> None:
     assert [i for i, _ in judged.records] == [0]
     assert judged.records[0][1].key == b"acme"
     assert RejectReason.OVERSIZED.value == judged.statuses[-1]["reason"]
+
+
+def _one_by_one(value: bytes, now: float) -> tuple[str, str | None, str | None, str | None]:
+    """(status, reason or id, detail, key) by the one-value decoder."""
+    outcome = decode_event(value, now, DecodeLimits())
+    if isinstance(outcome, Rejection):
+        return ("rejected", outcome.reason.value, outcome.detail, None)
+    return ("accepted", outcome.id, None, outcome.customer_id)
+
+
+def _judged(
+    values: list[bytes], now: float
+) -> list[tuple[str, str | None, str | None, str | None]]:
+    """judge's verdicts on `values`: each one posted as an array element where the
+    array splits (id and key then come from the split's parse), else as is."""
+    candidates = []
+    for value in values:
+        try:
+            (candidate,), _ = shapes.split(shapes.JSON, b"[" + value + b"]")
+        except (shapes.BodyError, UnicodeDecodeError):
+            candidate = shapes.Candidate(value)
+        candidates.append(candidate)
+    ingest = build_ingest(Settings(), CollectorRegistry(), clock=lambda: now)
+    judged = ingest.judge(candidates)
+    keys = {index: record.key.decode() for index, record in judged.records}
+    return [
+        ("rejected", s["reason"], s["detail"], None)
+        if s["status"] == "rejected"
+        else ("accepted", s["id"], None, keys[s["index"]])
+        for s in judged.statuses
+    ]
+
+
+def test_a_batch_is_judged_as_the_one_value_decoder_judges_each_event() -> None:
+    """judge decodes a request in one batch call and reads only id and key of
+    what it accepts; the corpus of dead letters and counted events agrees."""
+    values = [v for v, _ in hostile.DEAD_LETTERS.values() if v is not None]
+    values += list(hostile.COUNTED.values())
+    values += [
+        b'{"customerEventId":"e9","eventType":"a","customerAlias":"k",'
+        b'"eventTimestamp":"2026-11-25T11:00:00Z","properties":{}}',
+        b'{"id":null,"customerEventId":"e8","eventType":"a","customerId":"c",'
+        b'"customerId":"d","timestamp":"2026-11-25T11:00:00Z","properties":{"n":1e400}}',
+        b'{"id":"e7","eventType":"a","customerId":"c","timestamp":"2026-11-25T11:00:00Z",'
+        b'"properties":{"big":123456789012345678901234567890}}',
+        b'{"id":"\\ud800","eventType":"a","customerId":"c","timestamp":"2026-11-25T11:00:00Z"}',
+    ]
+    assert _judged(values, hostile.NOW) == [_one_by_one(v, hostile.NOW) for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(hostile.hostile_json(), min_size=1, max_size=8))
+def test_hostile_batches_are_judged_as_the_one_value_decoder_judges_them(
+    values: list[bytes],
+) -> None:
+    assert _judged(values, hostile.NOW) == [_one_by_one(v, hostile.NOW) for v in values]

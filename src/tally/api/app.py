@@ -25,6 +25,7 @@ from tally.api import (
     routes_external,
     routes_health,
     routes_metrics,
+    routes_usage,
     routes_values,
 )
 from tally.api.auth import Authenticator, Reader
@@ -105,6 +106,7 @@ def create_app(
     errors.install(app)
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
+    app.include_router(routes_usage.router)
     app.include_router(routes_values.router)
     app.include_router(routes_explain.router)  # before /events: the more specific path
     app.include_router(routes_events.router)

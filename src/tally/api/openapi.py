@@ -103,14 +103,6 @@ CROSS_FIELD_RULES: list[dict[str, Any]] = [
         "if": {"properties": {"isSnapshot": {"const": True}}, "required": ["isSnapshot"]},
         "then": {"properties": {"aggregationType": {"const": "LATEST"}}},
     },
-    {
-        "if": {"properties": {"targetValue": {"type": "number"}}, "required": ["targetValue"]},
-        "then": {
-            "required": ["targetOperator"],
-            "properties": {"targetOperator": {"type": "string"}},
-        },
-        "else": {"properties": {"targetOperator": {"type": "null"}}},
-    },
 ]
 
 

@@ -5,7 +5,10 @@ answer is the core's (`tally.core.explain`): the decode outcome, each live
 metric of its eventType (applied with the rollups it would change, skipped
 and why, or which filter failed), and whether its id is already in the
 stored dedup window of its partition (`?partition=`, or the one Kafka's
-partitioner gives its customerId on the first configured topic).
+partitioner gives its customerId on the first configured topic). Metrics are
+judged as a worker judges them (tally.ingest.explain_inputs): one no worker
+runs is answered as not_running, with why. A `?partition=` the topic does not
+have is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from tally.api.errors import ApiError, responses
 from tally.config import Settings
 from tally.core.explain import explain
 from tally.ingest import shapes
+from tally.ingest.explain_inputs import PartitionOutOfRange, check_partition, worker_metrics
 from tally.ingest.routes import read_body
 from tally.ingest.service import Ingest
 from tally.store.dedup_lookup import dedup_state
-from tally.store.definitions import list_metrics
 
 router = APIRouter(tags=["events"])
 
@@ -42,9 +45,11 @@ class ExplainAnswer(BaseModel):
     reason: str | None = None
     detail: str | None = None
     metrics: list[dict[str, Any]] = Field(
-        description="uid, outcome (applied, skipped, unmatched), skipReason, rollups "
-        "(timeUnit, periodStart, periodEnd, groupKey, groupBy, aggregation, and add, "
-        "member or candidate), failed (filter or presence, with the event's value)"
+        description="uid, outcome (applied, skipped, unmatched, not_running), skipReason, "
+        "rollups (timeUnit, periodStart, periodEnd, groupKey, groupBy, aggregation, and add, "
+        "member or candidate), failed (filter or presence, with the event's value); "
+        "not_running: workers refuse the metric, reason (invalid_definition, "
+        "unknown_timezone, cannot_compile) and detail say why"
     )
     dedup: dict[str, Any] | None = Field(
         None,
@@ -74,7 +79,11 @@ async def explain_event(
     pool: Pool,
     partition: Annotated[
         int | None,
-        Query(ge=0, le=1_000_000, description="The partition whose dedup window is checked."),
+        Query(
+            ge=0,
+            le=1_000_000,
+            description="The partition whose dedup window is checked; one the topic has.",
+        ),
     ] = None,
 ) -> Response:
     media, raw = await read_body(request)
@@ -92,10 +101,14 @@ async def explain_event(
             assert refused is not None
             raise ApiError.one(422, ["body"], refused.detail, refused.reason.value)
         raw = candidate.value
+    topic = settings.topic[0]
+    if partition is not None:
+        try:
+            await check_partition(settings.kafka_bootstrap, topic, partition)
+        except PartitionOutOfRange as exc:
+            raise ApiError.one(422, ["query", "partition"], str(exc), "out_of_range") from None
     now = ingest.clock()
     async with pool.acquire() as connection:
-        metrics = await list_metrics(connection, include_deleted=False)
-        dedup = await dedup_state(
-            connection, settings, raw, now, ingest.limits, settings.topic[0], partition
-        )
-    return json_response(explain(raw, metrics, now, ingest.limits, dedup))
+        metrics, not_running = await worker_metrics(connection)
+        dedup = await dedup_state(connection, settings, raw, now, ingest.limits, topic, partition)
+    return json_response(explain(raw, metrics, now, ingest.limits, dedup, not_running))

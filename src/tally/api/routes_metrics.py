@@ -93,7 +93,9 @@ def _shown(metric: UsageMetric) -> dict[str, Any]:
     status_code=201,
     response_model=UsageMetric,
     responses=responses(401, 403, 409, 413, 415, 422),
-    openapi_extra=body_ref("UsageMetricDefinition", "A usage metric definition (DESIGN 1.2)."),
+    openapi_extra=body_ref(
+        "UsageMetricDefinition", "A usage metric definition (docs/design.md §2.2)."
+    ),
     summary="Create a usage metric",
 )
 async def create_usage_metric(

@@ -1,4 +1,4 @@
-"""Dedup designs measured side by side (DESIGN 3): which one caps the worker?
+"""Dedup designs measured side by side (docs/design.md §3): which one caps the worker?
 
 - `table`: every id into an indexed `seen_ids` table, batch by batch
   (`INSERT ... SELECT unnest($1) ON CONFLICT DO NOTHING RETURNING`), the

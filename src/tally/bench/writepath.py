@@ -182,7 +182,7 @@ async def _runner(dsn: str, variant: Variant, warm: MemberCache | None) -> Runne
 _DIGEST = """
 SELECT count(*), coalesce(sum(hashtextextended(concat_ws('|', metric_uid, customer_id, group_key, time_unit,
        extract(epoch FROM period_start)::int8, extract(epoch FROM period_end)::int8, value, event_count), 0)
-       ::numeric), 0) FROM {table}
+       ::numeric), 0) FROM {table} WHERE $1::text[] IS NULL OR metric_uid = ANY($1)
 """
 _INT_TABLE = """(SELECT i.metric_uid, v.customer_id, v.group_key,
        (ARRAY['hour', 'day', 'week', 'month', 'quarter', 'year'])[v.time_unit] AS time_unit,
@@ -194,9 +194,14 @@ SELECT count(*), coalesce(sum(hashtextextended(concat_ws('|', metric_uid, custom
 """
 
 
-async def digest(connection: asyncpg.Connection, table: str = "tally.metric_values") -> str:
+async def digest(
+    connection: asyncpg.Connection,
+    table: str = "tally.metric_values",
+    uids: list[str] | None = None,
+) -> str:
+    """A hash over every rollup (of `uids` only, when given) and every member."""
     source = _INT_TABLE if table == "tally.metric_values_int" else table
-    values = await connection.fetchrow(_DIGEST.format(table=source))
+    values = await connection.fetchrow(_DIGEST.format(table=source), uids)
     members = await connection.fetchrow(_MEMBER_DIGEST)
     assert values is not None
     assert members is not None

@@ -7,12 +7,15 @@ one, changed by `setup` where the variant is about the schema:
 
 - `current`: the code before this work (`writepath_baseline`): unnest
   arrays, every pending member sent;
-- `copy`: binary COPY (asyncpg `copy_records_to_table`) into TEMP staging
-  tables (ON COMMIT DELETE ROWS), then the same INSERT ... SELECT ... ON
-  CONFLICT from them (`tally.store.flush`'s staged statements);
+- `copy`: binary COPY into TEMP staging tables (ON COMMIT DELETE ROWS),
+  the payloads written by the native core, then the same INSERT ... SELECT
+  ... ON CONFLICT from them (`tally.store.flush`'s staged statements);
 - `member cache`: unnest arrays as before, with a `MemberCache` that knows
   what earlier flushes stored, so only the other members are sent;
 - `copy + member cache`: both, what `tally.store.flush.write_flush` does;
+- `driver-encoded copy + member cache`: the same before the native
+  payloads: Python lists, each value encoded by asyncpg
+  (`copy_records_to_table`);
 - `int keys`: rollups in a copy of `tally.metric_values` keyed by integer
   metric ids and unit codes (is key width what the upsert pays for?);
 - `collate "C"`: `tally.metric_values` with its text keys in the "C"
@@ -125,7 +128,7 @@ async def _baseline_members(
     connection: Connection, deltas: Deltas, _cache: MemberCache | None
 ) -> tuple[Added, MemberOffer]:
     added = await baseline._write_members(connection, deltas)
-    return added, MemberOffer(([], [], [], [], [], []), sent=deltas.members)  # every one
+    return added, MemberOffer(sent=deltas.members)  # every one
 
 
 async def _unnest_members(
@@ -133,20 +136,49 @@ async def _unnest_members(
 ) -> tuple[Added, MemberOffer]:
     """The store's statements fed by unnest arrays, as before."""
     offer = _offer(deltas, cache)
-    return await flush._write_members(connection, offer.columns), offer
+    return await flush._write_members(connection, offer), offer
 
 
 async def _staged_members(
     connection: Connection, deltas: Deltas, cache: MemberCache | None
 ) -> tuple[Added, MemberOffer]:
-    """The store's path: binary COPY into its TEMP staging tables."""
+    """The store's path: binary COPY into its TEMP staging tables, the
+    payload written by the native core."""
     offer = _offer(deltas, cache)
     staged = await flush._staging(connection)
-    return await flush._write_members(connection, offer.columns, staged), offer
+    return await flush._write_members(connection, offer, staged), offer
 
 
 async def _staged_values(connection: Connection, deltas: Deltas, added: Added) -> int:
     return await flush._write_values(connection, deltas, added, await flush._staging(connection))
+
+
+async def _driver_members(
+    connection: Connection, deltas: Deltas, cache: MemberCache | None
+) -> tuple[Added, MemberOffer]:
+    """The store's path before the native payloads: Python lists, encoded
+    by the driver (`copy_records_to_table`)."""
+    offer = _offer(deltas, cache)
+    await flush._staging(connection)
+    added: Added = Counter()
+    if offer.sent:
+        await connection.copy_records_to_table(
+            "tally_flush_members", records=zip(*offer.columns, strict=True)
+        )
+        for row in await connection.fetch(flush._INSERT_STAGED_MEMBERS):
+            key = (row[0], row[1], row[2], row[3], row[4])
+            added[key] = row["added"]
+    return added, offer
+
+
+async def _driver_values(connection: Connection, deltas: Deltas, added: Added) -> int:
+    columns = value_columns(deltas, added)
+    if not columns[0]:
+        return 0
+    await flush._staging(connection)
+    await connection.copy_records_to_table("tally_flush_values", records=zip(*columns, strict=True))
+    await connection.execute(flush._UPSERT_STAGED_VALUES)
+    return len(columns[0])
 
 
 async def _int_values(connection: Connection, deltas: Deltas, added: Added) -> int:
@@ -181,6 +213,7 @@ def variants() -> list[Variant]:
         Variant("copy", _staged_members, _staged_values),
         Variant("member cache", _unnest_members, flush._write_values, cache=True),
         Variant("copy + member cache", _staged_members, _staged_values, cache=True),
+        Variant("driver-encoded copy + member cache", _driver_members, _driver_values, cache=True),
         Variant(
             "int keys",
             _baseline_members,

@@ -1,6 +1,9 @@
 """`tally explain`: what the live metrics make of one event (a file, stdin, or
 the record at --topic/--partition/--offset),
-and whether its id is already in the stored dedup window of its partition."""
+and whether its id is already in the stored dedup window of its partition.
+Metrics are judged as a worker judges them (tally.ingest.explain_inputs): one
+no worker runs is shown as not running, with why. A --partition the topic
+does not have is refused."""
 
 from __future__ import annotations
 
@@ -17,10 +20,10 @@ from tally.cli.main import UserError, settings_from
 from tally.config import Settings
 from tally.core.explain import explain as explain_event
 from tally.core.explain import render
+from tally.ingest.explain_inputs import PartitionOutOfRange, check_partition, worker_metrics
 from tally.ingest.service import decode_limits
 from tally.kafka.records import fetch_record
 from tally.store.dedup_lookup import dedup_state
-from tally.store.definitions import list_metrics
 from tally.store.pool import connect
 
 FIELDS = [
@@ -62,15 +65,20 @@ async def explain(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         raw = raw.strip()  # a file's trailing newline
+    if args.partition is not None and args.offset is None:  # --offset fetched it already
+        try:
+            await check_partition(settings.kafka_bootstrap, topic, args.partition)
+        except PartitionOutOfRange as exc:
+            raise UserError(f"--partition: {exc}") from None
     now = time.time()
     limits = decode_limits(settings)
     connection = await connect(settings.database_url)
     try:
-        metrics = await list_metrics(connection, include_deleted=False)
+        metrics, not_running = await worker_metrics(connection)
         dedup = await dedup_state(connection, settings, raw, now, limits, topic, args.partition)
     finally:
         await connection.close()
-    answer = explain_event(raw, metrics, now, limits, dedup)
+    answer = explain_event(raw, metrics, now, limits, dedup, not_running)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=1000, help="rows at most (1 or more)"
     )
     values.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    from tally.cli import usage
+
+    usage.add(sub, _command)
     status = _command(
         sub,
         "status",
@@ -313,13 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="POST /events alone: HTTP into the events topic")
     isub = ingest.add_subparsers(dest="ingest_command", metavar="ACTION")
+    from tally.ingest.loop import fast_loop
+
     _command(
         isub,
         "serve",
         "serve POST /events (and /healthz, /readyz, /metrics) without the read API",
         commands.ingest_serve,
         [*INGEST, *LOGGING, "api_host", "api_port", "api_tokens", "shutdown_timeout"],
-    )
+    ).set_defaults(loop_factory=fast_loop)
     ingest.set_defaults(handler=None, parser=ingest)
 
     from tally.cli import explain
@@ -375,8 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         (getattr(args, "parser", None) or parser).print_help()
         return 2
+    # A command may name its event loop (tally ingest serve: uvloop, if installed).
+    choose: Callable[[], Callable[[], asyncio.AbstractEventLoop] | None] | None = getattr(
+        args, "loop_factory", None
+    )
     try:
-        return asyncio.run(handler(args))
+        with asyncio.Runner(loop_factory=choose() if choose else None) as runner:
+            return runner.run(handler(args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""The usage event (DESIGN 1.1) as a pydantic model, for tools and schemas.
+"""The usage event (docs/design.md §2.1) as a pydantic model, for tools and schemas.
 
 The worker does not use this per event (see `tally.core.events.decode_event`,
 which enforces the same rules far more cheaply); `tally send` and the tests do,

@@ -1,4 +1,4 @@
-"""The usage metric definition (DESIGN 1.2), as operators and the API write it.
+"""The usage metric definition (docs/design.md §2.2), as operators and the API write it.
 
 Field names follow Sequence's UsageMetric API (camelCase on the wire); `uid`
 and the immutability rules follow Exante's metric definitions. Every refusal
@@ -34,7 +34,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from tally.core.events import parse_timestamp
-from tally.core.numbers import contains_nul, number_text
+from tally.core.numbers import contains_nul, decimal_text, number_text
 from tally.core.paths import PathError, parse_path
 from tally.core.periods import TimeUnit
 
@@ -146,16 +146,13 @@ EXTERNAL_AGGREGATIONS = frozenset(
 )
 
 
-def _decimal_number(value: Decimal) -> int | float:
-    # A JSON number, as Squad writes it (pydantic would write a string).
-    # An integer beyond 64 bits is written as a float: the JSON codec (orjson) takes no more.
-    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
-        return int(value)
-    return float(value)
-
-
+# A finite exact number (a JSON number or a string holding one; no NaN, no
+# infinity), of at most 40 digits, 20 after the point (`1e999999` would be a
+# million digits), written back as canonical decimal text.
 FiniteDecimal = Annotated[
-    Decimal, Field(allow_inf_nan=False), PlainSerializer(_decimal_number, when_used="json")
+    Decimal,
+    Field(allow_inf_nan=False, max_digits=40, decimal_places=20),
+    PlainSerializer(decimal_text, return_type=str, when_used="json"),
 ]
 Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 # A plain top-level name (at most 256 characters) or a path (`tally.core.paths`).
@@ -374,7 +371,7 @@ class UsageMetricDefinition(BaseModel):
         if self.storage_unit is StorageUnit.CENTS and self.value_type is ValueType.STRING:
             rule("storageUnit", "cents holds numbers, not STRING values")
         if (self.target_value is None) != (self.target_operator is None):
-            rule("targetValue", "targetValue and targetOperator are given together or not at all")
+            rule("targetValue", "give targetValue and targetOperator together, or neither")
         grouped = self.metric_type is MetricType.GROUPED
         one, several = self.grouping_property, self.grouping_properties
         if one is not None and several is not None:

@@ -1,4 +1,4 @@
-"""One rollup as billing reads it (DESIGN 1.3), in the API's camelCase shape.
+"""One rollup as billing reads it (docs/design.md §2.3), in the API's camelCase shape.
 
 `value` travels as a decimal string so that no JSON parser can round it; it
 is null for a STRING LATEST, whose text is `valueText`. `sum` (AVG),

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tally._native import Batch, Core, Deltas, Limits
+from tally._native import Batch, Core, Deltas, Limits, member_copy
 from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
 from tally.core.periods import native_bounds
 
-__all__ = ["Batch", "Core", "Deltas", "Limits", "aggregate", "merged", "new_core"]
+__all__ = ["Batch", "Core", "Deltas", "Limits", "aggregate", "member_copy", "merged", "new_core"]
 
 
 def new_core(index: MetricIndex | None = None) -> Core:

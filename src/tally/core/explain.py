@@ -10,6 +10,7 @@ not take the event is one that failed. The value shown is the event's value at t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,6 +113,18 @@ def _only(spec: SpecTuple, index: int, at: int) -> SpecTuple:
 NOT_CHECKED: dict[str, Any] = {"checked": False, "why": "no database configured"}
 
 
+@dataclass(frozen=True, slots=True)
+class NotRunning:
+    """A live definition workers refuse to run (tally.worker.definitions.runnable),
+    with its eventType when it is known (a definition that does not validate may
+    not name one)."""
+
+    uid: str
+    event_type: str | None
+    reason: str  # invalid_definition, unknown_timezone, cannot_compile
+    detail: str
+
+
 def dedup_digest(raw: bytes, now: float, limits: DecodeLimits) -> bytes | None:
     """The event's 16-byte dedup digest as the core computes it; None if refused."""
     batch = new_core().decode([raw], now, limits.native())
@@ -129,9 +142,12 @@ def explain(
     now: float,
     limits: DecodeLimits,
     dedup: Mapping[str, Any] | None = None,
+    not_running: Iterable[NotRunning] = (),
 ) -> dict[str, Any]:
     """The decode outcome, then for each live metric of the event's type what it
-    did; `dedup` says whether its id is already in its partition's window."""
+    did; `dedup` says whether its id is already in its partition's window.
+    `metrics` are those a worker runs; each of `not_running` of the event's type
+    is answered as outcome not_running, with the worker's reason and detail."""
     decoded = decode_event(raw, now, limits)
     if isinstance(decoded, Rejection):
         return {
@@ -176,6 +192,12 @@ def explain(
                     )
             entry["failed"] = failed
         found.append(entry)
+    found.extend(
+        {"uid": r.uid, "outcome": "not_running", "reason": r.reason, "detail": r.detail}
+        for r in not_running
+        if r.event_type == decoded.event_type
+    )
+    found.sort(key=lambda entry: str(entry["uid"]))
     return {
         "decoded": True,
         "id": decoded.id,
@@ -215,6 +237,8 @@ def render(answer: Mapping[str, Any]) -> str:
         line = f"  {metric['uid']}: {metric['outcome']}"
         if "skipReason" in metric:
             line += f" ({metric['skipReason']})"
+        if metric["outcome"] == "not_running":
+            line += f": workers refuse it ({metric['reason']}: {metric['detail']})"
         lines.append(line)
         lines.extend("    " + _change(rollup) for rollup in metric.get("rollups", []))
         for miss in metric.get("failed", []):

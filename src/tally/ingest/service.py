@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
+from tally.core.engine import new_core
 from tally.core.events import DecodeLimits, Rejection, RejectReason, decode_event
 from tally.ingest.producer import EventProducer, Record, make_producer
 from tally.ingest.shapes import TALLY_TO_CE, Candidate
@@ -56,6 +58,11 @@ def field_of(why: Rejection, cloudevent: bool) -> str | None:
 _CE_REASONS = (RejectReason.MISSING_FIELD, RejectReason.INVALID_FIELD)
 
 
+def _given(document: dict[str, Any], name: str, alias: str) -> Any:
+    value = document.get(name)
+    return document.get(alias) if value is None else value
+
+
 @dataclass(slots=True)
 class Judged:
     """The statuses of a request's events, and the records of the valid ones."""
@@ -81,17 +88,32 @@ class Ingest:
         self.telemetry = telemetry
         self.limits = limits
         self.clock = clock
+        self._core = new_core()  # no metrics: it only decodes
+        self._native_limits = limits.native()
 
     def judge(self, candidates: list[Candidate]) -> Judged:
-        """Each candidate decoded as a worker decodes it; nothing is sent yet."""
+        """Each candidate decoded as a worker decodes it; nothing is sent yet.
+
+        The request's values go through the native core's batch decode in one
+        call, the very call a worker makes for a batch of records, so the
+        verdicts, reasons and details are the worker's. Of each accepted event
+        only its id and customerId (the record's key) are read here:
+        `_identity`, which falls back on the one-value decoder for any event
+        orjson cannot read."""
         now = self.clock()
+        values = [c.value for c in candidates if c.refused is None]
+        batch = self._core.decode(values, now, self._native_limits)
+        verdicts: dict[int, Rejection | None] = dict.fromkeys(batch.accepted)
+        for at, reason, detail in batch.rejections:
+            verdicts[at] = Rejection(RejectReason(reason), detail)
         judged = Judged([])
+        decoded = 0
         for index, candidate in enumerate(candidates):
-            if candidate.refused is not None:
-                outcome: Any = candidate.refused
-            else:
-                outcome = decode_event(candidate.value, now, self.limits)
-            if isinstance(outcome, Rejection):
+            outcome = candidate.refused
+            if outcome is None:
+                outcome = verdicts[decoded]
+                decoded += 1
+            if outcome is not None:
                 judged.statuses.append(
                     {
                         "index": index,
@@ -102,11 +124,44 @@ class Ingest:
                     }
                 )
                 continue
-            assert candidate.value is not None
-            judged.statuses.append({"index": index, "id": outcome.id, "status": "accepted"})
-            record = Record(outcome.customer_id.encode("utf-8"), candidate.value, candidate.headers)
+            value = candidate.value
+            assert value is not None
+            event_id, customer_id = self._identity(candidate, now)
+            judged.statuses.append({"index": index, "id": event_id, "status": "accepted"})
+            record = Record(customer_id.encode("utf-8"), value, candidate.headers)
             judged.records.append((index, record))
         return judged
+
+    def _identity(self, candidate: Candidate, now: float) -> tuple[str, str]:
+        """(id, customerId) of an event the decoder accepted, as it reads them:
+        the field, or its alias when the field is absent or null (an accepted
+        event's field and alias agree), the last of repeated keys (the json
+        module, orjson and the decoder all keep the last). Read from the array
+        element as splitting parsed it, else with orjson; what neither reads as
+        two strings of valid Unicode (orjson refuses an integer over 64 bits, the
+        json module takes a lone surrogate) is read by the one-value decoder."""
+        value = candidate.value
+        assert value is not None
+        document = candidate.parsed
+        if document is None:
+            try:
+                document = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                document = None
+        if isinstance(document, dict):
+            event_id = _given(document, "id", "customerEventId")
+            customer_id = _given(document, "customerId", "customerAlias")
+            if isinstance(event_id, str) and isinstance(customer_id, str):
+                try:
+                    event_id.encode("utf-8")
+                    customer_id.encode("utf-8")
+                except UnicodeEncodeError:
+                    pass
+                else:
+                    return event_id, customer_id
+        event = decode_event(value, now, self.limits)
+        assert not isinstance(event, Rejection), "the batch decoder accepted it"
+        return event.id, event.customer_id
 
     async def produce(self, judged: Judged) -> list[tuple[int, str]]:
         """Send the valid events; (index, why) of each one Kafka did not acknowledge."""

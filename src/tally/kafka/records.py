@@ -17,8 +17,8 @@ def partition_of(key: bytes, partitions: int) -> int:
 async def partition_count(bootstrap: str, topic: str) -> int:
     """How many partitions `topic` has; LookupError when it has none."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start that fails (no broker) is closed too
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             await consumer._client.force_metadata_update()
@@ -39,8 +39,8 @@ async def fetch_record(bootstrap: str, topic: str, partition: int, offset: int) 
         isolation_level="read_committed",
         request_timeout_ms=10_000,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, offset)

@@ -31,13 +31,14 @@ async def insert_value(
 ) -> asyncpg.Record | None:
     """The stored row, or None if that period already has a value."""
     body = value.body
+    value_uid = uuid.uuid4()
     metadata = body.metadata  # the jsonb codec (tally.store.pool) encodes it
     async with connection.transaction():
         row = await connection.fetchrow(
             "INSERT INTO tally.metric_values (metric_uid, customer_id, group_key, time_unit,"
             " period_start, period_end, value, value_text, event_count, external_uid,"
-            " metric_date, value_timezone, metadata)"
-            " VALUES ($1, $2, '', $3, $4, $5, $6, $7, 0, $8, $9, $10, $11)"
+            " metric_date, value_timezone, metadata, latest_at, latest_id)"
+            " VALUES ($1, $2, '', $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13)"
             " ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key)"
             f" DO NOTHING RETURNING {_COLUMNS}",
             body.metric_uid,
@@ -47,10 +48,13 @@ async def insert_value(
             value.period_end,
             value.number,
             value.text,
-            uuid.uuid4(),
+            value_uid,
             body.metric_date,
             body.timezone,
             metadata,
+            # What LATEST combines by (migration 0007): a later period is the later value.
+            int(value.period_start.timestamp()) * 1_000_000,
+            str(value_uid),
         )
         if row is None:
             return None

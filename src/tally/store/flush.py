@@ -3,7 +3,7 @@
 The order of statements inside the transaction is fixed here;
 `tally.worker.checkpoint` holds the order of the steps around it:
 
-1. compare-and-set each partition's stored offset (fencing, DESIGN 3);
+1. compare-and-set each partition's stored offset (fencing, docs/design.md §3);
    if any partition's offset moved, nothing else is written;
 2. dead letters Kafka would not take, parked (`tally.parked_dead_letters`);
 3. the dedup window's new ids, merged and expired segments;
@@ -23,12 +23,12 @@ The caller commits Kafka's advisory offsets only after this returns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from tally.core.dedup import DedupWindow, FlushPlan
-from tally.core.engine import Deltas
-from tally.store.member_cache import MemberCache, MemberRollup, offer_all
+from tally.core.engine import Deltas, member_copy
+from tally.store.member_cache import MemberCache, MemberOffer, MemberRollup, offer_all
 from tally.store.member_cache import MemberColumns as MemberColumns  # re-exported
 from tally.store.member_cache import MemberKey as MemberKey
 from tally.store.pool import Connection
@@ -65,12 +65,13 @@ _EXPIRE_SEGMENTS = """
 DELETE FROM tally.dedup_segments WHERE topic = $1 AND partition = $2 AND bucket < $3
 """
 
-# Rows go to PostgreSQL as text and int8 (POSIX seconds), much cheaper for the
-# driver to encode than numeric and timestamptz; PostgreSQL converts them.
-# They are staged by binary COPY into TEMP tables (created once per session,
-# emptied at every commit), which costs the driver about half of what unnest
-# arrays did, and PostgreSQL a little less (docs/performance.md, "Write
-# path"). A session that may not create TEMP tables sends the arrays.
+# Rows go to PostgreSQL as text and int8 (POSIX seconds), much cheaper to
+# encode than numeric and timestamptz; PostgreSQL converts them. They are
+# staged by binary COPY into TEMP tables (created once per session, emptied
+# at every commit), and the native core writes the COPY payloads itself
+# (`Deltas.value_copy`, `kind_copy`, `member_copy`): no Python list or
+# driver encoding per value (docs/performance.md, "Write path"). A session
+# that may not create TEMP tables sends unnest arrays instead.
 _STAGED = """
 SELECT has_database_privilege(current_database(), 'TEMPORARY') AS allowed,
        to_regclass('pg_temp.tally_flush_members') IS NOT NULL
@@ -276,7 +277,7 @@ async def write_flush(
                 if p.dedup is not None:
                     dedup_rows[(p.topic, p.partition)] = await _write_dedup(connection, p, p.dedup)
             staged = await _staging(connection) if offer.sent or len(deltas) else False
-            added = await _write_members(connection, offer.columns, staged)
+            added = await _write_members(connection, offer, staged)
             rows = await _write_values(connection, deltas, added, staged)
             rows += await _write_kinds(connection, deltas, staged)
     except Fenced:
@@ -339,20 +340,28 @@ async def _staging(connection: Connection) -> bool:
     return True
 
 
+async def _once(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
+async def _copy(connection: Connection, table: str, payload: bytes) -> None:
+    """Stage a native binary COPY payload (passed whole: no executor reads)."""
+    await connection.copy_to_table(table, source=_once(payload), format="binary")
+
+
 async def _write_members(
-    connection: Connection, columns: MemberColumns, staged: bool = False
+    connection: Connection, offer: MemberOffer, staged: bool = False
 ) -> Counter[MemberKey]:
-    """Insert UNIQUE members; how many of each rollup's were new."""
+    """Insert the offered UNIQUE members; how many of each rollup's were new."""
     added: Counter[MemberKey] = Counter()
-    if not columns[0]:
+    if not offer.sent:
         return added
     if staged:
-        await connection.copy_records_to_table(
-            "tally_flush_members", records=zip(*columns, strict=True)
-        )
+        _, payload = member_copy(offer.sent_by_rollup)
+        await _copy(connection, "tally_flush_members", payload)
         rows = await connection.fetch(_INSERT_STAGED_MEMBERS)
     else:
-        rows = await connection.fetch(_INSERT_MEMBERS, *columns)
+        rows = await connection.fetch(_INSERT_MEMBERS, *offer.columns)
     for row in rows:
         key = (
             row["metric_uid"],
@@ -368,29 +377,27 @@ async def _write_members(
 async def _write_values(
     connection: Connection, deltas: Deltas, added: Counter[MemberKey], staged: bool = False
 ) -> int:
-    columns = value_columns(deltas, added)
-    if not columns[0]:
-        return 0
     if staged:
-        await connection.copy_records_to_table(
-            "tally_flush_values", records=zip(*columns, strict=True)
-        )
-        await connection.execute(_UPSERT_STAGED_VALUES)
-    else:
+        count, payload = deltas.value_copy(added)
+        if count:
+            await _copy(connection, "tally_flush_values", payload)
+            await connection.execute(_UPSERT_STAGED_VALUES)
+        return count
+    columns = value_columns(deltas, added)
+    if columns[0]:
         await connection.execute(_UPSERT_VALUES, *columns)
     return len(columns[0])
 
 
 async def _write_kinds(connection: Connection, deltas: Deltas, staged: bool = False) -> int:
     """MAX, MIN, AVG and LATEST rollups: one upsert per kind present."""
-    columns = deltas.kind_columns()
-    if not columns[0]:
-        return 0
-    present = set(columns[0])
     if staged:
-        await connection.copy_records_to_table(
-            "tally_flush_kinds", records=zip(*columns, strict=True)
-        )
+        count, present, payload = deltas.kind_copy()
+        if count:
+            await _copy(connection, "tally_flush_kinds", payload)
+    else:
+        columns = deltas.kind_columns()
+        count, present = len(columns[0]), list(set(columns[0]))
     for merge in _MERGES:  # this order, in every worker
         if merge not in present:
             continue
@@ -398,7 +405,7 @@ async def _write_kinds(connection: Connection, deltas: Deltas, staged: bool = Fa
             await connection.execute(_UPSERT_STAGED_KINDS[merge])
         else:
             await connection.execute(_UPSERT_KINDS[merge], *columns)
-    return len(columns[0])
+    return count
 
 
 async def load_partition(

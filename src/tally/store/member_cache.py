@@ -58,17 +58,28 @@ SWEEP_SECONDS = 60.0
 
 @dataclass(slots=True)
 class MemberOffer:
-    """What one flush sends (`columns`), and what the cache learns if it commits."""
+    """What one flush sends, and what the cache learns if it commits."""
 
-    columns: MemberColumns
     sent_by_rollup: list[tuple[MemberKey, int, list[str]]] = field(default_factory=list)
-    sent: int = 0  # members in `columns`
+    sent: int = 0  # members to insert
     skipped: int = 0  # members left out: known to be stored
     generation: int = -1  # the cache's, when offered (-1: no cache)
 
-
-def _empty() -> MemberColumns:
-    return [], [], [], [], [], []
+    @property
+    def columns(self) -> MemberColumns:
+        """The members to insert as unnest arrays (a flush that stages them
+        sends `tally._native.member_copy(sent_by_rollup)` instead)."""
+        columns: MemberColumns = ([], [], [], [], [], [])
+        uids, customers, units, starts, groups, members = columns
+        for (uid, customer, unit, start, group), _end, new in self.sent_by_rollup:
+            count = len(new)
+            uids += [uid] * count
+            customers += [customer] * count
+            units += [unit] * count
+            starts += [start] * count
+            groups += [group] * count
+            members += new
+        return columns
 
 
 def offer_all(rollups: Iterable[MemberRollup]) -> MemberOffer:
@@ -79,8 +90,6 @@ def offer_all(rollups: Iterable[MemberRollup]) -> MemberOffer:
 def _offer(
     rollups: Iterable[MemberRollup], known: dict[MemberKey, _Entry] | None, generation: int
 ) -> MemberOffer:
-    columns = _empty()
-    uids, customers, units, starts, groups, members = columns
     by_rollup: list[tuple[MemberKey, int, list[str]]] = []
     sent = skipped = 0
     for key, end, distinct in rollups:
@@ -92,18 +101,8 @@ def _offer(
         else:
             new = list(distinct)
         by_rollup.append((key, end, new))  # a rollup with nothing new still counts as recent
-        count = len(new)
-        if not count:
-            continue
-        uid, customer, unit, start, group = key
-        uids += [uid] * count
-        customers += [customer] * count
-        units += [unit] * count
-        starts += [start] * count
-        groups += [group] * count
-        members += new
-        sent += count
-    return MemberOffer(columns, by_rollup, sent, skipped, generation)
+        sent += len(new)
+    return MemberOffer(by_rollup, sent, skipped, generation)
 
 
 @dataclass(slots=True)

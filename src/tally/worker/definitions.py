@@ -35,6 +35,28 @@ log = Log("tally.definitions")
 POLL_TIMEOUT = 30.0
 
 
+def runnable(metrics: Iterable[UsageMetric]) -> tuple[list[UsageMetric], list[Refused]]:
+    """The live metrics a worker runs, and those it refuses (its zone unknown
+    here, or it does not compile); `tally explain` judges metrics by this too."""
+    runs: list[UsageMetric] = []
+    refused: list[Refused] = []
+    for metric in metrics:
+        if metric.deleted_at is not None or is_external(metric):
+            continue  # an EXTERNAL metric's values come from the API, never a worker
+        try:
+            zone(metric.timezone)
+        except ValueError as exc:
+            refused.append(Refused(metric.uid, "unknown_timezone", str(exc)))
+            continue
+        try:
+            new_core().set_metrics([native_spec(metric)])
+        except Exception as exc:  # any reason at all: one metric, not the worker
+            refused.append(Refused(metric.uid, "cannot_compile", f"{type(exc).__name__}: {exc}"))
+            continue
+        runs.append(metric)
+    return runs, refused
+
+
 class DefinitionWatcher:
     def __init__(
         self,
@@ -79,25 +101,7 @@ class DefinitionWatcher:
         return True
 
     def _runnable(self, metrics: Iterable[UsageMetric]) -> tuple[list[UsageMetric], list[Refused]]:
-        runnable: list[UsageMetric] = []
-        refused: list[Refused] = []
-        for metric in metrics:
-            if metric.deleted_at is not None or is_external(metric):
-                continue  # an EXTERNAL metric's values come from the API, never a worker
-            try:
-                zone(metric.timezone)
-            except ValueError as exc:
-                refused.append(Refused(metric.uid, "unknown_timezone", str(exc)))
-                continue
-            try:
-                new_core().set_metrics([native_spec(metric)])
-            except Exception as exc:  # any reason at all: one metric, not the worker
-                refused.append(
-                    Refused(metric.uid, "cannot_compile", f"{type(exc).__name__}: {exc}")
-                )
-                continue
-            runnable.append(metric)
-        return runnable, refused
+        return runnable(metrics)
 
     def _report(self, refused: list[Refused]) -> None:
         before = set(self.refused)

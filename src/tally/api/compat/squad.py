@@ -7,6 +7,7 @@ stored values by the usage summary, never taken from a create (docs/decisions.md
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -52,6 +53,14 @@ SQUAD = Seed(
 Segment = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
 
 
+def _number(value: Decimal | None) -> int | float | None:
+    if value is None:
+        return None
+    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
+        return int(value)
+    return float(value)
+
+
 def squad_metric(metric: UsageMetric) -> dict[str, Any]:
     """Squad's metric object; the computed values are null until values are stored."""
     document = metric.to_document()
@@ -63,7 +72,8 @@ def squad_metric(metric: UsageMetric) -> dict[str, Any]:
         "description": metric.description,
         "unit": metric.unit,
         "targetOperator": document.get("targetOperator"),
-        "targetValue": document.get("targetValue"),
+        # Squad writes a JSON number; Tally's own API writes the exact decimal text.
+        "targetValue": _number(metric.target_value),
         "targetDirection": document.get("targetDirection", "up"),
         "currentValue": None,
         "previousValue": None,

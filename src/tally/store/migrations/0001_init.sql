@@ -17,7 +17,7 @@ CREATE TABLE tally.metrics (
     revision    bigint      NOT NULL DEFAULT nextval('tally.metric_revision')
 );
 
--- What billing reads (DESIGN 1.3). Flushes add deltas; never overwrite.
+-- What billing reads (docs/design.md §2.3). Flushes add deltas; never overwrite.
 CREATE TABLE tally.metric_values (
     metric_uid   text        NOT NULL,
     customer_id  text        NOT NULL,
@@ -46,7 +46,7 @@ CREATE TABLE tally.unique_members (
 
 -- The consumed position of each partition, written in the same transaction
 -- as the rollups it produced. next_offset = -1: nothing stored yet, start at
--- the beginning. Updated only by compare-and-set (fencing, DESIGN 3).
+-- the beginning. Updated only by compare-and-set (fencing, docs/design.md §3).
 CREATE TABLE tally.partition_offsets (
     topic        text        NOT NULL,
     partition    integer     NOT NULL,
