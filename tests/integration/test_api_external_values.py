@@ -180,3 +180,33 @@ async def test_workers_never_index_an_external_metric(api: Api) -> None:
     )
     assert refused.status_code == 422
     assert sorted(error_locs(refused)) == [["body", "aggregationType"], ["body", "eventType"]]
+
+
+async def test_the_usage_query_reads_external_values_like_rollups(api: Api) -> None:
+    # A snapshot (LATEST) answers its latest period's value, never a sum.
+    for day, value in (("2026-03-14", 40), ("2026-03-15", 41.25), ("2026-03-13", 39)):
+        body = {**VALUE, "metric_date": day, "value": value}
+        created = await api.client.post("/metrics/values/PARTY/p_1", json=body, headers=ADMIN)
+        assert created.status_code == 201, created.text
+    window = {
+        "customerId": "p_1",
+        "from": "2026-03-13T00:00:00-07:00",
+        "to": "2026-03-16T00:00:00-07:00",
+    }
+    latest = await api.client.get("/usage-metrics/dso/usage", params=window, headers=READ)
+    assert latest.status_code == 200, latest.text
+    assert [item["value"] for item in latest.json()["items"]] == ["41.25"]
+    # A SUM metric's values add up.
+    for day, cents in (("2026-03-14", 150), ("2026-03-15", 250)):
+        body = {**VALUE, "metric_uid": "total_ar", "metric_date": day, "value": cents}
+        created = await api.client.post(
+            "/metrics/values/ORGANIZATION/o_1", json=body, headers=ADMIN
+        )
+        assert created.status_code == 201, created.text
+    summed = await api.client.get(
+        "/usage-metrics/total_ar/usage",
+        params={"customerId": "o_1", "from": "2026-03-14T00:00:00Z", "to": "2026-03-16T00:00:00Z"},
+        headers=READ,
+    )
+    assert summed.status_code == 200, summed.text
+    assert [item["value"] for item in summed.json()["items"]] == ["400"]
