@@ -36,13 +36,6 @@ async def api(fresh_database: str) -> AsyncIterator[Api]:
         yield opened
 
 
-# What an operation needs besides its path to answer 200 to a reader.
-QUERIES = {
-    "/usage-metrics/{uid}/usage": "?customerId=acme&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
-    "/usage-metrics/{uid}/summary": "?customerId=acme&periodDefinition=month_to_date&asOf=2026-01-15",
-}
-
-
 def operations(api: Api) -> list[tuple[str, str, bool]]:
     """(method, url, needs admin) of every operation the OpenAPI document lists."""
     app = api.client._transport.app  # type: ignore[attr-defined]
@@ -50,13 +43,26 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
     for path, methods in app.openapi()["paths"].items():
         for method, operation in methods.items():
             if operation.get("security"):
-                url = path + QUERIES.get(path, "")
-                for name in ("{idOrUid}", "{metricUid}", "{uid}"):
-                    url = url.replace(name, "api_calls")
+                url = path.replace("{idOrUid}", "api_calls")
+                for name, value in (
+                    ("{uid}", "api_calls"),
+                    ("{metricUid}", "api_calls"),
+                    ("{context_type}", "ORGANIZATION"),
+                    ("{entity_uid}", "acme"),
+                    ("{orgId}", "org"),
+                    ("{workspaceId}", "ws"),
+                ):
+                    url = url.replace(name, value)
+                # The usage query and summary's required parameters (a reader gets 200).
+                if url.endswith("/usage"):
+                    url += "?customerId=acme&from=2026-03-01T00:00:00Z&to=2026-03-02T00:00:00Z"
+                elif url.endswith("/summary"):
+                    url += "?customerId=acme&periodType=rolling&periodValue=7-day"
                 found.append((method.upper(), url, method != "get"))
-    # POST /events and /events/explain, the usage query and summary, and the
-    # three backfill operations included.
-    assert len(found) == 15
+    # POST /events and POST /events/explain included, the usage query and
+    # summary, the three backfill operations; then the external values
+    # endpoint and the four seed paths (Exante twice, Squad, Cuoral).
+    assert len(found) == 20
     return found
 
 

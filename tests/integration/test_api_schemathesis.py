@@ -99,13 +99,18 @@ def before_call(context, case, kwargs):
 #   COUNT or UNIQUE changes by whole numbers and stays >= 0), a zero delta, and a
 #   reused Idempotency-Key;
 # - PATCH /usage-metrics/{idOrUid}: a deletedAt outside the years 1-9999 in UTC;
+# - POST /metrics/values/... and /api/metrics/values/...: the metric exists, is
+#   EXTERNAL, has that context_type and time unit, and takes that value; 409 for
+#   a period that has a value;
+# - the seed paths (Squad, Exante, Cuoral): a derived or given uid that exists is
+#   409, and the contract's cross-field rules (a snapshot is LATEST, ...) 422;
 # - POST /events: the worker's decoder judges each event (a timestamp outside
 #   the lateness window, say), and a single refused event answers 422;
 # - POST /events/explain: a ?partition= the topic does not have (the schema
 #   cannot know the topic's partition count).
 CONFIG = """
 [[operations]]
-include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events", "POST /events/explain"]
+include-name = ["POST /usage-metrics", "POST /metric-values/adjustments", "PATCH /usage-metrics/{idOrUid}", "POST /events", "POST /events/explain", "POST /metrics/values/{context_type}/{entity_uid}", "POST /api/metrics/values/{context_type}/{entity_uid}", "POST /api/metrics", "POST /organisations/{orgId}/workspaces/{workspaceId}/metrics", "POST /external/v1/external/v1/customers/metrics"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 # Over the batch limit (maxItems) is 413, like a body over 1 MiB.

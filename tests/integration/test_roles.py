@@ -48,6 +48,9 @@ GRANTS: dict[str, dict[str, set[str]]] = {
         "tally_api": {SEL},
         "tally_reader": {SEL},
     },
+    # Each external value's audit row (migration 0009), written by the API.
+    "external_value_audit": {"tally_api": {SEL, INS}},
+    "external_value_audit_seq_seq": {"tally_api": {"USAGE"}},
 }
 TABLES = [name for name in GRANTS if not name.endswith(("_seq", "metric_revision"))]
 A_ROW = {
@@ -69,6 +72,9 @@ A_ROW = {
     "parked_dead_letters": '(topic, partition, "offset", reason, detail, send_error,'
     " header_names, header_values, record_timestamp) VALUES ('t', 0, 1, 'r', 'd', 'e', '{}',"
     " '{}', 0)",
+    "external_value_audit": "(value_uid, metric_uid, context_type, entity_uid, time_unit,"
+    " metric_date, period_start, value, metadata, principal) VALUES"
+    " (gen_random_uuid(), 'm', 'PARTY', 'e', 'day', '2026-01-01', '2026-01-01Z', 1, '{}', 'p')",
 }
 
 UPDATED = {
@@ -85,6 +91,7 @@ UPDATED = {
     "metric_starts": "owner",
     "backfills": "owner",
     "backfill_partitions": "owner",
+    "external_value_audit": "principal",
 }
 
 

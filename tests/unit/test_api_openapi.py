@@ -56,12 +56,8 @@ def test_request_bodies_are_the_contract_models() -> None:
     assert create["content"]["application/json"]["schema"]["$ref"].endswith(
         "/UsageMetricDefinition"
     )
-    assert schemas["UsageMetricDefinition"]["required"] == [
-        "uid",
-        "name",
-        "eventType",
-        "aggregationType",
-    ]
+    # uid is derived from name when absent; eventType is not given for an EXTERNAL metric.
+    assert schemas["UsageMetricDefinition"]["required"] == ["name", "aggregationType"]
     assert set(schemas["UsageMetricPatch"]["properties"]) == {
         "name",
         "description",
@@ -70,6 +66,9 @@ def test_request_bodies_are_the_contract_models() -> None:
         "targetOperator",
         "targetValue",
         "targetDirection",
+        "formula",
+        "periodType",
+        "periodValue",
     }
     value = schemas["MetricValue"]["properties"]["value"]
     # A decimal string, or null for a STRING LATEST (its text is valueText).

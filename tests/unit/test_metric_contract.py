@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.contracts.metric import (
+    UID_PATTERN,
     MetricDefinitionError,
     changed_fields,
     immutable_changes,
     parse_metric,
+    uid_from_name,
 )
 from tally.core.engine import aggregate, new_core
 from tally.core.events import DecodeLimits
@@ -107,6 +110,19 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     (with_(propertyFilters={"s": ["a\x00"]}), "propertyFilters", "NUL"),
     (with_(propertyFilters={"s": [2**64]}), "propertyFilters.s.0", "64 bits"),
     (with_(deletedAt="0001-01-01T00:00:00+05:00"), "deletedAt", "years 1 and 9999"),
+    (
+        with_(
+            aggregationType="LATEST",
+            aggregationProperty="v",
+            valueType="STRING",
+            storageUnit="cents",
+        ),
+        "storageUnit",
+        "cents holds numbers",
+    ),
+    (with_(targetValue=100), "targetValue", "together"),
+    (with_(isSnapshot=True), "isSnapshot", "a snapshot is LATEST"),
+    (with_(source="EXTERNAL"), "eventType", "not allowed when source is EXTERNAL"),
 ]
 
 SUM = {"aggregationType": "SUM", "aggregationProperty": "v"}
@@ -325,6 +341,8 @@ MODEL_ONLY = [
     ("presenceFilters.$['a']", "also in propertyFilters"),
     ("aggregationProperty", "at most 1,000,000"),
     ("aggregationProperty", "at most 32 segments"),
+    ("storageUnit", "cents holds numbers"),
+    ("targetValue", "together"),
 ]
 
 
@@ -368,6 +386,8 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
         "timeUnits": [["hour"], ["day", "month"], [], ["day", "day"], ["minute"], ...],
         "timezone": ["UTC", "Asia/Kathmandu", ...],
         "deletedAt": [None, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00+05:45", ...],
+        "source": ["EVENTS", "EXTERNAL", "X", ...],
+        "isSnapshot": [True, False, ...],
         "extra": [1, ...],
     }
     doc = {}
@@ -415,3 +435,73 @@ def test_immutable_changes_are_named_and_reordering_is_not_a_change() -> None:
     ]
     typed = parse_metric(with_(propertyFilters={"s": [True, "a"]}, timeUnits=["day", "month"]))
     assert immutable_changes(old, typed) == ["propertyFilters"]  # true is not 1
+
+
+def test_every_broken_cross_field_rule_is_named_at_once() -> None:
+    with pytest.raises(MetricDefinitionError) as refused:
+        parse_metric(
+            {
+                "uid": "m",
+                "name": "Sent",
+                "eventType": "message_sent",
+                "aggregationType": "SUM",
+                "metricType": "GROUPED",
+                "targetValue": 1,
+            }
+        )
+    assert [e.field for e in refused.value.errors] == [
+        "aggregationProperty",
+        "targetValue",
+        "groupingProperty",
+    ]
+
+
+def test_an_external_metric_has_no_events() -> None:
+    external = parse_metric(
+        {
+            "uid": "dso",
+            "name": "DSO",
+            "source": "EXTERNAL",
+            "aggregationType": "LATEST",
+            "isSnapshot": True,
+            "valueKind": "days",
+        }
+    )
+    assert external.event_type is None
+    assert "source" in external.to_document()
+    with pytest.raises(MetricDefinitionError) as refused:
+        parse_metric(
+            {
+                "uid": "x",
+                "name": "X",
+                "source": "EXTERNAL",
+                "eventType": "e",
+                "aggregationType": "UNIQUE",
+                "aggregationProperty": "u",
+                "isSnapshot": True,
+            }
+        )
+    assert sorted(e.field for e in refused.value.errors) == [
+        "aggregationProperty",
+        "aggregationType",
+        "eventType",
+        "isSnapshot",
+    ]
+    events = parse_metric({"uid": "c", "name": "C", "eventType": "e", "aggregationType": "COUNT"})
+    assert "source" not in events.to_document()  # the default is not written
+
+
+@pytest.mark.parametrize(
+    ("name", "uid"),
+    [
+        ("Total length of sent messages.", "total_length_of_sent_messages"),
+        ("Daily Active Users", "daily_active_users"),
+        ("  2024 ARR (USD) ", "m_2024_arr_usd"),
+        ("Ünïcode", "n_code"),
+        ("!!!", "metric"),
+        ("a" * 300, "a" * 128),
+    ],
+)
+def test_a_uid_derived_from_a_name_is_stable_and_valid(name: str, uid: str) -> None:
+    assert uid_from_name(name) == uid
+    assert re.match(UID_PATTERN, uid_from_name(name))

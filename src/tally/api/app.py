@@ -23,12 +23,14 @@ from tally.api import (
     openapi,
     routes_backfill,
     routes_explain,
+    routes_external,
     routes_health,
     routes_metrics,
     routes_usage,
     routes_values,
 )
 from tally.api.auth import Authenticator, Reader
+from tally.api.compat import cuoral, exante, squad
 from tally.api.deps import JSON
 from tally.config import Settings
 from tally.ingest import routes as routes_events
@@ -110,6 +112,10 @@ def create_app(
     app.include_router(routes_backfill.router)
     app.include_router(routes_explain.router)  # before /events: the more specific path
     app.include_router(routes_events.router)
+    app.include_router(routes_external.router)
+    app.include_router(exante.router)
+    app.include_router(squad.router)
+    app.include_router(cuoral.router)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_document(request: Request, principal: Reader) -> Response:

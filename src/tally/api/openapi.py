@@ -15,7 +15,9 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from tally import __version__
+from tally.api.compat import schemas as compat_schemas
 from tally.api.models import AdjustmentRequest
+from tally.contracts.external import ExternalValueBody
 from tally.contracts.metric import MUTABLE_FIELDS, UsageMetricDefinition, field_alias
 
 DESCRIPTION = """\
@@ -35,8 +37,13 @@ _SERVER_RULES = (
 CROSS_FIELD_RULES: list[dict[str, Any]] = [
     {
         "if": {
-            "properties": {"aggregationType": {"const": "COUNT"}},
-            "required": ["aggregationType"],
+            "anyOf": [
+                {
+                    "properties": {"aggregationType": {"const": "COUNT"}},
+                    "required": ["aggregationType"],
+                },
+                {"properties": {"source": {"const": "EXTERNAL"}}, "required": ["source"]},
+            ]
         },
         "then": {"properties": {"aggregationProperty": {"type": "null"}}},
         "else": {
@@ -78,16 +85,39 @@ CROSS_FIELD_RULES: list[dict[str, Any]] = [
             "properties": {"aggregationType": {"const": "LATEST"}},
         },
     },
+    {
+        "if": {"properties": {"source": {"const": "EXTERNAL"}}, "required": ["source"]},
+        "then": {
+            "properties": {
+                "eventType": {"type": "null"},
+                "aggregationType": {"enum": ["SUM", "MAX", "MIN", "LATEST"]},
+                "metricType": {"enum": ["SIMPLE", None]},
+                "propertyFilters": {"maxProperties": 0},
+                "presenceFilters": {"maxProperties": 0},
+                "propertiesToNegate": {"maxItems": 0},
+            }
+        },
+        "else": {"required": ["eventType"], "properties": {"eventType": {"type": "string"}}},
+    },
+    {
+        "if": {"properties": {"isSnapshot": {"const": True}}, "required": ["isSnapshot"]},
+        "then": {"properties": {"aggregationType": {"const": "LATEST"}}},
+    },
 ]
 
 
 def _body_components() -> dict[str, Any]:
     _, top = models_json_schema(
-        [(UsageMetricDefinition, "validation"), (AdjustmentRequest, "validation")],
+        [
+            (UsageMetricDefinition, "validation"),
+            (AdjustmentRequest, "validation"),
+            (ExternalValueBody, "validation"),
+        ],
         by_alias=True,
         ref_template="#/components/schemas/{model}",
     )
     components: dict[str, Any] = top["$defs"]
+    components.update(compat_schemas.COMPONENTS)
     definition = components["UsageMetricDefinition"]
     definition["description"] += _SERVER_RULES
     definition["allOf"] = CROSS_FIELD_RULES
@@ -95,6 +125,9 @@ def _body_components() -> dict[str, Any]:
     # What the contract's validators add to the field types (as in
     # schemas/usage-metric.schema.json): a name is not blank, lists hold no repeats.
     properties["name"]["pattern"] = r"\S"
+    # POST /usage-metrics derives a uid from the name when there is none (Sequence).
+    definition["required"] = [name for name in definition["required"] if name != "uid"]
+    properties["uid"]["description"] = "Optional on create: derived from name when absent."
     properties["timeUnits"]["uniqueItems"] = True
     properties["propertiesToNegate"]["uniqueItems"] = True
     mutable = [field_alias(f) for f in MUTABLE_FIELDS]

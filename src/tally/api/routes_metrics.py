@@ -38,6 +38,7 @@ from tally.contracts.metric import (
     immutable_changes,
     keep_stored_spelling,
     parse_metric,
+    uid_from_name,
 )
 from tally.store import api_metrics as store
 from tally.store.pool import Connection
@@ -60,7 +61,9 @@ IdOrUid = Annotated[
 ]
 
 
-def _parse(document: dict[str, Any], stored_zone: str | None = None) -> UsageMetricDefinition:
+def parse_definition(
+    document: dict[str, Any], stored_zone: str | None = None
+) -> UsageMetricDefinition:
     try:
         definition = parse_metric(document, stored_zone)
     except MetricDefinitionError as exc:
@@ -101,21 +104,16 @@ async def create_usage_metric(
     pool: Pool,
     idempotency_key: idempotency.OptionalKey = None,
 ) -> Response:
-    """201 with the stored metric; 409 if the uid exists (a deleted metric keeps its uid)."""
+    """201 with the stored metric; 409 if the uid exists (a deleted metric keeps its uid).
+    Without a `uid` (Sequence's body has none) it is derived from `name`
+    (`uid_from_name`) and answered; a collision is 409 naming that uid."""
     document = require_object(await read_json(request))
-    definition = _parse(document)
+    with_uid = with_derived_uid(document)
+    definition = parse_definition(with_uid)
+    derived = "uid" not in document
 
     async def work(connection: Connection) -> Response:
-        try:
-            metric = await store.insert_metric(connection, definition)
-        except asyncpg.UniqueViolationError:
-            raise ApiError.one(
-                409,
-                ["body", "uid"],
-                f"a metric with the uid {definition.uid!r} exists (deleted ones keep theirs)",
-                "conflict",
-            ) from None
-        log.info("metric created", uid=metric.uid, by=principal.name)
+        metric = await insert_or_conflict(connection, definition, derived, principal.name)
         return json_response(_shown(metric), 201, {"Location": f"/usage-metrics/{metric.id}"})
 
     return await idempotency.run(
@@ -126,6 +124,32 @@ async def create_usage_metric(
         principal=principal.name,
         work=work,
     )
+
+
+def with_derived_uid(document: dict[str, Any], name_field: str = "name") -> dict[str, Any]:
+    """`document` with a uid derived from its name when it has none."""
+    name = document.get(name_field)
+    if "uid" in document or not isinstance(name, str) or not name.strip():
+        return document
+    return {**document, "uid": uid_from_name(name)}
+
+
+async def insert_or_conflict(
+    connection: Connection, definition: UsageMetricDefinition, derived: bool, by: str
+) -> UsageMetric:
+    """Store a new definition; 409 naming the uid if it exists."""
+    try:
+        metric = await store.insert_metric(connection, definition)
+    except asyncpg.UniqueViolationError:
+        how = " (derived from the name; send a uid to choose another)" if derived else ""
+        raise ApiError.one(
+            409,
+            ["body", "uid"],
+            f"a metric with the uid {definition.uid!r} exists{how} (deleted ones keep theirs)",
+            "conflict",
+        ) from None
+    log.info("metric created", uid=metric.uid, by=by)
+    return metric
 
 
 @router.get(
@@ -214,7 +238,7 @@ async def update_usage_metric(
             raise _not_found(id_or_uid)
         current = {k: v for k, v in _shown(metric).items() if k not in SERVER_FIELDS}
         # The stored zone stands even if this host's zone data lacks it.
-        definition = _parse({**current, **patch}, stored_zone=metric.timezone)
+        definition = parse_definition({**current, **patch}, stored_zone=metric.timezone)
         frozen = immutable_changes(metric, definition)
         if frozen:
             raise ApiError(

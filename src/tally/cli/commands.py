@@ -130,7 +130,7 @@ async def metrics_list(args: argparse.Namespace) -> int:
         (
             m.uid,
             m.aggregation_type.value,
-            m.event_type,
+            m.event_type or "(external)",  # an EXTERNAL metric has none
             m.grouping_property or "-",
             ",".join(u.value for u in m.time_units),
             m.timezone,

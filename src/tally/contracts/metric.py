@@ -81,6 +81,71 @@ class TargetDirection(enum.StrEnum):
     DOWN = "down"
 
 
+class MetricSource(enum.StrEnum):
+    """EVENTS: workers aggregate events; EXTERNAL: values are computed elsewhere
+    and created through the API (Exante's metric values); workers never run it."""
+
+    EVENTS = "EVENTS"
+    EXTERNAL = "EXTERNAL"
+
+
+class ContextType(enum.StrEnum):
+    """Exante's context_type: the kind of entity the customer key names."""
+
+    ORGANIZATION = "ORGANIZATION"
+    PARTY = "PARTY"
+    USER = "USER"
+
+
+class ValueKind(enum.StrEnum):
+    """Exante's value_type (Tally's `valueType` is Cuoral's NUMBER or STRING)."""
+
+    CURRENCY = "currency"
+    PERCENTAGE = "percentage"
+    DAYS = "days"
+    COUNT = "count"
+    RATIO = "ratio"
+
+
+class StorageUnit(enum.StrEnum):
+    """raw: values as they are; cents: currency in integer minor units."""
+
+    RAW = "raw"
+    CENTS = "cents"
+
+
+class PeriodDefinition(enum.StrEnum):
+    """Exante's period_definition: how a value's metricDate is to be read."""
+
+    AS_OF_DATE = "as_of_date"
+    TRAILING_30_DAYS = "trailing_30_days"
+    CALENDAR_MONTH = "calendar_month"
+    MONTH_TO_DATE = "month_to_date"
+
+
+class PeriodType(enum.StrEnum):
+    ROLLING = "rolling"
+    CALENDAR = "calendar"
+
+
+class PeriodValue(enum.StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    QUARTER = "quarter"
+    YEAR = "year"
+    DAYS_7 = "7-day"
+    DAYS_30 = "30-day"
+    DAYS_90 = "90-day"
+
+
+# Aggregations an EXTERNAL metric may have: how its stored values combine
+# across periods. COUNT, UNIQUE and AVG need events.
+EXTERNAL_AGGREGATIONS = frozenset(
+    {AggregationType.SUM, AggregationType.MAX, AggregationType.MIN, AggregationType.LATEST}
+)
+
+
 # A finite exact number (a JSON number or a string holding one; no NaN, no
 # infinity), of at most 40 digits, 20 after the point (`1e999999` would be a
 # million digits), written back as canonical decimal text.
@@ -148,7 +213,7 @@ class UsageMetricDefinition(BaseModel):
     name: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     description: Annotated[StrictStr, Field(max_length=4096)] | None = None
     unit: Annotated[StrictStr, Field(max_length=64)] | None = None
-    event_type: Text256
+    event_type: Text256 | None = None
     aggregation_type: AggregationType
     aggregation_property: PropertyName | None = None
     value_type: ValueType = ValueType.NUMBER
@@ -173,6 +238,17 @@ class UsageMetricDefinition(BaseModel):
     target_operator: TargetOperator | None = None
     target_value: FiniteDecimal | None = None
     target_direction: TargetDirection | None = None
+    # Values computed elsewhere (Exante); see docs/decisions.md, "External values".
+    source: MetricSource = MetricSource.EVENTS
+    context_type: ContextType | None = None
+    value_kind: ValueKind | None = None
+    storage_unit: StorageUnit | None = None
+    is_snapshot: StrictBool = False
+    period_definition: PeriodDefinition | None = None
+    formula: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    # Squad's default comparison period (mutable; the summary takes its own).
+    period_type: PeriodType | None = None
+    period_value: PeriodValue | None = None
     deleted_at: AwareDatetime | None = None
 
     @model_validator(mode="before")
@@ -241,33 +317,75 @@ class UsageMetricDefinition(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> UsageMetricDefinition:
+        problems = self._rule_problems()
+        if not problems:
+            try:
+                self._check_paths()
+            except PydanticCustomError as exc:
+                context = exc.context or {}
+                problems.append((str(context["field"]), str(context["reason"])))
+        if problems:
+            (field, reason), more = problems[0], problems[1:]
+            # All of them at once: `_field_errors` lists the rest from `more`.
+            raise PydanticCustomError(
+                "metric_rule",
+                "{field}: {reason}",
+                {"field": field, "reason": reason, "more": [list(p) for p in more]},
+            )
+        return self
+
+    def _rule_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+
+        def rule(field: str, reason: str) -> None:
+            problems.append((field, reason))
+
         kind = self.aggregation_type
-        needs_property = kind is not AggregationType.COUNT
+        external = self.source is MetricSource.EXTERNAL
+        if external:
+            if self.event_type is not None:
+                rule("eventType", "not allowed when source is EXTERNAL (no events feed it)")
+            if kind not in EXTERNAL_AGGREGATIONS:
+                rule(
+                    "aggregationType",
+                    f"{kind.value} needs events; an EXTERNAL metric is SUM, MAX, MIN or LATEST",
+                )
+            if self.aggregation_property is not None:
+                rule("aggregationProperty", "not allowed when source is EXTERNAL")
+            if self.metric_type is not MetricType.SIMPLE:
+                rule("metricType", "an EXTERNAL metric is SIMPLE")
+            for name in ("property_filters", "presence_filters", "properties_to_negate"):
+                if getattr(self, name):
+                    rule(field_alias(name), "not allowed when source is EXTERNAL")
+        elif self.event_type is None:
+            rule("eventType", "required (unless source is EXTERNAL)")
+        needs_property = not external and kind is not AggregationType.COUNT
         if needs_property and self.aggregation_property is None:
-            raise _rule("aggregationProperty", f"required for {kind.value}")
-        if not needs_property and self.aggregation_property is not None:
-            raise _rule("aggregationProperty", "not allowed for COUNT (it counts events)")
+            rule("aggregationProperty", f"required for {kind.value}")
+        if not external and not needs_property and self.aggregation_property is not None:
+            rule("aggregationProperty", "not allowed for COUNT (it counts events)")
         if self.value_type is ValueType.STRING and kind is not AggregationType.LATEST:
-            raise _rule("valueType", f"STRING is only allowed with LATEST, not {kind.value}")
+            rule("valueType", f"STRING is only allowed with LATEST, not {kind.value}")
+        if self.is_snapshot and kind is not AggregationType.LATEST:
+            rule("isSnapshot", f"a snapshot is LATEST, never summed; not {kind.value}")
+        if self.storage_unit is StorageUnit.CENTS and self.value_type is ValueType.STRING:
+            rule("storageUnit", "cents holds numbers, not STRING values")
+        if (self.target_value is None) != (self.target_operator is None):
+            rule("targetValue", "give targetValue and targetOperator together, or neither")
         grouped = self.metric_type is MetricType.GROUPED
         one, several = self.grouping_property, self.grouping_properties
         if one is not None and several is not None:
-            raise _rule(
-                "groupingProperties", "give groupingProperty or groupingProperties, not both"
-            )
+            rule("groupingProperties", "give groupingProperty or groupingProperties, not both")
         if grouped and one is None and several is None:
-            raise _rule("groupingProperty", "required when metricType is GROUPED")
+            rule("groupingProperty", "required when metricType is GROUPED")
         if not grouped and one is not None:
-            raise _rule("groupingProperty", "only allowed when metricType is GROUPED")
+            rule("groupingProperty", "only allowed when metricType is GROUPED")
         if not grouped and several is not None:
-            raise _rule("groupingProperties", "only allowed when metricType is GROUPED")
-        if (self.target_operator is None) != (self.target_value is None):
-            raise _rule("targetValue", "give targetValue and targetOperator together, or neither")
-        self._check_paths()
+            rule("groupingProperties", "only allowed when metricType is GROUPED")
         for key in self.properties_to_negate:
             if key not in self.property_filters:
-                raise _rule("propertiesToNegate", f"{key!r} is not a key of propertyFilters")
-        return self
+                rule("propertiesToNegate", f"{key!r} is not a key of propertyFilters")
+        return problems
 
     def _check_paths(self) -> None:
         """Every property is a supported path; none appears twice where that is meaningless."""
@@ -315,8 +433,15 @@ class UsageMetricDefinition(BaseModel):
         return self.deleted_at is not None
 
     def to_document(self) -> dict[str, Any]:
-        """The wire form: camelCase, JSON types, nulls left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The wire form: camelCase, JSON types, nulls left out, and the
+        defaults of `source` and `isSnapshot` too (a metric of events reads as
+        it did before they existed)."""
+        document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.source is MetricSource.EVENTS:
+            del document["source"]
+        if not self.is_snapshot:
+            del document["isSnapshot"]
+        return document
 
 
 class UsageMetric(UsageMetricDefinition):
@@ -342,6 +467,12 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "case_sensitive",
     "time_units",
     "timezone",
+    "source",
+    "context_type",
+    "value_kind",
+    "storage_unit",
+    "is_snapshot",
+    "period_definition",
 )
 MUTABLE_FIELDS: tuple[str, ...] = (
     "name",
@@ -351,6 +482,9 @@ MUTABLE_FIELDS: tuple[str, ...] = (
     "target_operator",
     "target_value",
     "target_direction",
+    "formula",
+    "period_type",
+    "period_value",
 )
 
 
@@ -444,6 +578,8 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
         ctx = error.get("ctx") or {}
         if error["type"] == "metric_rule":
             errors.append(FieldError(str(ctx["field"]), str(ctx["reason"]), "metric_rule"))
+            for field, reason in ctx.get("more") or ():
+                errors.append(FieldError(str(field), str(reason), "metric_rule"))
             continue
         parts = [str(part) for part in error["loc"]]
         message = error["msg"]
@@ -473,3 +609,14 @@ def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDef
         raise MetricDefinitionError(
             _field_errors(exc), uid if isinstance(uid, str) else None
         ) from None
+
+
+def uid_from_name(name: str) -> str:
+    """A stable uid for a definition that has none (Sequence's and Cuoral's
+    bodies): `name` lowercased, every run of other characters one `_`, at most
+    128 characters, starting with a letter (`m_` is put first otherwise)."""
+    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in name.lower())
+    uid = "_".join(slug.split()) or "metric"
+    if not "a" <= uid[0] <= "z":
+        uid = "m_" + uid
+    return uid[:128].rstrip("_")

@@ -40,7 +40,9 @@ class MetricSpec(Protocol):
     @property
     def uid(self) -> str: ...
     @property
-    def event_type(self) -> str: ...
+    def event_type(self) -> str | None: ...
+    @property
+    def source(self) -> str: ...
     @property
     def aggregation_type(self) -> str: ...
     @property
@@ -67,7 +69,14 @@ class MetricSpec(Protocol):
     def deleted_at(self) -> object: ...
 
 
+def is_external(spec: MetricSpec) -> bool:
+    """Values computed elsewhere (source EXTERNAL): no worker or core runs it."""
+    return str(spec.source) == "EXTERNAL"
+
+
 def native_spec(spec: MetricSpec) -> SpecTuple:
+    if spec.event_type is None or is_external(spec):
+        raise ValueError(f"metric {spec.uid!r} has no eventType: its values are external")
     negated = set(spec.properties_to_negate)
     units = sorted({TimeUnit(u) for u in spec.time_units}, key=list(TimeUnit).index)
     if spec.grouping_properties is not None:
@@ -94,7 +103,7 @@ def native_spec(spec: MetricSpec) -> SpecTuple:
 
 
 class MetricIndex:
-    """The live metrics; deleted definitions are left out."""
+    """The live metrics; deleted and EXTERNAL definitions are left out."""
 
     __slots__ = ("by_uid", "specs")
 
@@ -102,7 +111,7 @@ class MetricIndex:
         self.by_uid: dict[str, MetricSpec] = {}
         self.specs: list[SpecTuple] = []
         for spec in specs:
-            if spec.deleted_at is not None:
+            if spec.deleted_at is not None or is_external(spec):
                 continue
             self.by_uid[spec.uid] = spec
             self.specs.append(native_spec(spec))

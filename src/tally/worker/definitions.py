@@ -22,7 +22,7 @@ import asyncpg
 
 from tally.contracts.metric import UsageMetric
 from tally.core.engine import new_core
-from tally.core.metrics import MetricIndex, native_spec
+from tally.core.metrics import MetricIndex, is_external, native_spec
 from tally.core.periods import zone
 from tally.errors import is_transient
 from tally.store.definitions import Refused, load_definitions, revision
@@ -41,8 +41,8 @@ def runnable(metrics: Iterable[UsageMetric]) -> tuple[list[UsageMetric], list[Re
     runs: list[UsageMetric] = []
     refused: list[Refused] = []
     for metric in metrics:
-        if metric.deleted_at is not None:
-            continue
+        if metric.deleted_at is not None or is_external(metric):
+            continue  # an EXTERNAL metric's values come from the API, never a worker
         try:
             zone(metric.timezone)
         except ValueError as exc:

@@ -1,0 +1,173 @@
+"""`POST /metrics/values/{context_type}/{entity_uid}`: one externally computed
+value of a metric whose source is EXTERNAL (Exante's metric values).
+
+The body and the answer are Exante's (snake_case); the value is stored as the
+rollup row of its period in `tally.metric_values`, with an audit row
+(`tally.store.external_values`). The compatibility path
+`/api/metrics/values/...` (`tally.api.compat.exante`) answers the same in
+Exante's envelope.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+
+from tally.api.auth import Admin
+from tally.api.body import read_json, require_object
+from tally.api.deps import Pool, body_ref, json_response
+from tally.api.errors import ApiError, field_errors, responses
+from tally.api.models import NO_NUL
+from tally.contracts.external import (
+    ExternalValueError,
+    check_against,
+    context_of,
+    parse_external_value,
+)
+from tally.contracts.metric import FieldError, UsageMetric
+from tally.store import api_metrics
+from tally.store import external_values as store
+from tally.telemetry.logs import Log
+
+router = APIRouter(prefix="/metrics/values", tags=["external values"])
+log = Log("tally.api")
+
+
+class ContextTypePath(enum.StrEnum):
+    ORGANIZATION = "ORGANIZATION"
+    PARTY = "PARTY"
+    USER = "USER"
+
+
+ContextTypeParam = Annotated[
+    ContextTypePath, Path(alias="context_type", description="Must be the metric's contextType.")
+]
+EntityUid = Annotated[
+    str,
+    Path(
+        alias="entity_uid",
+        min_length=1,
+        max_length=256,
+        pattern=NO_NUL,
+        description="The entity the value is for; stored as the row's customerId.",
+    ),
+]
+
+
+def _refused(errors: list[FieldError]) -> ApiError:
+    path = [e for e in errors if e.field.startswith("path.")]
+    body = [e for e in errors if not e.field.startswith("path.")]
+    return ApiError(
+        422,
+        [
+            *field_errors(
+                [FieldError(e.field[5:], e.reason, e.type) for e in path], ("path",)
+            ).items,
+            *field_errors(body).items,
+        ],
+    )
+
+
+def _number(value: Decimal | None) -> int | float | None:
+    if value is None:
+        return None
+    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
+        return int(value)
+    return float(value)  # orjson writes no integer beyond 64 bits
+
+
+def _utc(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _answer(metric: UsageMetric, context_type: str, row: asyncpg.Record) -> dict[str, Any]:
+    """Exante's metric value object."""
+    stamp = _utc(row["updated_at"])
+    value = row["value_text"] if row["value_text"] is not None else _number(row["value"])
+    return {
+        "uid": str(row["external_uid"]),
+        "metric_uid": metric.uid,
+        "metric_name": metric.name,
+        "period_definition": metric.period_definition,
+        "context_type": context_type,
+        "entity_uid": row["customer_id"],
+        "time_unit": row["time_unit"],
+        "timezone": row["value_timezone"],
+        "metric_date": row["metric_date"].isoformat(),
+        "storage_unit": (metric.storage_unit or "raw"),
+        "value_type": metric.value_kind,
+        "value": value,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "_metadata": row["metadata"],
+        "period_start": _utc(row["period_start"]),
+        "period_end": _utc(row["period_end"]),
+    }
+
+
+async def create_value(
+    request: Request, principal: Admin, pool: Pool, context_type: str, entity_uid: str
+) -> dict[str, Any]:
+    """Check, store and answer one value; ApiError 422 (every field) or 409."""
+    document = require_object(await read_json(request))
+    try:
+        body = parse_external_value(document)
+    except ExternalValueError as exc:
+        raise _refused(exc.errors) from None
+    async with pool.acquire() as connection:
+        metric = await api_metrics.find_metric(connection, body.metric_uid, include_deleted=False)
+        if metric is None:
+            raise ApiError.one(
+                422,
+                ["body", "metric_uid"],
+                f"no metric has the uid {body.metric_uid!r}",
+                "not_found",
+            )
+        try:
+            value = check_against(metric, context_type, body)
+        except ExternalValueError as exc:
+            raise _refused(exc.errors) from None
+        row = await store.insert_value(
+            connection,
+            value,
+            context_type=context_of(metric).value,
+            entity_uid=entity_uid,
+            principal=principal.name,
+        )
+    if row is None:
+        raise ApiError.one(
+            409,
+            ["body", "metric_date"],
+            f"{entity_uid!r} already has a value of {body.metric_uid!r} for the"
+            f" {body.time_unit.value} of {body.metric_date.isoformat()}",
+            "conflict",
+        )
+    log.info("external value created", uid=metric.uid, entity=entity_uid, by=principal.name)
+    return _answer(metric, context_type, row)
+
+
+@router.post(
+    "/{context_type}/{entity_uid}",
+    status_code=201,
+    responses=responses(401, 403, 409, 413, 415, 422),
+    openapi_extra=body_ref("ExternalValueBody", "One value computed elsewhere (Exante's shape)."),
+    summary="Create one external value of an EXTERNAL metric",
+)
+async def create_external_value(
+    request: Request,
+    principal: Admin,
+    pool: Pool,
+    context_type: ContextTypeParam,
+    entity_uid: EntityUid,
+) -> Response:
+    """201 with the value; 409 if the entity already has a value of that metric for
+    that time unit and date's period; 422 naming every bad field, including a
+    context_type that is not the metric's."""
+    answer = await create_value(request, principal, pool, context_type.value, entity_uid)
+    return json_response(answer, 201)

@@ -1,0 +1,168 @@
+"""External values (Exante's metric values): one value computed elsewhere, for
+one entity, metric, time unit and date, of a metric whose source is EXTERNAL.
+
+`parse_external_value` checks the body's shape; `check_against` checks it
+against the metric's definition. Both name every bad field at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from tally.contracts.metric import (
+    UID_PATTERN,
+    ContextType,
+    FieldError,
+    FiniteDecimal,
+    MetricSource,
+    StorageUnit,
+    UsageMetricDefinition,
+    ValueType,
+    _field_errors,
+    _zone_names,
+)
+from tally.core.periods import TimeUnit, period_bounds, zone
+
+
+class ExternalTimeUnit(enum.StrEnum):
+    DAY = "day"
+    MONTH = "month"
+    YEAR = "year"
+
+
+class ExternalValueBody(BaseModel):
+    """Exante's body (snake_case on the wire, as Exante writes it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_alias=True)
+
+    metric_uid: Annotated[StrictStr, Field(pattern=UID_PATTERN)]
+    time_unit: ExternalTimeUnit
+    metric_date: date
+    value: FiniteDecimal | Annotated[StrictStr, Field(max_length=4096)]
+    timezone: StrictStr | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict, alias="_metadata")
+
+    @field_validator("metric_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        # Lax pydantic would take a number of seconds; Exante says string<date>.
+        if not isinstance(value, str) or len(value) != 10:
+            raise PydanticCustomError("date", "must be a date, YYYY-MM-DD")
+        return value
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _number_or_text(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise PydanticCustomError("value", "must be a number (or a string for STRING metrics)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None and value not in _zone_names():
+            raise PydanticCustomError(
+                "unknown_timezone", "'{value}' is not an IANA time zone name", {"value": value}
+            )
+        return value
+
+
+class ExternalValueError(ValueError):
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(map(str, errors)))
+
+
+def parse_external_value(data: object) -> ExternalValueBody:
+    if not isinstance(data, Mapping):
+        raise ExternalValueError([FieldError("", "must be an object")])
+    try:
+        return ExternalValueBody.model_validate(data)
+    except ValidationError as exc:
+        raise ExternalValueError(_field_errors(exc)) from None
+
+
+def context_of(definition: UsageMetricDefinition) -> ContextType:
+    """The entity kind of the metric's customer key (Exante's default: ORGANIZATION)."""
+    return definition.context_type or ContextType.ORGANIZATION
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalValue:
+    """A checked value and the rollup row it is: its period in the metric's zone."""
+
+    body: ExternalValueBody
+    period_start: datetime
+    period_end: datetime
+    number: Decimal | None
+    text: str | None
+
+
+def check_against(
+    definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
+) -> ExternalValue:
+    """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
+    errors: list[FieldError] = []
+    if definition.source is not MetricSource.EXTERNAL:
+        errors.append(
+            FieldError(
+                "metric_uid",
+                f"metric {definition.uid!r} has source {definition.source.value}: "
+                "its values come from events, not from this endpoint",
+                "not_external",
+            )
+        )
+    expected = context_of(definition)
+    if context_type != expected.value:
+        errors.append(
+            FieldError(
+                "path.context_type",
+                f"metric {definition.uid!r} has context_type {expected.value}, not {context_type}",
+                "context_mismatch",
+            )
+        )
+    if TimeUnit(body.time_unit.value) not in definition.time_units:
+        units = ", ".join(u.value for u in definition.time_units)
+        errors.append(
+            FieldError(
+                "time_unit",
+                f"metric {definition.uid!r} holds {units}, not {body.time_unit.value}",
+                "time_unit",
+            )
+        )
+    number: Decimal | None = None
+    text: str | None = None
+    if definition.value_type is ValueType.STRING:
+        if isinstance(body.value, str):
+            text = body.value
+        else:
+            errors.append(FieldError("value", "must be a string (the metric is STRING)", "value"))
+    elif isinstance(body.value, str):
+        errors.append(FieldError("value", "must be a number (the metric is NUMBER)", "value"))
+    else:
+        number = body.value
+        if definition.storage_unit is StorageUnit.CENTS and number != number.to_integral_value():
+            errors.append(
+                FieldError("value", "must be a whole number of cents (storage_unit cents)", "cents")
+            )
+    if errors:
+        raise ExternalValueError(errors)
+    tz = zone(definition.timezone)
+    # Noon of the date, in the metric's zone, is inside that local day.
+    noon = datetime.combine(body.metric_date, time(12), tzinfo=tz)
+    start, end = period_bounds(noon.timestamp(), TimeUnit(body.time_unit.value), tz)
+    return ExternalValue(
+        body,
+        datetime.fromtimestamp(start, tz),
+        datetime.fromtimestamp(end, tz),
+        number,
+        text,
+    )
