@@ -490,6 +490,13 @@ async def test_unique_spans_past_the_window_are_refused_and_quarters_are_served(
     assert rolling.status_code == 200, rolling.text
     assert rolling.json()["previousValue"] is None
     assert "TALLY_MEMBER_RETENTION" in rolling.json()["previousRefused"]
+    # A summary names its own parameters: the span on periodValue, retention on asOf.
+    year = await refusal(api, "u1", "summary", periodType="rolling", periodValue="year")
+    assert year["loc"] == ["query", "periodValue"]
+    old = await refusal(
+        api, "u1", "summary", periodDefinition="trailing_30_days", asOf=day_at(-300).date()
+    )
+    assert old["loc"] == ["query", "asOf"]
 
 
 async def test_answers_past_the_item_cap_are_refused_naming_the_field(api: Api) -> None:

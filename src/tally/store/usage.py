@@ -239,19 +239,24 @@ class MemberLimits:
 
 
 def refuse_deleted_members(
-    kind: AggregationType, buckets: Sequence[Bucket], limits: MemberLimits, now: float
+    kind: AggregationType,
+    buckets: Sequence[Bucket],
+    limits: MemberLimits,
+    now: float,
+    fields: tuple[str, str] = ("from", "from"),
 ) -> None:
     """Refuse reading the members of `buckets` (a UNIQUE union over periods or
     groups) when they may have been deleted: a union of several periods longer
     than TALLY_UNIQUE_WINDOW, or any period, single ones too, that ended more
-    than TALLY_MEMBER_RETENTION ago."""
+    than TALLY_MEMBER_RETENTION ago. `fields`: the parameters to name for
+    the span and for retention (a summary has no `from`)."""
     if kind is not AggregationType.UNIQUE:
         return
     for bucket in buckets:
         # A day's slack: N local days are up to a DST jump longer than N x 24 h.
         if len(bucket.periods) > 1 and bucket.end - bucket.start > limits.window + 86400:
             raise WindowRefused(
-                "from",
+                fields[0],
                 f"a UNIQUE window over several periods may span at most TALLY_UNIQUE_WINDOW"
                 f" ({limits.window / 86400:g}d), the longest the members are kept for;"
                 " ask for a shorter window or windowSize",
@@ -259,7 +264,7 @@ def refuse_deleted_members(
     ends = [p.end for b in buckets for p in b.periods]
     if limits.retention > 0 and ends and min(ends) <= now - limits.retention:
         raise WindowRefused(
-            "from",
+            fields[1],
             "a UNIQUE window of several periods or merged groups is the distinct count of"
             " their members, and members of periods that ended more than"
             f" TALLY_MEMBER_RETENTION ({limits.retention / 86400:g}d) ago are deleted;"
@@ -439,7 +444,7 @@ async def _day_values(
         grouped = bool(names_of(metric))
         if grouped or len(days) > 1:
             # A union of days, or of groups: members, when retention kept them all.
-            refuse_deleted_members(kind, whole, limits, now)
+            refuse_deleted_members(kind, whole, limits, now, ("periodValue", "asOf"))
             if await adjusted_in(connection, metric.uid, [customer], whole):
                 raise WindowRefused(
                     "periodValue",
