@@ -97,7 +97,7 @@ def buckets(start: int, end: int, size: TimeUnit | None, zone: ZoneInfo) -> list
 def _too_many_periods() -> WindowRefused:
     return WindowRefused(
         "from",
-        f"the window is more than {MAX_PERIODS} stored periods: shorten it, or ask a metric"
+        f"the window is more than {MAX_PERIODS} stored periods: shorten it, or query a metric"
         " with larger timeUnits",
     )
 
