@@ -60,8 +60,10 @@ Positive = Annotated[float, Field(gt=0)]
 # time an accepted event may wait in memory before its flush commits.
 MEMBER_RETENTION_MARGIN = 86400.0
 # By default members are kept this long past the lateness window, for
-# queries that union periods (rolling 30- and 90-day UNIQUE).
-ROLLING_WINDOW = 90 * 86400.0
+# queries that union periods (rolling 30- and 90-day UNIQUE, calendar
+# quarters). A calendar quarter is up to 92 local days (Q3, Q4); the day of
+# slack the span check adds covers a DST hour on top.
+ROLLING_WINDOW = 92 * 86400.0
 
 
 def env_name(field: str) -> str:
@@ -117,9 +119,9 @@ class Settings(BaseModel):
         "them again (about 130 bytes each); 0 turns the cache off",
     )
     member_retention: Seconds = Field(
-        125 * 86400.0,  # when not given: max_lateness + 90d (`_default_member_retention`)
+        127 * 86400.0,  # when not given: max_lateness + unique_window (`_default_member_retention`)
         description="UNIQUE members of a period are deleted once the period ended this long ago"
-        " (values stay); default max_lateness + 90d; at least max_lateness + 1d; 0 keeps them"
+        " (values stay); default max_lateness + unique_window (127d); at least max_lateness + 1d; 0 keeps them"
         " forever",
     )
     unique_window: Seconds = Field(
@@ -267,8 +269,8 @@ class Settings(BaseModel):
     @classmethod
     def _default_member_retention(cls, data: Any) -> Any:
         """Not given: the lateness window plus the longest UNIQUE window the API
-        serves (unique_window, 90 days), so a longer max_lateness or window moves
-        it along (35d + 90d = 125d by default)."""
+        serves (unique_window, 92 days), so a longer max_lateness or window moves
+        it along (35d + 92d = 127d by default)."""
         if isinstance(data, dict) and data.get("member_retention") is None:
             try:
                 lateness = parse_duration(data.get("max_lateness", 35 * 86400.0))

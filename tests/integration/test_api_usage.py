@@ -197,7 +197,7 @@ async def test_summaries_and_windows_equal_the_raw_events(
         api_tokens=TOKENS,
         api_host="127.0.0.1",
         api_port="0",
-        max_lateness="200d",  # members kept max_lateness + 90d: 290d
+        max_lateness="200d",  # members kept max_lateness + 92d: 292d
     )
     now = datetime.now(UTC)
     events = make_events(now, 1500)

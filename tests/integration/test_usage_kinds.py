@@ -205,6 +205,16 @@ async def test_refusals_name_the_field(api: Api) -> None:
     )
     assert both.status_code == 422
     assert [p["loc"] for p in both.json()["detail"]] == [["query", "from"], ["query", "to"]]
+    micro = await api.client.get(
+        "/usage-metrics/users/usage",
+        params={
+            "customerId": "acme",
+            "from": "5000-01-01T00:00:00.000001Z",
+            "to": "5000-01-02T00:00:00Z",
+        },
+        headers=READ,
+    )
+    assert [p["loc"] for p in micro.json()["detail"]] == [["query", "from"]], micro.text
     missing = await api.client.get("/usage-metrics/nope/usage", params=cases[0][0], headers=READ)
     assert missing.status_code == 422  # customerId is required
     gone = await api.client.get(
@@ -298,3 +308,13 @@ async def test_the_cli_answers_as_a_table_json_and_csv(api: Api, fresh_database:
     assert "--window-time-zone" in refused.stderr
     assert "'day' in its timeUnits and timezone 'Asia/Kathmandu'" in refused.stderr
     assert "Traceback" not in refused.stderr
+    for flags, named in (
+        (["--group-by", "nope"], "--group-by:"),
+        (["--group-by-name", "nope=x"], "--group-by-name"),
+    ):
+        wrong = tally(*args, *flags, env=env)
+        assert (wrong.returncode, named in wrong.stderr) == (2, True), wrong.stderr
+    micro = tally(
+        *args[:4], "--from", "5000-01-01T00:00:00.000001Z", "--to", "5000-01-02T00:00:00Z", env=env
+    )
+    assert (micro.returncode, "--from: must be a whole second" in micro.stderr) == (2, True)

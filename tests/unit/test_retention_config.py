@@ -16,10 +16,10 @@ from tally.store.retention import SHORTEST_PERIOD_SECONDS, Policy
 DAY = 86400.0
 
 
-def test_the_defaults_keep_members_for_the_lateness_window_and_a_90_day_rolling_window() -> None:
+def test_the_defaults_keep_members_for_the_lateness_window_and_a_92_day_quarter() -> None:
     settings = load_settings({}, environ={})
     assert settings.max_lateness == 35 * DAY
-    assert settings.member_retention == 125 * DAY
+    assert settings.member_retention == 127 * DAY  # 35d + the longest quarter, 92d
     assert settings.retention_interval == 600
     assert settings.retention_batch_size == 10_000
     assert settings.retention_pause == 0.5
@@ -36,10 +36,10 @@ def test_a_retention_inside_the_lateness_window_and_its_margin_is_refused(retent
 
 
 def test_the_default_retention_follows_a_longer_lateness() -> None:
-    """Not given, it is max_lateness + 90 days, so a longer lateness window
+    """Not given, it is max_lateness + 92 days (TALLY_UNIQUE_WINDOW), so a longer lateness window
     alone cannot make a worker refuse to start (or delete too early)."""
     settings = load_settings({}, environ={"TALLY_MAX_LATENESS": "200d"})
-    assert settings.member_retention == 290 * DAY
+    assert settings.member_retention == 292 * DAY
     with pytest.raises(ConfigError, match=r"max_lateness \(200d\) \+ 1d = 201d"):
         load_settings({}, environ={"TALLY_MAX_LATENESS": "200d", "TALLY_MEMBER_RETENTION": "125d"})
 

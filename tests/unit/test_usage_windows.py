@@ -215,7 +215,8 @@ def test_a_rolling_only_value_is_refused_for_calendar() -> None:
 def test_the_default_member_retention_covers_the_longest_unique_window_served() -> None:
     """Members are kept max_lateness + TALLY_UNIQUE_WINDOW by default, so the
     longest UNIQUE union the API serves still finds every member."""
-    assert load_settings({}, environ={}).unique_window == 90 * 86400
+    assert load_settings({}, environ={}).unique_window == 92 * 86400
+    assert load_settings({}, environ={}).member_retention == (35 + 92) * 86400
     settings = load_settings({}, environ={"TALLY_UNIQUE_WINDOW": "180d"})
     assert settings.member_retention == (35 + 180) * 86400
 
@@ -233,3 +234,61 @@ def test_a_unique_union_longer_than_the_window_or_past_retention_is_refused() ->
     recent = plan(now - 90 * 86400, now, None, utc, {TimeUnit.DAY}, utc)
     refuse_deleted_members(AggregationType.UNIQUE, recent, limits, now)
     refuse_deleted_members(AggregationType.SUM, long, limits, now)  # values are kept
+
+
+@pytest.mark.parametrize("tz_name", ["UTC", "America/New_York", "Australia/Lord_Howe"])
+@pytest.mark.parametrize("quarter", [1, 4, 7, 10])
+def test_every_calendar_quarter_is_a_unique_union_the_defaults_serve(
+    tz_name: str, quarter: int
+) -> None:
+    """Q3 and Q4 are 92 local days (and a DST hour): the default window serves
+    the whole quarter, and early in a quarter the previous one too."""
+    settings = load_settings({}, environ={})
+    limits = MemberLimits(settings.member_retention, settings.unique_window)
+    local = zone(tz_name)
+    first = date(2026, quarter, 1)
+    current, previous = summary_days(first, "calendar", "quarter")
+    for days, now in ((current, current[1]), (previous, first + timedelta(days=1))):
+        start, end = day_start(days[0], local), day_start(days[1], local)
+        planned = plan(start, end, None, local, {TimeUnit.DAY}, local)
+        assert len(planned[0].periods) in (90, 91, 92)
+        refuse_deleted_members(AggregationType.UNIQUE, planned, limits, day_start(now, local))
+
+
+def test_a_single_old_period_with_members_read_is_refused_past_retention() -> None:
+    utc = zone("UTC")
+    now = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp())
+    limits = MemberLimits(retention=125 * 86400, window=90 * 86400)
+    one = plan(now - 200 * 86400, now - 199 * 86400, None, utc, {TimeUnit.DAY}, utc)
+    with pytest.raises(WindowRefused, match="TALLY_MEMBER_RETENTION"):
+        refuse_deleted_members(AggregationType.UNIQUE, one, limits, now)
+
+
+def test_the_period_budget_spans_every_bucket_and_refuses_huge_windows_at_once() -> None:
+    utc = zone("UTC")
+    ten_years = (START, START + 10 * 365 * 86400)
+    with pytest.raises(WindowRefused) as refused:
+        plan(*ten_years, TimeUnit.YEAR, utc, {TimeUnit.HOUR}, utc)
+    assert refused.value.field == "from"
+    assert "50000 stored periods" in refused.value.reason
+    first = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+    last = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())
+    with pytest.raises(WindowRefused, match="50000 stored periods"):
+        plan(first, last, TimeUnit.YEAR, utc, {TimeUnit.HOUR}, utc)
+    # Summed over buckets (each year alone is within it): ten years of days are served.
+    served = plan(*ten_years, TimeUnit.YEAR, utc, {TimeUnit.DAY}, utc)
+    assert sum(len(b.periods) for b in served) == 10 * 365
+
+
+def test_refusals_name_the_bound_off_the_hour_and_a_metric_that_would_answer() -> None:
+    utc = zone("UTC")
+    with pytest.raises(WindowRefused) as refused:
+        plan(START, START + 86400 + 1800, None, utc, {TimeUnit.HOUR}, utc)
+    assert refused.value.field == "to"
+    with pytest.raises(WindowRefused) as refused:
+        plan(START + 1800, START + 86400, None, utc, {TimeUnit.HOUR}, utc)
+    assert refused.value.field == "from"
+    with pytest.raises(WindowRefused) as refused:
+        plan(START, START + 7 * 86400, TimeUnit.DAY, utc, {TimeUnit.MONTH}, utc)
+    assert "a metric with 'day' in its timeUnits would answer it" in refused.value.reason
+    assert "add " not in refused.value.reason

@@ -148,7 +148,7 @@ def _bounds(since: datetime, until: datetime) -> tuple[int, int]:
             "type": "value_error",
         }
         for field, moment in (("from", since), ("to", until))
-        if moment.timestamp() != int(moment.timestamp())
+        if moment.microsecond != 0  # not the float timestamp: it rounds far from 1970
     ]
     if until <= since:
         problems.append(

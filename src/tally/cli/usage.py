@@ -59,10 +59,26 @@ def add(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _second(text: str, flag: str) -> int:
-    seconds = parse_moment(text, flag).timestamp()
-    if seconds != int(seconds):
+    moment = parse_moment(text, flag)
+    if moment.microsecond != 0:  # not the float timestamp: it rounds far from 1970
         raise UserError(f"{flag}: must be a whole second")
-    return int(seconds)
+    return int(moment.timestamp())
+
+
+# The API's query parameters (WindowRefused.field) as this command's flags.
+FLAGS = {
+    "from": "--from",
+    "to": "--to",
+    "windowSize": "--window-size",
+    "windowTimeZone": "--window-time-zone",
+    "groupBy": "--group-by",
+}
+
+
+def flag_of(field: str) -> str:
+    if field.startswith("group."):
+        return "--group-by-name"
+    return FLAGS.get(field, f"--{field}")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -89,12 +105,7 @@ async def run(args: argparse.Namespace) -> int:
         try:
             items = await store.run_query(connection, metric, query, limits, time.time())
         except WindowRefused as exc:
-            flag = {"from": "--from", "to": "--to", "windowSize": "--window-size"}.get(
-                exc.field, f"--{exc.field}"
-            )
-            if exc.field == "windowTimeZone":
-                flag = "--window-time-zone"
-            raise UserError(f"{flag}: {exc.reason}") from None
+            raise UserError(f"{flag_of(exc.field)}: {exc.reason}") from None
         except (ValueError, OverflowError):
             raise UserError(
                 "--from: the window's periods fall outside the years 1 to 9999"

@@ -31,7 +31,20 @@ UNIT_ORDER = (
     TimeUnit.HOUR,
 )
 MAX_BUCKETS = 10_000
-MAX_PERIODS = 100_000
+# Stored periods of one whole window (all its buckets): planning costs about
+# this many period computations (some 30 us each, so ~1.5 s, in a thread),
+# and the reads send this many to PostgreSQL. Five years of hours.
+MAX_PERIODS = 50_000
+# The longest a period of each unit can be in any zone (DST, skipped days),
+# generously: a window needs at least span / LONGEST[largest unit] periods.
+LONGEST = {
+    TimeUnit.YEAR: 368 * 86400,
+    TimeUnit.QUARTER: 94 * 86400,
+    TimeUnit.MONTH: 33 * 86400,
+    TimeUnit.WEEK: 9 * 86400,
+    TimeUnit.DAY: 2 * 86400,
+    TimeUnit.HOUR: 2 * 3600,
+}
 # Exact decimal arithmetic: a sum that would round raises instead.
 EXACT = Context(prec=4000, traps=[Inexact, Rounded])
 
@@ -81,7 +94,17 @@ def buckets(start: int, end: int, size: TimeUnit | None, zone: ZoneInfo) -> list
     return cut
 
 
-def _greedy(start: int, end: int, units: Sequence[TimeUnit], zone: ZoneInfo) -> list[Period] | None:
+def _too_many_periods() -> WindowRefused:
+    return WindowRefused(
+        "from",
+        f"the window is more than {MAX_PERIODS} stored periods: shorten it, or query a metric"
+        " with larger timeUnits",
+    )
+
+
+def _greedy(
+    start: int, end: int, units: Sequence[TimeUnit], zone: ZoneInfo, budget: int
+) -> list[Period] | None:
     periods: list[Period] = []
     t = start
     while t < end:
@@ -93,19 +116,22 @@ def _greedy(start: int, end: int, units: Sequence[TimeUnit], zone: ZoneInfo) -> 
                 break
         else:
             return None
-        if len(periods) > MAX_PERIODS:
-            raise WindowRefused(
-                "from", f"more than {MAX_PERIODS} stored periods: shorten the window"
-            )
+        if len(periods) > budget:
+            raise _too_many_periods()
     return periods
 
 
 def cover(
-    start: int, end: int, units: Collection[TimeUnit], zone: ZoneInfo
+    start: int,
+    end: int,
+    units: Collection[TimeUnit],
+    zone: ZoneInfo,
+    budget: int = MAX_PERIODS,
 ) -> tuple[Period, ...] | None:
     """Stored periods of `units` in `zone` whose union is exactly `[start, end)`,
-    or None. Largest first; weeks do not nest in months, so a cover without
-    weeks and one with only hours, days and weeks are tried too."""
+    or None; WindowRefused past `budget` periods. Largest first; weeks do not
+    nest in months, so a cover without weeks and one with only hours, days and
+    weeks are tried too."""
     ordered: list[TimeUnit] = [u for u in UNIT_ORDER if u in units]
     tries: list[list[TimeUnit]] = [ordered, [u for u in ordered if u is not TimeUnit.WEEK]]
     tries.append([u for u in ordered if u in (TimeUnit.WEEK, TimeUnit.DAY, TimeUnit.HOUR)])
@@ -114,7 +140,7 @@ def cover(
         if not attempt or attempt in seen:
             continue
         seen.append(attempt)
-        found = _greedy(start, end, attempt, zone)
+        found = _greedy(start, end, attempt, zone, budget)
         if found is not None:
             return tuple(found)
     return None
@@ -141,12 +167,17 @@ def plan(
     WindowRefused when one of them is not a union of stored periods."""
     if end <= start:
         raise WindowRefused("to", "must be after from")
+    largest = next((u for u in UNIT_ORDER if u in units), None)
+    if largest is not None and (end - start) // LONGEST[largest] > MAX_PERIODS:
+        raise _too_many_periods()  # refused before computing any period
     cut = buckets(start, end, size, window_zone)
     planned: list[Bucket] = []
+    used = 0
     for first, last in cut:
-        found = cover(first, last, units, metric_zone)
+        found = cover(first, last, units, metric_zone, MAX_PERIODS - used)
         if found is None:
             raise _refusal(cut, size, window_zone, units, metric_zone)
+        used += len(found)
         planned.append(Bucket(first, last, found))
     return planned
 
@@ -162,8 +193,12 @@ def _refusal(
     what = f"this metric stores {stored} periods in {metric_zone.key}"
     needed = _coarsest_boundary_unit([t for pair in cut for t in pair], window_zone)
     if needed is None:
+        start, end = cut[0][0], cut[-1][1]
+        on_hour = period_bounds(start, TimeUnit.HOUR, window_zone)[0] == start
         return WindowRefused(
-            "from",
+            "to"
+            if on_hour and period_bounds(end, TimeUnit.HOUR, window_zone)[0] != end
+            else "from",
             f"from and to must fall on the start of an hour in {window_zone.key}: {what},"
             " and no union of them has these bounds",
             TimeUnit.HOUR,
@@ -171,8 +206,10 @@ def _refusal(
         )
     if size is not None and UNIT_ORDER.index(needed) < UNIT_ORDER.index(size):
         needed = size  # a coarser unit would not cut the windows
+    # timeUnits cannot change: name the metric that would answer (a new one,
+    # which has no history before its creation).
     if window_zone.key == metric_zone.key:
-        hint = f"add '{needed.value}' to the metric's timeUnits"
+        hint = f"a metric with '{needed.value}' in its timeUnits would answer it"
     else:
         hint = (
             f"a metric with '{needed.value}' in its timeUnits and timezone"

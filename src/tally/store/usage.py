@@ -11,6 +11,7 @@ members of every covered period, here in SQL.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from tally.core.windows import Bucket, Combined, Rollup, WindowRefused, combine,
 from tally.store.pool import Connection
 
 BucketKey = tuple[str, str, int]  # customer, projected group text, bucket index
+# The most windows one answer holds (customers x groups x windows).
+MAX_ITEMS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,28 +239,77 @@ class MemberLimits:
 
 
 def refuse_deleted_members(
-    kind: AggregationType, buckets: Sequence[Bucket], limits: MemberLimits, now: float
+    kind: AggregationType,
+    buckets: Sequence[Bucket],
+    limits: MemberLimits,
+    now: float,
+    fields: tuple[str, str] = ("from", "from"),
 ) -> None:
+    """Refuse reading the members of `buckets` (a UNIQUE union over periods or
+    groups) when they may have been deleted: a union of several periods longer
+    than TALLY_UNIQUE_WINDOW, or any period, single ones too, that ended more
+    than TALLY_MEMBER_RETENTION ago. `fields`: the parameters to name for
+    the span and for retention (a summary has no `from`)."""
     if kind is not AggregationType.UNIQUE:
         return
-    unions = [b for b in buckets if len(b.periods) > 1]
-    for bucket in unions:
+    for bucket in buckets:
         # A day's slack: N local days are up to a DST jump longer than N x 24 h.
-        if bucket.end - bucket.start > limits.window + 86400:
+        if len(bucket.periods) > 1 and bucket.end - bucket.start > limits.window + 86400:
             raise WindowRefused(
-                "from",
+                fields[0],
                 f"a UNIQUE window over several periods may span at most TALLY_UNIQUE_WINDOW"
                 f" ({limits.window / 86400:g}d), the longest the members are kept for;"
                 " ask for a shorter window or windowSize",
             )
-    ends = [p.end for b in unions for p in b.periods]
+    ends = [p.end for b in buckets for p in b.periods]
     if limits.retention > 0 and ends and min(ends) <= now - limits.retention:
         raise WindowRefused(
-            "from",
-            "a UNIQUE window of several periods is the distinct count of their members, and"
-            " members of periods that ended more than TALLY_MEMBER_RETENTION"
-            f" ({limits.retention / 86400:g}d) ago are deleted; move from later",
+            fields[1],
+            "a UNIQUE window of several periods or merged groups is the distinct count of"
+            " their members, and members of periods that ended more than"
+            f" TALLY_MEMBER_RETENTION ({limits.retention / 86400:g}d) ago are deleted;"
+            " move from later, or ask for single stored periods of one group",
         )
+
+
+def merges_groups(names: tuple[str, ...], projection: Projection) -> bool:
+    """Whether the projection folds several stored groups into one answer."""
+    return projection.positions is not None and len(set(projection.positions)) < len(names)
+
+
+def _subset(buckets: Sequence[Bucket], wanted: Sequence[int]) -> list[Bucket]:
+    return [buckets[n] for n in wanted]
+
+
+async def _group_count(
+    connection: Connection,
+    metric_uid: str,
+    customers: Sequence[str],
+    terms: Sequence[GroupTerm],
+    projection: Projection,
+    buckets: Sequence[Bucket],
+    limit: int,
+) -> int:
+    """How many (customer, projected group) pairs have rows, counting to limit + 1."""
+    where, params = _where("v", metric_uid, customers, terms)
+    found = await connection.fetchval(
+        f"SELECT count(*) FROM (SELECT DISTINCT v.customer_id, {projection.sql('v.group_key')}"
+        f" FROM {_COVER} JOIN tally.metric_values AS v"
+        " ON v.time_unit = c.time_unit AND v.period_start = c.period_start"
+        f" WHERE {where} LIMIT {limit + 1:d}) AS g",
+        *_cover_arrays(buckets),
+        *params,
+    )
+    return int(found)
+
+
+def _too_many(count: int, field: str) -> WindowRefused:
+    return WindowRefused(
+        field,
+        f"the answer would hold {count} windows or more, past {MAX_ITEMS}"
+        " (customers x groups x windows): use a larger windowSize, fewer customers,"
+        " or group.<property> filters",
+    )
 
 
 async def run_query(
@@ -272,7 +324,9 @@ async def run_query(
         window_zone = zone(query.window_zone)
     except ValueError as exc:
         raise WindowRefused("windowTimeZone", str(exc)) from None
-    buckets = plan(
+    # Planning is pure CPU, bounded by MAX_PERIODS: off the event loop.
+    buckets = await asyncio.to_thread(
+        plan,
         query.start,
         query.end,
         query.size,
@@ -280,6 +334,8 @@ async def run_query(
         set(metric.time_units),
         zone(metric.timezone),
     )
+    if len(query.customers) * len(buckets) > MAX_ITEMS:
+        raise _too_many(len(query.customers) * len(buckets), "windowSize")
     names = names_of(metric)
     projection, kept = _projection(names, query.group_by)
     try:
@@ -287,31 +343,52 @@ async def run_query(
     except GroupFilterError as exc:
         raise WindowRefused(f"group.{exc.name}", exc.reason) from None
     kind = metric.aggregation_type
-    members = kind is AggregationType.UNIQUE and (
-        projection.positions is not None or any(len(b.periods) > 1 for b in buckets)
-    )
+    # Members only for a union: several periods, or several groups merged. One
+    # period of one group is its stored row (adjusted or not, members kept or not).
+    merged = merges_groups(names, projection)
+    unions = [
+        n
+        for n, b in enumerate(buckets)
+        if kind is AggregationType.UNIQUE and (merged or len(b.periods) > 1)
+    ]
+    union_set = set(unions)
+    rows_of = [n for n in range(len(buckets)) if n not in union_set]
     combined: dict[BucketKey, Combined] = {}
-    if members:
-        refuse_deleted_members(kind, buckets, limits, now)
-        if await adjusted_in(connection, metric.uid, query.customers, buckets):
-            raise WindowRefused(
-                "windowSize",
-                "a rollup in this window was adjusted by hand, so the union of its members is"
-                " not its value: ask for windows of single stored periods",
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        if kept:
+            limit = MAX_ITEMS // len(buckets)
+            count = await _group_count(
+                connection, metric.uid, query.customers, terms, projection, buckets, limit
             )
-        for key, (count, events) in (
-            await bucket_members(
-                connection, metric.uid, query.customers, terms, projection, buckets
-            )
-        ).items():
-            combined[key] = Combined(count, None, events)
-    else:
-        for key, rows in (
-            await bucket_rollups(
-                connection, metric.uid, query.customers, terms, projection, buckets
-            )
-        ).items():
-            combined[key] = combine(kind, rows)
+            if count > limit:
+                raise _too_many(count * len(buckets), "groupBy")
+        if unions:
+            union_buckets = _subset(buckets, unions)
+            refuse_deleted_members(kind, union_buckets, limits, now)
+            if await adjusted_in(connection, metric.uid, query.customers, union_buckets):
+                raise WindowRefused(
+                    "windowSize",
+                    "a rollup in this window was adjusted by hand, so the union of its members"
+                    " is not its value: ask for windows of single stored periods",
+                )
+            for (customer, text, n), (count_, events) in (
+                await bucket_members(
+                    connection, metric.uid, query.customers, terms, projection, union_buckets
+                )
+            ).items():
+                combined[(customer, text, unions[n])] = Combined(count_, None, events)
+        if rows_of:
+            for (customer, text, n), rows in (
+                await bucket_rollups(
+                    connection,
+                    metric.uid,
+                    query.customers,
+                    terms,
+                    projection,
+                    _subset(buckets, rows_of),
+                )
+            ).items():
+                combined[(customer, text, rows_of[n])] = combine(kind, rows)
     groups: dict[tuple[str, str], None] = {}
     if not kept:
         groups = {(customer, ""): None for customer in query.customers}
@@ -364,22 +441,28 @@ async def _day_values(
     merged = Projection(())
     daily = await bucket_rollups(connection, metric.uid, [customer], (), merged, days)
     if kind is AggregationType.UNIQUE:
-        if metric.grouping_property or metric.grouping_properties:
+        grouped = bool(names_of(metric))
+        if grouped or len(days) > 1:
+            # A union of days, or of groups: members, when retention kept them all.
+            refuse_deleted_members(kind, whole, limits, now, ("periodValue", "asOf"))
+            if await adjusted_in(connection, metric.uid, [customer], whole):
+                raise WindowRefused(
+                    "periodValue",
+                    "a day rollup in this period was adjusted by hand, so the union of its"
+                    " members is not its value",
+                )
+        if grouped:
             # Each group's day row counts its own members: merge groups by members too.
             found = await bucket_members(connection, metric.uid, [customer], (), merged, days)
             daily_values = {n: Combined(c, None, e) for (_, _, n), (c, e) in found.items()}
         else:
             daily_values = {n: combine(kind, rows) for (_, _, n), rows in daily.items()}
-        refuse_deleted_members(kind, whole, limits, now)
-        if await adjusted_in(connection, metric.uid, [customer], whole):
-            raise WindowRefused(
-                "periodValue",
-                "a day rollup in this period was adjusted by hand, so the union of its"
-                " members is not its value",
-            )
-        found = await bucket_members(connection, metric.uid, [customer], (), merged, whole)
-        count, events = found.get((customer, "", 0), (Decimal(0), 0))
-        total = Combined(count, None, events)
+        if grouped or len(days) > 1:
+            found = await bucket_members(connection, metric.uid, [customer], (), merged, whole)
+            count, events = found.get((customer, "", 0), (Decimal(0), 0))
+            total = Combined(count, None, events)
+        else:  # one day of one group: its stored row
+            total = daily_values.get(0, Combined(Decimal(0), None, 0))
     else:
         daily_values = {n: combine(kind, rows) for (_, _, n), rows in daily.items()}
         total = combine(kind, [row for rows in daily.values() for row in rows])
@@ -406,9 +489,11 @@ async def run_summary(
             TimeUnit.DAY,
             metric.timezone,
         )
-    total, series = await _day_values(connection, metric, customer, *current, limits, now)
-    try:
-        before, _ = await _day_values(connection, metric, customer, *previous, limits, now)
-    except WindowRefused as exc:
-        return Summary(total, None, exc.reason, series)
+    # One snapshot for every read behind the answer.
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        total, series = await _day_values(connection, metric, customer, *current, limits, now)
+        try:
+            before, _ = await _day_values(connection, metric, customer, *previous, limits, now)
+        except WindowRefused as exc:
+            return Summary(total, None, exc.reason, series)
     return Summary(total, before, None, series)
