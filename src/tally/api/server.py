@@ -41,11 +41,16 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
-def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(
+    app: Starlette, settings: Settings, http: type[asyncio.Protocol] | str = "h11"
+) -> uvicorn.Config:
     """How Tally runs uvicorn: its own logs, no access log or server header,
-    a graceful shutdown bounded by the shutdown timeout."""
+    a graceful shutdown bounded by the shutdown timeout. h11 unless told: it
+    refuses a request head over 16 KiB, where httptools (uvicorn's "auto" when
+    installed) has no bound (`tally ingest serve` bounds it itself)."""
     return uvicorn.Config(
         app,
+        http=http,
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 
+import uvicorn
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
 
 from tally.api.auth import parse_entries
 from tally.api.server import _listen, _Server, uvicorn_config
 from tally.config import ConfigError, Settings
 from tally.ingest.app import create_ingest_app
+from tally.ingest.http import BoundedHttpToolsProtocol
 from tally.ingest.service import build_ingest
 from tally.kafka.clients import missing_topics
 from tally.telemetry.logs import Log
 
 log = Log("tally.ingest")
+
+
+def ingest_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """uvicorn_config on httptools (the fast parser), its request head bounded."""
+    return uvicorn_config(app, settings, http=BoundedHttpToolsProtocol)
 
 
 async def serve_ingest(settings: Settings, stop: asyncio.Event) -> None:
@@ -29,7 +37,7 @@ async def serve_ingest(settings: Settings, stop: asyncio.Event) -> None:
     app = create_ingest_app(settings, build_ingest(settings, CollectorRegistry()))
     sock = _listen(settings.api_host, settings.api_port)
     host, port = sock.getsockname()[:2]
-    server = _Server(uvicorn_config(app, settings))
+    server = _Server(ingest_config(app, settings))
     log.info("ingest api listening", url=f"http://{host}:{port}", topic=topic)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())
