@@ -183,3 +183,20 @@ async def test_no_migrate_on_a_database_without_the_schema_says_what_to_do(
         2,
         f"tally: the schema is at version 0, this tally needs {need}: {HOW}\n",
     )
+
+
+async def test_a_reader_user_explains_an_event_against_the_live_metrics(
+    users: dict[str, str], tmp_path: Path
+) -> None:
+    # tally_reader may read tally.metrics and tally.metric_values, nothing else.
+    await apply_metrics(users["tally_api"], [CALLS], tmp_path)
+    event = {"id": "e-1", "eventType": "call", "customerId": "acme",
+             "timestamp": datetime.now(UTC).isoformat(), "properties": {}}  # fmt: skip
+    path = tmp_path / "event.json"
+    path.write_bytes(orjson.dumps(event))
+    shown = tally(
+        "explain", "--format", "json", "--partition", "0", str(path), dsn=users["tally_reader"]
+    )
+    assert shown.returncode == 0, shown.stderr
+    answer = orjson.loads(shown.stdout)
+    assert [(m["uid"], m["outcome"]) for m in answer["metrics"]] == [("calls", "applied")]

@@ -3,7 +3,9 @@ worker would: the definitions a worker runs and those it refuses, and whether
 the partition asked about is one of the topic's.
 
 A worker loads the definitions (tally.store.definitions.load_definitions:
-a row that does not validate is refused) and runs those that pass
+a row that does not validate is refused; explain reads the same rows with the
+same refusals through read_definitions, which leaves out the revision, so
+that tally_reader, granted tally.metrics alone, can explain) and runs those that pass
 tally.worker.definitions.runnable (zone known here, compiles); explain takes
 the same two steps, so a metric no worker runs is answered as not_running,
 with the worker's reason, never as applied.
@@ -18,7 +20,7 @@ from aiokafka.errors import KafkaError
 from tally.contracts.metric import UsageMetric
 from tally.core.explain import NotRunning
 from tally.kafka.records import partition_count
-from tally.store.definitions import load_definitions
+from tally.store.definitions import read_definitions
 from tally.store.pool import Connection
 from tally.worker.definitions import runnable
 
@@ -28,10 +30,10 @@ PARTITIONS_TIMEOUT = 15.0
 
 async def worker_metrics(connection: Connection) -> tuple[list[UsageMetric], list[NotRunning]]:
     """The live metrics a worker runs, and the live ones it refuses, with why."""
-    loaded = await load_definitions(connection)
-    runs, refused = runnable(loaded.metrics)
-    event_types: dict[str, str | None] = {m.uid: m.event_type for m in loaded.metrics}
-    invalid = [r.uid for r in loaded.refused]
+    metrics, invalid_rows = await read_definitions(connection)
+    runs, refused = runnable(metrics)
+    event_types: dict[str, str | None] = {m.uid: m.event_type for m in metrics}
+    invalid = [r.uid for r in invalid_rows]
     if invalid:
         # Rows that do not validate: their eventType as stored, if they name one.
         for row in await connection.fetch(
@@ -42,7 +44,7 @@ async def worker_metrics(connection: Connection) -> tuple[list[UsageMetric], lis
             event_types[row["uid"]] = row["event_type"]
     not_running = [
         NotRunning(r.uid, event_types.get(r.uid), r.reason, r.detail)
-        for r in [*loaded.refused, *refused]
+        for r in [*invalid_rows, *refused]
     ]
     return runs, not_running
 

@@ -128,7 +128,16 @@ async def load_definitions(connection: Connection) -> Loaded:
     Deleted rows that do not validate are left out silently: they never run."""
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         current = await revision(connection)
-        rows = await connection.fetch(_SELECT + " ORDER BY uid")
+        metrics, refused = await read_definitions(connection)
+    return Loaded(current, metrics, refused)
+
+
+async def read_definitions(
+    connection: Connection,
+) -> tuple[tuple[UsageMetric, ...], tuple[Refused, ...]]:
+    """load_definitions without the revision: reads only `tally.metrics`, so a
+    role granted that table alone (tally_reader: `tally explain`) can call it."""
+    rows = await connection.fetch(_SELECT + " ORDER BY uid")
     metrics: list[UsageMetric] = []
     refused: list[Refused] = []
     for row in rows:
@@ -137,7 +146,7 @@ async def load_definitions(connection: Connection) -> Loaded:
         except (ValidationError, TypeError, ValueError) as exc:
             if row["deleted_at"] is None:
                 refused.append(Refused(row["uid"], "invalid_definition", _describe(exc)))
-    return Loaded(current, tuple(metrics), tuple(refused))
+    return tuple(metrics), tuple(refused)
 
 
 def _describe(exc: BaseException) -> str:
