@@ -9,6 +9,7 @@ promtool comes from Debian's prometheus package (see test_prometheus.py).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,13 @@ import pytest
 import yaml
 
 from tests.integration.test_prometheus import prometheus_binaries
-from tests.unit.test_deploy_manifests import ALERT_TESTS, ALERTS, DEPLOY, dashboard_queries
+from tests.unit.test_deploy_manifests import (
+    ALERT_TESTS,
+    ALERTS,
+    DEPLOY,
+    ROOT,
+    dashboard_queries,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +62,46 @@ def test_promtool_test_rules_fails_when_an_alert_changes(promtool: str, tmp_path
     assert "TallyDeadLettersHigh" in result.stdout + result.stderr
 
 
-def test_promtool_check_config_accepts_the_compose_config(promtool: str, tmp_path: Path) -> None:
-    """As mounted: beside the alert rules and the ingest job's token file (promtool
-    checks that the file exists; the repository holds no token)."""
-    config = DEPLOY / "prometheus" / "prometheus.yml"
-    for name in (config.name, ALERTS.name):
-        (tmp_path / name).write_text((config.parent / name).read_text())
-    (job,) = [
-        j
-        for j in yaml.safe_load(config.read_text())["scrape_configs"]
-        if j["job_name"] == "tally-ingest"
-    ]
-    token = tmp_path / job["authorization"]["credentials_file"]
-    result = run(promtool, "check", "config", config.name, cwd=tmp_path)
-    assert result.returncode != 0
-    assert job["authorization"]["credentials_file"] in result.stdout + result.stderr
-    token.parent.mkdir(parents=True)
-    token.write_text("a-token\n")
-    result = run(promtool, "check", "config", config.name, cwd=tmp_path)
+def test_promtool_check_config_accepts_the_shipped_config_from_the_repository_root(
+    promtool: str,
+) -> None:
+    """As its header comment says: the example token file is in the repository."""
+    result = run(promtool, "check", "config", "deploy/prometheus/prometheus.yml", cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _prometheus_mounts() -> dict[str, Path]:
+    """deploy/compose.yaml's bind mounts into the prometheus service: target -> source."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    mounts = {}
+    for volume in compose["services"]["prometheus"]["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("."):
+            mounts[target] = (DEPLOY / source).resolve()
+    return mounts
+
+
+def test_promtool_check_config_accepts_the_config_as_compose_mounts_it(
+    promtool: str, tmp_path: Path
+) -> None:
+    """/etc/prometheus rebuilt from compose's mounts alone holds everything the
+    config names: the rules, the ingest job's token file, its targets directory."""
+    etc = tmp_path / "etc" / "prometheus"
+    for target, source in _prometheus_mounts().items():
+        if not target.startswith("/etc/prometheus/"):
+            continue
+        into = etc / target.removeprefix("/etc/prometheus/")
+        into.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, into)
+        else:
+            shutil.copyfile(source, into)
+    config = yaml.safe_load((etc / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "tally-ingest"]
+    for pattern in job["file_sd_configs"][0]["files"]:
+        assert (etc / pattern).parent.is_dir(), f"{pattern}: its directory is not mounted"
+    assert (etc / job["authorization"]["credentials_file"]).is_file()
+    result = run(promtool, "check", "config", "prometheus.yml", cwd=etc)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
