@@ -221,3 +221,47 @@ def test_hostile_batches_are_judged_as_the_one_value_decoder_judges_them(
     values: list[bytes],
 ) -> None:
     assert _judged(values, hostile.NOW) == [_one_by_one(v, hostile.NOW) for v in values]
+
+
+@pytest.mark.parametrize("media", [shapes.JSON, shapes.NDJSON, shapes.CLOUDEVENTS_BATCH])
+def test_one_too_deep_event_is_refused_alone_and_the_rest_accepted(media: str) -> None:
+    # Inside: strings holding a bracket and an escaped quote before one.
+    nested = "[" * 5000 + '"a", "]", "b\\"]{"' + "]" * 5000
+    ok = event(1, timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW)))
+    deep = {**ok, "id": "e-2", "properties": {"x": "REPLACE"}}
+    if media == shapes.CLOUDEVENTS_BATCH:
+        items = [
+            {"specversion": "1.0", "id": i, "source": "s", "type": "api_call",
+             "subject": "acme", "time": ok["timestamp"], "data": {"x": "REPLACE"}}
+            for i in ("e-1", "e-2")
+        ]  # fmt: skip
+        items[0]["data"] = {"n": 1}
+        texts = [orjson.dumps(i) for i in items]
+    else:
+        texts = [orjson.dumps(ok), orjson.dumps(deep)]
+    texts[1] = texts[1].replace(b'"REPLACE"', nested.encode())
+    joiner = b"\n" if media == shapes.NDJSON else b" , "
+    body = texts[0] + joiner + texts[1]
+    if media != shapes.NDJSON:
+        body = b"[" + body + b"]"
+    candidates, batch = shapes.split(media, body)
+    assert batch
+    judged = build_ingest(Settings(), CollectorRegistry(), clock=lambda: NOW).judge(candidates)
+    got = [(s["status"], s.get("reason")) for s in judged.statuses]
+    assert got == [("accepted", None), ("rejected", "too_deep")]
+    if media != shapes.CLOUDEVENTS_BATCH:
+        # The element's bytes as sent, judged as the worker's decoder judges them.
+        assert candidates[1].value == texts[1]
+        why = decode_event(texts[1], NOW, DecodeLimits())
+        assert isinstance(why, Rejection)
+        assert (why.reason, why.detail) == (RejectReason.TOO_DEEP, judged.statuses[1]["detail"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"a": ' + b"[" * 5000, b'[{"a": "' + b"[" * 5000, b'[{"a": ' + b"[" * 5000 + b"]" * 4999],
+)
+def test_a_too_deep_element_that_never_ends_is_the_bodys_fault(body: bytes) -> None:
+    with pytest.raises(shapes.BodyError) as raised:
+        shapes.split(shapes.JSON, body)
+    assert (raised.value.status, raised.value.type) == (422, "json_invalid")

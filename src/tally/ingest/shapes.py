@@ -21,6 +21,7 @@ neither an object nor an array) is the request's fault: `BodyError`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -109,8 +110,17 @@ def _array_items(text: str) -> list[tuple[str, Any]]:
                 raise BodyError(413, f"more than {MAX_EVENTS} events in one request", "too_many")
             try:
                 parsed, end = _DECODER.raw_decode(text, at)
-            except (ValueError, RecursionError) as exc:
+            except ValueError as exc:
                 raise BodyError(422, f"not valid JSON: {exc}", "json_invalid") from None
+            except RecursionError:
+                # Nested too deeply for the json module: that event's fault, not
+                # the request's. Its bytes as sent; the decoder says too_deep.
+                found = _nested_end(text, at)
+                if found is None:
+                    raise BodyError(
+                        422, f"not valid JSON: the element at {at} does not end", "json_invalid"
+                    ) from None
+                parsed, end = None, found
             items.append((text[at:end], parsed))
             at = _skip(text, end)
             if at < len(text) and text[at] == ",":
@@ -123,6 +133,28 @@ def _array_items(text: str) -> list[tuple[str, Any]]:
     if _skip(text, at) != len(text):
         raise BodyError(422, f"not valid JSON: extra data at {_skip(text, at)}", "json_invalid")
     return items
+
+
+# A string (escapes skipped), a bracket, or a quote that opens no complete string.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}"]')
+
+
+def _nested_end(text: str, at: int) -> int | None:
+    """Where the array or object starting at `at` ends, found without
+    recursing: brackets counted outside strings. None when it does not end
+    (the decoder judges the element's bytes, whatever they hold between)."""
+    depth = 0
+    for token in _TOKENS.finditer(text, at):
+        kind = token.group()
+        if kind in "[{":
+            depth += 1
+        elif kind in "]}":
+            depth -= 1
+            if depth == 0:
+                return token.end()
+        elif kind == '"':
+            return None  # an unterminated string
+    return None
 
 
 def _check_json(text: str) -> None:
