@@ -6,15 +6,19 @@ import time
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 
+from tally.api.app import create_app
 from tally.api.auth import token_entry
 from tally.config import Settings
 from tally.core.events import DecodeLimits
 from tally.core.explain import dedup_answer, explain
 from tally.store.dedup_lookup import dedup_state
 from tally.store.definitions import list_metrics
+from tally.store.pool import create_pool
+from tests.conftest import MakeTopic
 from tests.integration.roles_support import users
 from tests.integration.test_api_support import ADMIN, CALLS, READ, TOKENS, open_api
 
@@ -106,3 +110,47 @@ async def test_the_api_role_cannot_read_the_dedup_window_and_says_so(
         assert await connection.fetchval("SELECT 1") == 1  # still usable
     finally:
         await connection.close()
+
+
+@pytest.mark.parametrize(
+    ("role", "window", "partition_checked"),
+    [("tally_worker", 600.0, True), ("tally_api", 600.0, False), ("tally_worker", 0.0, False)],
+)
+async def test_the_partition_is_asked_of_kafka_only_when_the_window_will_be_read(
+    users: dict[str, str],
+    kafka_bootstrap: str,
+    make_topic: MakeTopic,
+    role: str,
+    window: float,
+    partition_checked: bool,
+) -> None:
+    """Partition 7 of a 2-partition topic: refused (422) when the window would
+    be read, not asked about when it will not be (no grant, or dedup off)."""
+    topic = await make_topic(2)
+    tokens = TOKENS + "," + token_entry("meter", "ingest", INGEST_TOKEN)
+    settings = Settings(
+        database_url=users[role],
+        api_tokens=tokens,
+        topic=(topic,),
+        kafka_bootstrap=kafka_bootstrap,
+        dedup_window=window,
+    )
+    pool = await create_pool(users[role], min_size=1, max_size=2)
+    try:
+        app = create_app(settings, pool)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tally.test") as client:
+            answered = await client.post(
+                "/events/explain?partition=7",
+                content=orjson.dumps(event()),
+                headers={**INGEST, "Content-Type": "application/json"},
+            )
+    finally:
+        await pool.close()
+    if partition_checked:
+        assert answered.status_code == 422, answered.text
+        (item,) = answered.json()["detail"]
+        assert (item["loc"], item["type"]) == (["query", "partition"], "out_of_range")
+    else:
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["dedup"]["checked"] is False

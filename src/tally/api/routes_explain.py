@@ -28,7 +28,7 @@ from tally.ingest import shapes
 from tally.ingest.explain_inputs import PartitionOutOfRange, check_partition, worker_metrics
 from tally.ingest.routes import read_body
 from tally.ingest.service import Ingest
-from tally.store.dedup_lookup import dedup_state
+from tally.store.dedup_lookup import dedup_state, window_unread
 
 router = APIRouter(tags=["events"])
 
@@ -102,12 +102,16 @@ async def explain_event(
             raise ApiError.one(422, ["body"], refused.detail, refused.reason.value)
         raw = candidate.value
     topic = settings.topic[0]
-    if partition is not None:
-        try:
-            await check_partition(settings.kafka_bootstrap, topic, partition)
-        except PartitionOutOfRange as exc:
-            raise ApiError.one(422, ["query", "partition"], str(exc), "out_of_range") from None
     now = ingest.clock()
+    if partition is not None:
+        # Kafka is asked only when the window will be read (store/dedup_lookup.py).
+        async with pool.acquire() as connection:
+            unread = await window_unread(connection, settings, raw, now, ingest.limits)
+        if unread is None:
+            try:
+                await check_partition(settings.kafka_bootstrap, topic, partition)
+            except PartitionOutOfRange as exc:
+                raise ApiError.one(422, ["query", "partition"], str(exc), "out_of_range") from None
     async with pool.acquire() as connection:
         metrics, not_running = await worker_metrics(connection)
         dedup = await dedup_state(connection, settings, raw, now, ingest.limits, topic, partition)

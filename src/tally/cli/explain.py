@@ -23,7 +23,7 @@ from tally.core.explain import render
 from tally.ingest.explain_inputs import PartitionOutOfRange, check_partition, worker_metrics
 from tally.ingest.service import decode_limits
 from tally.kafka.records import fetch_record
-from tally.store.dedup_lookup import dedup_state
+from tally.store.dedup_lookup import dedup_state, window_unread
 from tally.store.pool import connect
 
 FIELDS = [
@@ -65,15 +65,21 @@ async def explain(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         raw = raw.strip()  # a file's trailing newline
-    if args.partition is not None and args.offset is None:  # --offset fetched it already
-        try:
-            await check_partition(settings.kafka_bootstrap, topic, args.partition)
-        except PartitionOutOfRange as exc:
-            raise UserError(f"--partition: {exc}") from None
     now = time.time()
     limits = decode_limits(settings)
     connection = await connect(settings.database_url)
     try:
+        # --offset fetched the record already; else Kafka is asked about the
+        # partition only when the window will be read (store/dedup_lookup.py).
+        if (
+            args.partition is not None
+            and args.offset is None
+            and await window_unread(connection, settings, raw, now, limits) is None
+        ):
+            try:
+                await check_partition(settings.kafka_bootstrap, topic, args.partition)
+            except PartitionOutOfRange as exc:
+                raise UserError(f"--partition: {exc}") from None
         metrics, not_running = await worker_metrics(connection)
         dedup = await dedup_state(connection, settings, raw, now, limits, topic, args.partition)
     finally:

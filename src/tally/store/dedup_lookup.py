@@ -40,6 +40,26 @@ async def stored_in_window(
     return False
 
 
+async def window_unread(
+    connection: Connection, settings: Settings, raw: bytes, now: float, limits: DecodeLimits
+) -> str | None:
+    """Why the stored window will not be read for this event, or None when it
+    will. Before any Kafka round trip (a partition count, or checking a
+    partition given): tally_api holds no grant on the workers' state
+    (migration 0004), and would wait on Kafka for nothing."""
+    if dedup_digest(raw, now, limits) is None or isinstance(
+        decode_event(raw, now, limits), Rejection
+    ):
+        return "the event is refused"
+    if settings.dedup_window <= 0:
+        return "dedup is off (dedup window 0)"
+    if not await connection.fetchval(
+        "SELECT has_table_privilege('tally.dedup_segments', 'SELECT')"
+    ):
+        return "this database role cannot read tally.dedup_segments"
+    return None
+
+
 async def dedup_state(
     connection: Connection,
     settings: Settings,
@@ -51,18 +71,13 @@ async def dedup_state(
 ) -> dict[str, Any]:
     """Whether the event's id is in the stored window of its partition: the
     partition given, or the one Kafka's partitioner gives its customerId."""
+    why = await window_unread(connection, settings, raw, now, limits)
+    if why is not None:
+        return {"checked": False, "why": why}
     key = dedup_digest(raw, now, limits)
     decoded = decode_event(raw, now, limits)
-    if key is None or isinstance(decoded, Rejection):
-        return {"checked": False, "why": "the event is refused"}
-    if settings.dedup_window <= 0:
-        return {"checked": False, "why": "dedup is off (dedup window 0)"}
-    # Before any Kafka round trip: tally_api holds no grant on the workers'
-    # state (migration 0004), and would wait on Kafka for nothing.
-    if not await connection.fetchval(
-        "SELECT has_table_privilege('tally.dedup_segments', 'SELECT')"
-    ):
-        return {"checked": False, "why": "this database role cannot read tally.dedup_segments"}
+    assert key is not None
+    assert not isinstance(decoded, Rejection)
     if partition is None:
         try:
             count = await asyncio.wait_for(
