@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -26,10 +27,21 @@ def ingest_config(app: Starlette, settings: Settings) -> uvicorn.Config:
 
 
 async def serve_ingest(settings: Settings, stop: asyncio.Event) -> None:
-    """Check the tokens and that the topic exists, then serve on api_host:api_port."""
+    """Check the tokens and that the topic exists, then serve on api_host:api_port.
+    `stop` set while the topic check waits on Kafka (up to 15 s) ends it there."""
     parse_entries(settings.api_tokens)  # a bad entry stops us before anything else
     topic = settings.topic[0]
-    if await missing_topics(settings.kafka_bootstrap, [topic]):
+    checking = asyncio.create_task(missing_topics(settings.kafka_bootstrap, [topic]))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({checking, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not checking.done():
+        checking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checking
+        log.info("ingest api stopped", before="the topic check ended")
+        return
+    if checking.result():
         raise ConfigError(
             f"topic {topic} does not exist on {settings.kafka_bootstrap}: create it "
             "(tally run --create-topics does) or fix TALLY_TOPIC"
