@@ -372,7 +372,7 @@ def test_deployment_runs_a_fleet_with_probes_and_resources() -> None:
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(
         config["TALLY_SHUTDOWN_TIMEOUT"].removesuffix("s")
     )
-    assert config["TALLY_METRICS_PORT"] == str(port["containerPort"])
+    assert config["TALLY_TELEMETRY_PORT"] == str(port["containerPort"])
 
 
 def test_deployment_takes_the_dsn_from_a_secret_and_kafka_from_a_configmap() -> None:

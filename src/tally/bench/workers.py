@@ -226,8 +226,8 @@ def worker_env(
         "TALLY_DATABASE_URL": dsn,
         "TALLY_TOPIC": topic,
         "TALLY_GROUP": group,
-        "TALLY_METRICS_PORT": "0",
-        "TALLY_METRICS_HOST": "127.0.0.1",
+        "TALLY_TELEMETRY_PORT": "0",
+        "TALLY_TELEMETRY_HOST": "127.0.0.1",
         "TALLY_LOG_FORMAT": "text",  # the bench reads the log lines
         "TALLY_DEDUP_WINDOW": "24h" if dedup else "0",
         "TALLY_MAX_LATENESS": "35d" if live else "100000d",

@@ -23,8 +23,8 @@ FIELDS = [
     "max_lateness",
     "max_future_skew",
     "max_event_bytes",
-    "metrics_host",
-    "metrics_port",
+    "telemetry_host",
+    "telemetry_port",
 ]
 
 
@@ -119,10 +119,10 @@ async def run(args: argparse.Namespace, uid: str) -> int:
         async def ready() -> tuple[bool, str]:
             return True, "backfilling"
 
-        server = TelemetryServer(registry, ready, settings.metrics_host, settings.metrics_port)
+        server = TelemetryServer(registry, ready, settings.telemetry_host, settings.telemetry_port)
         port = await server.start()
         print(
-            f"backfill {uid}: telemetry listening url=http://{settings.metrics_host}:{port}/metrics",
+            f"backfill {uid}: telemetry listening url=http://{settings.telemetry_host}:{port}/metrics",
             file=sys.stderr,
             flush=True,
         )

@@ -174,8 +174,8 @@ async def demo(args: argparse.Namespace) -> int:
     env = {
         **os.environ,
         "TALLY_TOPIC": topic,
-        "TALLY_METRICS_PORT": str(settings.metrics_port),
-        "TALLY_METRICS_HOST": "127.0.0.1",
+        "TALLY_TELEMETRY_PORT": str(settings.telemetry_port),
+        "TALLY_TELEMETRY_HOST": "127.0.0.1",
         "TALLY_FLUSH_INTERVAL": "1",
     }
     log_start = log_path.stat().st_size if log_path.exists() else 0

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
 
 from tally import __version__
-from tally.config import ConfigError, add_arguments, load_settings
+from tally.config import ConfigError, SettingDeprecationWarning, add_arguments, load_settings
 from tally.errors import PermanentError
 
 KAFKA = ["kafka_bootstrap"]
@@ -34,9 +35,9 @@ WORKER = [
     "max_event_bytes",
     "session_timeout",
     "revoke_policy",
-    "metrics_poll_interval",
-    "metrics_host",
-    "metrics_port",
+    "definitions_poll_interval",
+    "telemetry_host",
+    "telemetry_port",
     "ready_flush_age",
     "retry_max_backoff",
     "shutdown_timeout",
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "a worker, a synthetic stream and a live summary (what make run starts)",
         demo.demo,
-        [*KAFKA, *DATABASE, "topic", "metrics_port", *LOGGING],
+        [*KAFKA, *DATABASE, "topic", "telemetry_port", *LOGGING],
     )
     show.add_argument(
         "--metrics", default="deploy/metrics.example.yaml", help="metric definitions to apply"
@@ -387,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Python hides DeprecationWarning outside __main__; an operator using an old
+    # setting name must see which new name to use.
+    warnings.simplefilter("default", SettingDeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
