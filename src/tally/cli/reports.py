@@ -20,8 +20,8 @@ from tally.contracts.value import MetricValue, PartialRange
 from tally.core.periods import zone
 from tally.store.backfill import partial_ranges
 from tally.store.definitions import list_metrics
+from tally.store.metric_values import ValueFilter, grouping_of, page_values
 from tally.store.pool import Connection, connect
-from tally.store.values import ValueFilter, grouping_of, page_values
 from tally.telemetry import logs
 
 VALUE_COLUMNS = (
