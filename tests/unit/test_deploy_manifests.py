@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import read_definitions
 from tally.ingest.telemetry import IngestTelemetry
-from tally.telemetry.metrics import Telemetry
+from tally.telemetry.instruments import Telemetry
 from tally.worker.retention import RetentionTelemetry
 
 ROOT = Path(__file__).resolve().parents[2]

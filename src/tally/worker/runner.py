@@ -41,8 +41,8 @@ from tally.store.flush import Fenced, load_partition_into
 from tally.store.member_cache import MemberCache
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
+from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.telemetry.metrics import Telemetry
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
 from tally.worker.health import Health
