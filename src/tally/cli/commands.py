@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from tally.cli.main import UserError, settings_from
@@ -24,6 +23,7 @@ from tally.contracts.metric import (
     UsageMetricDefinition,
     parse_metric,
 )
+from tally.kafka.clients import new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate as run_migrations
 from tally.store.pool import close_pool, connect, create_pool
@@ -282,12 +282,7 @@ async def send(args: argparse.Namespace) -> int:
     else:
         source = sys.stdin.buffer if args.file in (None, "-") else Path(args.file).open("rb")  # noqa: SIM115 - read line by line as we send
         lines = (line.rstrip(b"\r\n") for line in source if line.strip())
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        linger_ms=20,
-        enable_idempotence=True,
-    )
+    producer = new_producer(settings.kafka_bootstrap, idempotent=True, linger_ms=20)
     await producer.start()
     sent = 0
     started = time.monotonic()

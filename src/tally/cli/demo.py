@@ -23,13 +23,12 @@ from pathlib import Path
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import stop_on_signals
 from tally.cli.main import settings_from
 from tally.config import Settings
-from tally.kafka.clients import ensure_topics
+from tally.kafka.clients import ensure_topics, new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate
 from tally.store.pool import connect
@@ -56,9 +55,7 @@ def say(text: str) -> None:
 async def produce(
     settings: Settings, topic: str, rate: float, counts: Counts, stop: asyncio.Event
 ) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, acks="all"
-    )
+    producer = new_producer(settings.kafka_bootstrap, idempotent=False, linger_ms=20)
     await producer.start()
     rng = random.Random(1)
     stream = events(Workload(seed=int(time.time()), end=time.time(), span_seconds=3600), 10**9)
