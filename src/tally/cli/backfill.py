@@ -160,14 +160,11 @@ async def status(args: argparse.Namespace, uid: str | None) -> int:
 
     from tally.cli.commands import print_table
     from tally.store import backfill as store
-    from tally.store.pool import connect
+    from tally.store.pool import database
 
     settings = settings_from(args)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         found = await store.list_backfills(connection, uid)
-    finally:
-        await connection.close()
     if uid is not None and not found:
         raise UserError(f"no backfill of metric {uid!r}")
     if args.format == "json":
@@ -193,14 +190,11 @@ async def status(args: argparse.Namespace, uid: str | None) -> int:
 
 async def cancel(args: argparse.Namespace, uid: str) -> int:
     from tally.store import backfill as store
-    from tally.store.pool import connect
+    from tally.store.pool import database
 
     settings = settings_from(args)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         state = await store.cancel(connection, uid)
-    finally:
-        await connection.close()
     if state is None:
         raise UserError(f"no backfill of metric {uid!r}")
     if state != store.CANCELLED:

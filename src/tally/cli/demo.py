@@ -31,7 +31,7 @@ from tally.config import Settings
 from tally.kafka.clients import ensure_topics, new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate
-from tally.store.pool import connect
+from tally.store.pool import database
 from tally.synthetic import Workload, events
 
 ROLLUPS_SQL = """
@@ -154,16 +154,13 @@ async def demo(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     topic = settings.topic[0]
     say(f"PostgreSQL: {settings.redacted_database_url()}   Kafka: {settings.kafka_bootstrap}")
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         applied = await migrate(connection)
         say(f"schema: {'migrated' if applied else 'up to date'}")
         from tally.cli.commands import read_definitions
 
         changes = await store.apply_definitions(connection, read_definitions(args.metrics))
         say(f"metrics from {args.metrics}: " + ", ".join(c.describe() for c in changes))
-    finally:
-        await connection.close()
     created = await ensure_topics(settings.kafka_bootstrap, {topic: 4})
     say(f"topic {topic}: {'created with 4 partitions' if created else 'exists'}")
     log_path = Path(args.worker_log)
@@ -229,10 +226,9 @@ async def wait_for_worker(
 
 
 async def summarise(settings: Settings, url: str, counts: Counts, stop: asyncio.Event) -> None:
-    connection = await connect(settings.database_url)
     tty = sys.stdout.isatty()
     previous, previous_at = 0.0, time.monotonic()
-    try:
+    async with database(settings) as connection:
         while not stop.is_set():
             try:
                 samples = await asyncio.to_thread(scrape_text, url + "/metrics")
@@ -248,5 +244,3 @@ async def summarise(settings: Settings, url: str, counts: Counts, stop: asyncio.
                 print(("\x1b[H\x1b[J" if tty else "\n") + screen, flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-    finally:
-        await connection.close()

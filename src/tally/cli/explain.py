@@ -24,7 +24,7 @@ from tally.ingest.explain_inputs import PartitionOutOfRange, check_partition, wo
 from tally.ingest.service import decode_limits
 from tally.kafka.records import fetch_record
 from tally.store.dedup_lookup import dedup_state
-from tally.store.pool import connect
+from tally.store.pool import database
 
 FIELDS = [
     "database_url",
@@ -72,12 +72,9 @@ async def explain(args: argparse.Namespace) -> int:
             raise UserError(f"--partition: {exc}") from None
     now = time.time()
     limits = decode_limits(settings)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         metrics, not_running = await worker_metrics(connection)
         dedup = await dedup_state(connection, settings, raw, now, limits, topic, args.partition)
-    finally:
-        await connection.close()
     answer = explain_event(raw, metrics, now, limits, dedup, not_running)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
