@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tally.cli.main import build_parser, settings_from
+from tally.cli.main import build_parser
+from tally.cli.options import settings_from
 from tally.config import ConfigError, SettingDeprecationWarning, load_settings
 
 NEW_FLAGS = {

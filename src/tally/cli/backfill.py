@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tally.cli.main import DATABASE, KAFKA, LOGGING, UserError, _positive_int, settings_from
+from tally.cli.options import DATABASE, KAFKA, LOGGING, UserError, positive_int, settings_from
 from tally.config import add_arguments
 
 FIELDS = [
@@ -63,7 +63,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--flush-records",
         dest="flush_records",
-        type=_positive_int,
+        type=positive_int,
         default=200_000,
         help="flush at least every N records read (default 200000; also every TALLY_FLUSH_INTERVAL)",
     )

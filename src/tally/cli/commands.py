@@ -15,7 +15,7 @@ import orjson
 import yaml
 from prometheus_client import CollectorRegistry
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.config import Settings
 from tally.contracts.metric import (
     FieldError,

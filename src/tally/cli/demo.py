@@ -26,7 +26,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import stop_on_signals
-from tally.cli.main import settings_from
+from tally.cli.options import settings_from
 from tally.config import Settings
 from tally.kafka.clients import ensure_topics, new_producer
 from tally.store import definitions as store

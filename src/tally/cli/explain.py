@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.config import Settings
 from tally.core.explain import explain as explain_event
 from tally.core.explain import render

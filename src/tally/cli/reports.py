@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.config import Settings
 from tally.contracts.group import GroupFilterError, GroupTerm, group_terms
 from tally.contracts.value import MetricValue, PartialRange
