@@ -120,7 +120,7 @@ class WorkerProcess:
     async def scrape(self) -> dict[str, float]:
         """Samples of /metrics as {"name{label=value,...}": value}."""
         url = self.metrics_url()
-        assert url is not None, "worker has not announced its metrics port"
+        assert url is not None, "worker has not announced its telemetry port"
         text = await http_get(url + "/metrics")
         samples = {}
         for family in text_string_to_metric_families(text):

@@ -269,7 +269,7 @@ class Fleet:
                 raise RuntimeError(f"bench worker {n} exited:\n{self.text(n)[-3000:]}")
 
     async def wait_ready(self, within: float = 120) -> tuple[list[str], float]:
-        """(metrics ports, time of the first "partition ready" of any worker)."""
+        """(telemetry ports, time of the first "partition ready" of any worker)."""
         deadline = time.monotonic() + within
         started: float | None = None
         ports: list[str | None] = [None] * self.count
