@@ -17,7 +17,7 @@
 # env     print TALLY_PROMETHEUS_URL=... when running (exit 3 when not)
 #
 # CONFIG defaults to a file generated in STATE_DIR that scrapes a worker on
-# 127.0.0.1:${TALLY_METRICS_PORT:-9464} (job "tally") and loads
+# 127.0.0.1:${TALLY_TELEMETRY_PORT:-9464} (job "tally") and loads
 # deploy/prometheus/alerts.yml. STATE_DIR defaults to $TALLY_LOCAL_DIR/prometheus;
 # it holds the TSDB (tsdb/), the pid file and the log. Only KEY=VALUE lines go to
 # stdout; progress goes to stderr. Settings (environment):
@@ -156,7 +156,7 @@ rule_files:
 scrape_configs:
   - job_name: tally
     static_configs:
-      - targets: ["127.0.0.1:${TALLY_METRICS_PORT:-9464}"]
+      - targets: ["127.0.0.1:${TALLY_TELEMETRY_PORT:-9464}"]
 EOF
   printf '%s\n' "${config}"
 }

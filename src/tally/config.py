@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -64,6 +65,21 @@ MEMBER_RETENTION_MARGIN = 86400.0
 # quarters). A calendar quarter is up to 92 local days (Q3, Q4); the day of
 # slack the span check adds covers a DST hour on top.
 ROLLING_WINDOW = 92 * 86400.0
+
+
+# Settings renamed so that "metrics" means usage metrics only and Prometheus is
+# "telemetry" (issue 17): the old flag and variable still work, with a warning
+# that names the new one; old and new given with different values is refused.
+RENAMED = {
+    "metrics_poll_interval": "definitions_poll_interval",
+    "metrics_host": "telemetry_host",
+    "metrics_port": "telemetry_port",
+}
+_OLD_NAMES = {new: old for old, new in RENAMED.items()}
+
+
+class SettingDeprecationWarning(DeprecationWarning):
+    """An old setting name was used; the message names the new one."""
 
 
 def env_name(field: str) -> str:
@@ -146,13 +162,13 @@ class Settings(BaseModel):
         description="on partition revocation: flush all pending work, or drop it and reload the partitions kept"
         " (the dropped events are read again)",
     )
-    metrics_poll_interval: Positive = Field(
-        2.0, description="how often definitions are re-read from PostgreSQL"
+    definitions_poll_interval: Positive = Field(
+        2.0, description="how often usage-metric definitions are re-read from PostgreSQL"
     )
-    metrics_host: str = Field(
+    telemetry_host: str = Field(
         "0.0.0.0", description="address of the /metrics, /healthz, /readyz server"
     )
-    metrics_port: int = Field(
+    telemetry_port: int = Field(
         9464, ge=0, le=65535, description="port of that server; 0 picks a free one"
     )
     ready_flush_age: Positive = Field(
@@ -237,7 +253,7 @@ class Settings(BaseModel):
         "retention_interval",
         "retention_pause",
         "session_timeout",
-        "metrics_poll_interval",
+        "definitions_poll_interval",
         "ready_flush_age",
         "retry_max_backoff",
         "shutdown_timeout",
@@ -357,6 +373,34 @@ def add_arguments(parser: argparse.ArgumentParser, fields: Sequence[str]) -> Non
             parser.add_argument(
                 flag_name(name), dest=name, default=None, metavar=name.upper(), help=help_text
             )
+        old = _OLD_NAMES.get(name)
+        if old is not None:
+            parser.add_argument(
+                "--" + old.replace("_", "-"),
+                dest=old,
+                default=None,
+                metavar=name.upper(),
+                help=f"deprecated: use {flag_name(name)}",
+            )
+
+
+def _old_name_value(
+    name: str, given: Mapping[str, Any], environ: Mapping[str, str], names: Sequence[str]
+) -> tuple[Any, str] | None:
+    """The value given under `name`'s old name (flag first, then variable), warned of."""
+    old = _OLD_NAMES.get(name)
+    if old is None:
+        return None
+    if given.get(old) is not None and name in names:
+        value, where, new_where = given[old], "--" + old.replace("_", "-"), flag_name(name)
+    elif env_name(old) in environ:
+        value, where, new_where = environ[env_name(old)], env_name(old), env_name(name)
+    else:
+        return None
+    warnings.warn(
+        f"{where} is deprecated; use {new_where}", SettingDeprecationWarning, stacklevel=3
+    )
+    return value, where
 
 
 def load_settings(
@@ -379,6 +423,16 @@ def load_settings(
             if _field_info(name).annotation is bool:
                 value = value.strip().lower() in ("1", "true", "yes", "on")
             raw[name], source[name] = value, env_name(name)
+        old = _old_name_value(name, given, environ, names)
+        if old is not None:
+            if name in raw and str(raw[name]).strip() != str(old[0]).strip():
+                raise ConfigError(
+                    f"invalid configuration:\n  {source[name]} and {old[1]} are the same setting"
+                    f" (the second is its deprecated name) with different values"
+                    f" ({raw[name]!r} and {old[0]!r}); give only {source[name]}"
+                )
+            raw.setdefault(name, old[0])
+            source.setdefault(name, old[1])
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

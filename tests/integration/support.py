@@ -40,7 +40,7 @@ class WorkerProcess:
     ) -> None:
         self.name = name
         self.command = list(command)
-        self.env = {**os.environ, **env, "TALLY_WORKER_ID": name, "TALLY_METRICS_PORT": "0"}
+        self.env = {**os.environ, **env, "TALLY_WORKER_ID": name, "TALLY_TELEMETRY_PORT": "0"}
         self.log_path = log_dir / f"{name}.log"
         self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,7 +120,7 @@ class WorkerProcess:
     async def scrape(self) -> dict[str, float]:
         """Samples of /metrics as {"name{label=value,...}": value}."""
         url = self.metrics_url()
-        assert url is not None, "worker has not announced its metrics port"
+        assert url is not None, "worker has not announced its telemetry port"
         text = await http_get(url + "/metrics")
         samples = {}
         for family in text_string_to_metric_families(text):
@@ -163,8 +163,8 @@ def worker_env(bootstrap: str, dsn: str, topic: str, group: str, **settings: str
         "TALLY_GROUP": group,
         "TALLY_FLUSH_INTERVAL": "0.5",
         "TALLY_SESSION_TIMEOUT": "6",
-        "TALLY_METRICS_POLL_INTERVAL": "0.5",
-        "TALLY_METRICS_HOST": "127.0.0.1",
+        "TALLY_DEFINITIONS_POLL_INTERVAL": "0.5",
+        "TALLY_TELEMETRY_HOST": "127.0.0.1",
     }
     env.update({f"TALLY_{k.upper()}": v for k, v in settings.items()})
     return env

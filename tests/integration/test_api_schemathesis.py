@@ -53,7 +53,7 @@ import schemathesis
 from hypothesis import strategies as st
 
 from tally.api.cursor import ADJUSTMENTS, METRIC_VALUES, USAGE_METRICS, cursor_format, encode
-from tally.store.values import MAX_MICROS, MIN_MICROS
+from tally.store.metric_values import MAX_MICROS, MIN_MICROS
 
 text = st.text(st.characters(codec="utf-8", exclude_characters="\\x00"), max_size=24)
 schemathesis.openapi.format(

@@ -17,8 +17,13 @@ import pytest_asyncio
 
 from tally.contracts.metric import parse_metric
 from tally.core.metrics import MetricIndex
-from tally.store import api_metrics
-from tally.store.definitions import apply_definitions, delete_metric, revision
+from tally.store.definitions import (
+    apply_definitions,
+    delete_metric,
+    find_metric,
+    revision,
+    update_metric,
+)
 from tally.store.migrate import migrate
 from tally.store.pool import connect, create_pool
 from tally.worker.definitions import DefinitionWatcher
@@ -96,11 +101,11 @@ async def test_a_change_committed_after_a_later_one_was_seen_is_still_seen(
     try:
         restore = first.transaction()
         await restore.start()
-        metric = await api_metrics.find_metric(first, "metric_a", True, for_update=True)
+        metric = await find_metric(first, "metric_a", True, for_update=True)
         assert metric is not None
         document = {k: v for k, v in metric.to_document().items() if k not in SERVER_FIELDS}
         document.pop("deletedAt")
-        await api_metrics.update_metric(first, metric.id, parse_metric(document))
+        await update_metric(first, metric.id, parse_metric(document))
 
         deleting = asyncio.create_task(delete_metric(second, "metric_b"))
         await wait_blocked_or_done(observer, second.get_server_pid(), deleting)

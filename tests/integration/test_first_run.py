@@ -44,7 +44,7 @@ def test_make_run_shows_rollups_and_stops_cleanly_on_ctrl_c() -> None:
             "TALLY_KAFKA_PORT": str(kafka_port),
             "TALLY_KAFKA_CONTROLLER_PORT": str(free_port()),
             "TALLY_PG_PORT": str(pg_port),
-            "TALLY_METRICS_PORT": "0",
+            "TALLY_TELEMETRY_PORT": "0",
             "TERM": "xterm",
         }
     )

@@ -323,7 +323,7 @@ async def test_ingest_serve_alone_takes_events_and_stops_on_sigterm(
     assert f"topic {missing} does not exist" in refused.stderr
 
 
-async def test_a_worker_with_the_api_takes_events_and_counts_them_on_its_metrics_port(
+async def test_a_worker_with_the_api_takes_events_and_counts_them_on_its_telemetry_port(
     kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
 ) -> None:
     topic = await make_topic(2)

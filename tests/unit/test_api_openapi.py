@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tally.api.app import create_app
-from tally.api.openapi import CROSS_FIELD_RULES, render
+from tally.api.openapi_document import CROSS_FIELD_RULES, render
 from tally.config import Settings
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"

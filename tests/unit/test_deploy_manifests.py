@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import read_definitions
 from tally.ingest.telemetry import IngestTelemetry
-from tally.telemetry.metrics import Telemetry
+from tally.telemetry.instruments import Telemetry
 from tally.worker.retention import RetentionTelemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -372,7 +372,7 @@ def test_deployment_runs_a_fleet_with_probes_and_resources() -> None:
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(
         config["TALLY_SHUTDOWN_TIMEOUT"].removesuffix("s")
     )
-    assert config["TALLY_METRICS_PORT"] == str(port["containerPort"])
+    assert config["TALLY_TELEMETRY_PORT"] == str(port["containerPort"])
 
 
 def test_deployment_takes_the_dsn_from_a_secret_and_kafka_from_a_configmap() -> None:

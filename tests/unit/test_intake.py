@@ -22,7 +22,7 @@ from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex
 from tally.core.periods import native_bounds
 from tally.kafka.dead_letters import DeadLetters
-from tally.telemetry.metrics import Telemetry
+from tally.telemetry.instruments import Telemetry
 from tally.worker.intake import Intake
 from tally.worker.partition import PartitionState
 from tally.worker.retry import Clock

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tally.cli.main import build_parser, settings_from
+from tally.cli.main import build_parser
+from tally.cli.options import settings_from
 from tally.config import flag_name, load_settings
 
 

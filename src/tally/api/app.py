@@ -20,7 +20,6 @@ from pydantic.alias_generators import to_camel
 from tally import __version__
 from tally.api import (
     errors,
-    openapi,
     routes_backfill,
     routes_explain,
     routes_external,
@@ -32,6 +31,8 @@ from tally.api import (
 from tally.api.auth import Authenticator, Reader
 from tally.api.compat import cuoral, exante, squad
 from tally.api.deps import JSON
+from tally.api.openapi_document import build as build_openapi
+from tally.api.openapi_document import render as render_openapi
 from tally.config import Settings
 from tally.ingest import routes as routes_events
 from tally.ingest.service import Ingest, build_ingest
@@ -48,7 +49,7 @@ def _operation_id(route: APIRoute) -> str:
 class TallyApi(FastAPI):
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = openapi.build(self)
+            self.openapi_schema = build_openapi(self)
         return self.openapi_schema
 
 
@@ -119,6 +120,6 @@ def create_app(
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_document(request: Request, principal: Reader) -> Response:
-        return Response(openapi.render(app.openapi()), media_type=JSON)
+        return Response(render_openapi(app.openapi()), media_type=JSON)
 
     return app

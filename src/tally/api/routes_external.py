@@ -31,7 +31,7 @@ from tally.contracts.external import (
     parse_external_value,
 )
 from tally.contracts.metric import FieldError, UsageMetric
-from tally.store import api_metrics
+from tally.store import definitions
 from tally.store import external_values as store
 from tally.telemetry.logs import Log
 
@@ -121,7 +121,7 @@ async def create_value(
     except ExternalValueError as exc:
         raise _refused(exc.errors) from None
     async with pool.acquire() as connection:
-        metric = await api_metrics.find_metric(connection, body.metric_uid, include_deleted=False)
+        metric = await definitions.find_metric(connection, body.metric_uid, include_deleted=False)
         if metric is None:
             raise ApiError.one(
                 422,

@@ -1,7 +1,7 @@
 """`/usage-metrics`: create, list, read, change and delete metric definitions.
 
 Bodies are validated by the contract (`parse_metric`, `immutable_changes`);
-rows are written by `tally.store.api_metrics`, in the shape the worker reads.
+rows are written by `tally.store.definitions`, in the shape the worker reads.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tally.contracts.metric import (
     parse_metric,
     uid_from_name,
 )
-from tally.store import api_metrics as store
+from tally.store import definitions as store
 from tally.store.pool import Connection
 from tally.telemetry.logs import Log
 
@@ -274,7 +274,7 @@ async def delete_usage_metric(principal: Admin, pool: Pool, id_or_uid: IdOrUid) 
         if metric is None:
             raise _not_found(id_or_uid)
         if metric.deleted_at is None:
-            deleted = await store.delete_metric(connection, metric.id)
+            deleted = await store.delete_metric_by_id(connection, metric.id)
             if deleted is not None:
                 log.info("metric deleted", uid=deleted.uid, by=principal.name)
             # None: another request deleted it meanwhile; answer it as it is now.

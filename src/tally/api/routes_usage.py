@@ -38,7 +38,7 @@ from tally.core.windows import (
     summary_days,
 )
 from tally.store import usage as store
-from tally.store.api_metrics import metric_by_uid
+from tally.store.definitions import metric_by_uid
 
 router = APIRouter(prefix="/usage-metrics", tags=["usage"])
 

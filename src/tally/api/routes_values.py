@@ -2,7 +2,7 @@
 
 Values are `MetricValue` rows (decimals as strings) in primary-key order with
 a keyset cursor. An adjustment adds a signed delta to one rollup in the same
-transaction as its audit row; see tally.store.api_adjustments.
+transaction as its audit row; see tally.store.value_adjustments.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from tally.contracts.metric import AggregationType, MetricType
 from tally.contracts.value import MetricValue, PartialRange
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, period_bounds, period_end, zone
-from tally.store import api_adjustments as adjustments
-from tally.store import values as store
-from tally.store.api_metrics import metric_by_uid
+from tally.store import metric_values as store
+from tally.store import value_adjustments as adjustments
 from tally.store.backfill import partial_ranges
+from tally.store.definitions import metric_by_uid
 from tally.store.pool import Connection
 from tally.telemetry.logs import Log
 

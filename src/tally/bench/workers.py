@@ -226,8 +226,8 @@ def worker_env(
         "TALLY_DATABASE_URL": dsn,
         "TALLY_TOPIC": topic,
         "TALLY_GROUP": group,
-        "TALLY_METRICS_PORT": "0",
-        "TALLY_METRICS_HOST": "127.0.0.1",
+        "TALLY_TELEMETRY_PORT": "0",
+        "TALLY_TELEMETRY_HOST": "127.0.0.1",
         "TALLY_LOG_FORMAT": "text",  # the bench reads the log lines
         "TALLY_DEDUP_WINDOW": "24h" if dedup else "0",
         "TALLY_MAX_LATENESS": "35d" if live else "100000d",
@@ -269,7 +269,7 @@ class Fleet:
                 raise RuntimeError(f"bench worker {n} exited:\n{self.text(n)[-3000:]}")
 
     async def wait_ready(self, within: float = 120) -> tuple[list[str], float]:
-        """(metrics ports, time of the first "partition ready" of any worker)."""
+        """(telemetry ports, time of the first "partition ready" of any worker)."""
         deadline = time.monotonic() + within
         started: float | None = None
         ports: list[str | None] = [None] * self.count

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tally.cli.main import DATABASE, KAFKA, LOGGING, UserError, _positive_int, settings_from
+from tally.cli.options import DATABASE, KAFKA, LOGGING, UserError, positive_int, settings_from
 from tally.config import add_arguments
 
 FIELDS = [
@@ -23,8 +23,8 @@ FIELDS = [
     "max_lateness",
     "max_future_skew",
     "max_event_bytes",
-    "metrics_host",
-    "metrics_port",
+    "telemetry_host",
+    "telemetry_port",
 ]
 
 
@@ -63,7 +63,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--flush-records",
         dest="flush_records",
-        type=_positive_int,
+        type=positive_int,
         default=200_000,
         help="flush at least every N records read (default 200000; also every TALLY_FLUSH_INTERVAL)",
     )
@@ -119,10 +119,10 @@ async def run(args: argparse.Namespace, uid: str) -> int:
         async def ready() -> tuple[bool, str]:
             return True, "backfilling"
 
-        server = TelemetryServer(registry, ready, settings.metrics_host, settings.metrics_port)
+        server = TelemetryServer(registry, ready, settings.telemetry_host, settings.telemetry_port)
         port = await server.start()
         print(
-            f"backfill {uid}: telemetry listening url=http://{settings.metrics_host}:{port}/metrics",
+            f"backfill {uid}: telemetry listening url=http://{settings.telemetry_host}:{port}/metrics",
             file=sys.stderr,
             flush=True,
         )
@@ -160,14 +160,11 @@ async def status(args: argparse.Namespace, uid: str | None) -> int:
 
     from tally.cli.commands import print_table
     from tally.store import backfill as store
-    from tally.store.pool import connect
+    from tally.store.pool import database
 
     settings = settings_from(args)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         found = await store.list_backfills(connection, uid)
-    finally:
-        await connection.close()
     if uid is not None and not found:
         raise UserError(f"no backfill of metric {uid!r}")
     if args.format == "json":
@@ -193,14 +190,11 @@ async def status(args: argparse.Namespace, uid: str | None) -> int:
 
 async def cancel(args: argparse.Namespace, uid: str) -> int:
     from tally.store import backfill as store
-    from tally.store.pool import connect
+    from tally.store.pool import database
 
     settings = settings_from(args)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         state = await store.cancel(connection, uid)
-    finally:
-        await connection.close()
     if state is None:
         raise UserError(f"no backfill of metric {uid!r}")
     if state != store.CANCELLED:

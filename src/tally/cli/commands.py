@@ -13,10 +13,9 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.config import Settings
 from tally.contracts.metric import (
     FieldError,
@@ -24,9 +23,10 @@ from tally.contracts.metric import (
     UsageMetricDefinition,
     parse_metric,
 )
+from tally.kafka.clients import new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate as run_migrations
-from tally.store.pool import close_pool, connect, create_pool
+from tally.store.pool import close_pool, create_pool, database
 from tally.synthetic import Workload, events
 from tally.telemetry import logs
 
@@ -47,11 +47,8 @@ def _setup_logs(settings: Settings) -> None:
 async def migrate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _setup_logs(settings)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         applied = await run_migrations(connection)
-    finally:
-        await connection.close()
     if applied:
         for migration in applied:
             print(f"applied {migration.version:04d}_{migration.name}")
@@ -98,12 +95,9 @@ async def metrics_apply(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _setup_logs(settings)
     definitions = read_definitions(args.file)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         await run_migrations(connection)
         changes = await store.apply_definitions(connection, definitions, dry_run=args.dry_run)
-    finally:
-        await connection.close()
     prefix = "would " if args.dry_run else ""
     for change in changes:
         print(prefix + change.describe())
@@ -113,11 +107,8 @@ async def metrics_apply(args: argparse.Namespace) -> int:
 async def metrics_list(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _setup_logs(settings)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         metrics = await store.list_metrics(connection, include_deleted=args.deleted)
-    finally:
-        await connection.close()
     if args.format == "json":
         print(
             json.dumps(
@@ -147,11 +138,8 @@ async def metrics_list(args: argparse.Namespace) -> int:
 async def metrics_delete(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _setup_logs(settings)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         deleted = await store.delete_metric(connection, args.uid)
-    finally:
-        await connection.close()
     if not deleted:
         raise UserError(f"no live metric with uid {args.uid!r}")
     print(f"deleted {args.uid} (its values are kept)")
@@ -176,14 +164,11 @@ async def run(args: argparse.Namespace) -> int:
     _setup_logs(settings)
     # Handlers first: a SIGTERM during start-up must end in a clean exit too.
     stop = stop_on_signals()
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         if settings.migrate:
             await run_migrations(connection)
         else:
             await check_schema(connection)  # --no-migrate: a role without DDL rights
-    finally:
-        await connection.close()
     if settings.create_topics:
         await ensure_topics(
             settings.kafka_bootstrap, {t: settings.topic_partitions for t in settings.topic}
@@ -282,12 +267,7 @@ async def send(args: argparse.Namespace) -> int:
     else:
         source = sys.stdin.buffer if args.file in (None, "-") else Path(args.file).open("rb")  # noqa: SIM115 - read line by line as we send
         lines = (line.rstrip(b"\r\n") for line in source if line.strip())
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        linger_ms=20,
-        enable_idempotence=True,
-    )
+    producer = new_producer(settings.kafka_bootstrap, idempotent=True, linger_ms=20)
     await producer.start()
     sent = 0
     started = time.monotonic()

@@ -23,16 +23,15 @@ from pathlib import Path
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import stop_on_signals
-from tally.cli.main import settings_from
+from tally.cli.options import settings_from
 from tally.config import Settings
-from tally.kafka.clients import ensure_topics
+from tally.kafka.clients import ensure_topics, new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate
-from tally.store.pool import connect
+from tally.store.pool import database
 from tally.synthetic import Workload, events
 
 ROLLUPS_SQL = """
@@ -56,9 +55,7 @@ def say(text: str) -> None:
 async def produce(
     settings: Settings, topic: str, rate: float, counts: Counts, stop: asyncio.Event
 ) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, acks="all"
-    )
+    producer = new_producer(settings.kafka_bootstrap, idempotent=False, linger_ms=20)
     await producer.start()
     rng = random.Random(1)
     stream = events(Workload(seed=int(time.time()), end=time.time(), span_seconds=3600), 10**9)
@@ -157,16 +154,13 @@ async def demo(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     topic = settings.topic[0]
     say(f"PostgreSQL: {settings.redacted_database_url()}   Kafka: {settings.kafka_bootstrap}")
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         applied = await migrate(connection)
         say(f"schema: {'migrated' if applied else 'up to date'}")
         from tally.cli.commands import read_definitions
 
         changes = await store.apply_definitions(connection, read_definitions(args.metrics))
         say(f"metrics from {args.metrics}: " + ", ".join(c.describe() for c in changes))
-    finally:
-        await connection.close()
     created = await ensure_topics(settings.kafka_bootstrap, {topic: 4})
     say(f"topic {topic}: {'created with 4 partitions' if created else 'exists'}")
     log_path = Path(args.worker_log)
@@ -174,8 +168,8 @@ async def demo(args: argparse.Namespace) -> int:
     env = {
         **os.environ,
         "TALLY_TOPIC": topic,
-        "TALLY_METRICS_PORT": str(settings.metrics_port),
-        "TALLY_METRICS_HOST": "127.0.0.1",
+        "TALLY_TELEMETRY_PORT": str(settings.telemetry_port),
+        "TALLY_TELEMETRY_HOST": "127.0.0.1",
         "TALLY_FLUSH_INTERVAL": "1",
     }
     log_start = log_path.stat().st_size if log_path.exists() else 0
@@ -232,10 +226,9 @@ async def wait_for_worker(
 
 
 async def summarise(settings: Settings, url: str, counts: Counts, stop: asyncio.Event) -> None:
-    connection = await connect(settings.database_url)
     tty = sys.stdout.isatty()
     previous, previous_at = 0.0, time.monotonic()
-    try:
+    async with database(settings) as connection:
         while not stop.is_set():
             try:
                 samples = await asyncio.to_thread(scrape_text, url + "/metrics")
@@ -251,5 +244,3 @@ async def summarise(settings: Settings, url: str, counts: Counts, stop: asyncio.
                 print(("\x1b[H\x1b[J" if tty else "\n") + screen, flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-    finally:
-        await connection.close()

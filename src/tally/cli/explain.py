@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.config import Settings
 from tally.core.explain import explain as explain_event
 from tally.core.explain import render
@@ -24,7 +24,7 @@ from tally.ingest.explain_inputs import PartitionOutOfRange, check_partition, wo
 from tally.ingest.service import decode_limits
 from tally.kafka.records import fetch_record
 from tally.store.dedup_lookup import dedup_state, window_unread
-from tally.store.pool import connect
+from tally.store.pool import database
 
 FIELDS = [
     "database_url",
@@ -67,8 +67,7 @@ async def explain(args: argparse.Namespace) -> int:
         raw = raw.strip()  # a file's trailing newline
     now = time.time()
     limits = decode_limits(settings)
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         # --offset fetched the record already; else Kafka is asked about the
         # partition only when the window will be read (store/dedup_lookup.py).
         if (
@@ -82,8 +81,6 @@ async def explain(args: argparse.Namespace) -> int:
                 raise UserError(f"--partition: {exc}") from None
         metrics, not_running = await worker_metrics(connection)
         dedup = await dedup_state(connection, settings, raw, now, limits, topic, args.partition)
-    finally:
-        await connection.close()
     answer = explain_event(raw, metrics, now, limits, dedup, not_running)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -6,72 +6,26 @@ import argparse
 import asyncio
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from tally import __version__
-from tally.config import ConfigError, add_arguments, load_settings
+from tally.cli.options import (
+    API,
+    DATABASE,
+    INGEST,
+    KAFKA,
+    LOGGING,
+    WORKER,
+    Handler,
+    UserError,
+    positive_int,
+)
+from tally.config import ConfigError, SettingDeprecationWarning, add_arguments
 from tally.errors import PermanentError
-
-KAFKA = ["kafka_bootstrap"]
-DATABASE = ["database_url"]
-LOGGING = ["log_format", "log_level"]
-WORKER = [
-    "topic",
-    "group",
-    "dlq_topic",
-    "create_topics",
-    "topic_partitions",
-    "flush_interval",
-    "max_batch",
-    "max_pending_events",
-    "max_pending_rollups",
-    "dedup_window",
-    "max_lateness",
-    "max_future_skew",
-    "max_event_bytes",
-    "session_timeout",
-    "revoke_policy",
-    "metrics_poll_interval",
-    "metrics_host",
-    "metrics_port",
-    "ready_flush_age",
-    "retry_max_backoff",
-    "shutdown_timeout",
-    "flush_timeout",
-    "load_timeout",
-    "stall_timeout",
-    "permanent_attempts",
-    "stop_linger",
-    "member_cache",
-    "member_retention",
-    "retention_interval",
-    "retention_batch_size",
-    "retention_pause",
-    "worker_id",
-]
-API = ["api_host", "api_port", "api_tokens", "database_timeout", "lock_timeout"]
-# What POST /events reads: the topic, and the worker's decode limits.
-INGEST = ["kafka_bootstrap", "topic", "max_event_bytes", "max_lateness", "max_future_skew"]
-
-
-class UserError(Exception):
-    """Something the user can fix; printed as one line, exit status 2."""
-
-
-Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return value
 
 
 def _command(
@@ -167,9 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     values.add_argument(
         "--to", dest="until", metavar="WHEN", help="periods starting before (date or date-time)"
     )
-    values.add_argument(
-        "--limit", type=_positive_int, default=1000, help="rows at most (1 or more)"
-    )
+    values.add_argument("--limit", type=positive_int, default=1000, help="rows at most (1 or more)")
     values.add_argument("--format", choices=["table", "json", "csv"], default="table")
     from tally.cli import usage
 
@@ -190,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "a worker, a synthetic stream and a live summary (what make run starts)",
         demo.demo,
-        [*KAFKA, *DATABASE, "topic", "metrics_port", *LOGGING],
+        [*KAFKA, *DATABASE, "topic", "telemetry_port", *LOGGING],
     )
     show.add_argument(
         "--metrics", default="deploy/metrics.example.yaml", help="metric definitions to apply"
@@ -269,11 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands.bench_ingest,
         [*KAFKA, *LOGGING],
     )
-    bench_ingest.add_argument("--events", type=_positive_int, default=200_000)
+    bench_ingest.add_argument("--events", type=positive_int, default=200_000)
     bench_ingest.add_argument("--seed", type=int, default=7)
-    bench_ingest.add_argument("--batch", type=_positive_int, default=100, help="events a request")
+    bench_ingest.add_argument("--batch", type=positive_int, default=100, help="events a request")
     bench_ingest.add_argument(
-        "--connections", type=_positive_int, default=8, help="requests (and batches) in flight"
+        "--connections", type=positive_int, default=8, help="requests (and batches) in flight"
     )
     bench_ingest.add_argument("--markdown", help="also write the report to this file")
     from tally.cli import backfill as backfill_cli
@@ -285,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         backfill_cli.bench,
         [*KAFKA, *DATABASE, *LOGGING],
     )
-    bench_backfill.add_argument("--events", type=_positive_int, default=200_000)
+    bench_backfill.add_argument("--events", type=positive_int, default=200_000)
     bench_backfill.add_argument("--seed", type=int, default=7)
     bench_backfill.add_argument("--markdown", help="also write the report to this file")
 
@@ -387,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Python hides DeprecationWarning outside __main__; an operator using an old
+    # setting name must see which new name to use.
+    warnings.simplefilter("default", SettingDeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -447,10 +402,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, UserError | ConfigError) or _is_user_error(exc):
         return str(exc)
     return f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
-
-
-def settings_from(args: argparse.Namespace) -> Any:
-    return load_settings(args, fields=args.fields)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.config import Settings
 from tally.contracts.group import GroupFilterError, GroupTerm, group_terms
 from tally.contracts.value import MetricValue, PartialRange
 from tally.core.periods import zone
 from tally.store.backfill import partial_ranges
 from tally.store.definitions import list_metrics
-from tally.store.pool import Connection, connect
-from tally.store.values import ValueFilter, grouping_of, page_values
+from tally.store.metric_values import ValueFilter, grouping_of, page_values
+from tally.store.pool import Connection, database
 from tally.telemetry import logs
 
 VALUE_COLUMNS = (
@@ -101,8 +101,7 @@ async def values(args: argparse.Namespace) -> int:
         since=parse_moment(args.since, "--from") if args.since else None,
         until=parse_moment(args.until, "--to") if args.until else None,
     )
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         where = dataclasses.replace(
             where, group=await _group_terms(connection, args.metric, wanted)
         )
@@ -110,8 +109,6 @@ async def values(args: argparse.Namespace) -> int:
         found = await page_values(connection, where, None, args.limit + 1)
         partial = await partial_ranges(connection, (v.metric_uid for v in found[: args.limit]))
         metrics = await list_metrics(connection)
-    finally:
-        await connection.close()
     zones: dict[str, tzinfo] = {}
     for metric in metrics:
         # A zone this host's data lacks (stored from a newer host): shown in UTC.
@@ -221,14 +218,11 @@ async def end_offsets(
 async def status(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     logs.setup(settings.log_level, settings.log_format == "json")
-    connection = await connect(settings.database_url)
-    try:
+    async with database(settings) as connection:
         records = await connection.fetch(
             "SELECT * FROM tally.partition_offsets WHERE topic = ANY($1::text[]) ORDER BY topic, partition",
             list(settings.topic),
         )
-    finally:
-        await connection.close()
     if not records:
         print(f"no partition of {', '.join(settings.topic)} has been assigned to a worker yet")
         return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.core.dedup import BUCKET_SECONDS
 from tally.store.migrate import migrate
 from tally.store.pool import create_pool

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tally.cli.main import UserError, settings_from
+from tally.cli.options import UserError, settings_from
 from tally.cli.reports import group_filters, parse_moment, render
 from tally.config import Settings
 from tally.core.numbers import decimal_text

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from tally.config import Settings
+from tally.kafka.clients import new_producer
 from tally.telemetry.logs import Log
 
 log = Log("tally.ingest")
@@ -39,11 +40,10 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
 
 def producer_for(bootstrap: str) -> AIOKafkaProducer:
     """The ingest producer's settings; `tally bench ingest` produces directly with the same."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+    return new_producer(
+        bootstrap,
         client_id="tally-ingest",
-        acks="all",
-        enable_idempotence=True,
+        idempotent=True,
         linger_ms=2,
         request_timeout_ms=10_000,
         max_request_size=2 * 1024 * 1024,

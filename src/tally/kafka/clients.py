@@ -33,16 +33,41 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+def new_producer(
+    bootstrap: str,
+    *,
+    idempotent: bool,
+    linger_ms: int,
+    client_id: str | None = None,
+    request_timeout_ms: int | None = None,
+    max_request_size: int | None = None,
+) -> AIOKafkaProducer:
+    """Every Kafka producer Tally builds (dead letters, ingest, `tally produce`,
+    the demo): acknowledged by all in-sync replicas; what is left None keeps
+    aiokafka's default."""
+    options: dict[str, object] = {
+        "client_id": client_id,
+        "request_timeout_ms": request_timeout_ms,
+        "max_request_size": max_request_size,
+    }
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=idempotent,
+        linger_ms=linger_ms,
+        **{name: value for name, value in options.items() if value is not None},
+    )
+
+
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     """The dead-letter producer. Not idempotent: aiokafka's idempotent
     producer does not recover from one refused batch (every later send to the
     partition fails with OutOfOrderSequenceNumber), and dead letters are
     at-least-once anyway (docs/decisions.md)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    return new_producer(
+        settings.kafka_bootstrap,
         client_id=f"tally-{settings.worker_id}-dlq",
-        acks="all",
-        enable_idempotence=False,
+        idempotent=False,
         linger_ms=5,
         request_timeout_ms=30_000,
     )

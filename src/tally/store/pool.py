@@ -4,13 +4,15 @@ connection failures turned into one sentence a person can act on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import orjson
 
-from tally.config import redact_url
+from tally.config import Settings, redact_url
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -142,3 +144,13 @@ async def connect(dsn: str) -> asyncpg.Connection:
         raise DatabaseUnavailable(explain(exc, dsn)) from exc
     await _init_connection(connection)
     return connection
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for a command (`connect`), closed however the block ends."""
+    connection = await connect(settings.database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()

@@ -1,1 +1,1 @@
-"""Prometheus metrics, the /metrics /healthz /readyz server, and structured logs."""
+"""Prometheus instruments (instruments.py), the /metrics /healthz /readyz server, and structured logs."""

@@ -1,4 +1,4 @@
-"""A small HTTP server for /metrics, /healthz and /readyz on the metrics port.
+"""A small HTTP server for /metrics, /healthz and /readyz on the telemetry port (`telemetry_port`).
 
 Plain asyncio: three GET routes do not justify a web framework in the worker.
 """

@@ -36,8 +36,8 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from tally.kafka.dead_letters import DeadLetters
 from tally.store.flush import Fenced, FlushResult, PartitionFlush, write_flush
 from tally.store.member_cache import MemberCache
+from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.telemetry.metrics import Telemetry
 from tally.worker.partition import FlushBatch
 
 log = Log("tally.flush")

@@ -26,8 +26,8 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from tally.core.engine import Core, Deltas
 from tally.core.events import DecodeLimits, Rejection, RejectReason
 from tally.kafka.dead_letters import MAX_DETAIL_BYTES, DeadLetters
+from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.telemetry.metrics import Telemetry
 from tally.worker.partition import PartitionState
 from tally.worker.retry import Clock
 

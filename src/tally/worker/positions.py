@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.telemetry.metrics import Telemetry
 from tally.worker.intake import OffsetWatch
 
 log = Log("tally.worker")

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tally.errors import PermanentError, component_of, is_transient
+from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.telemetry.metrics import Telemetry
 
 log = Log("tally.worker")
 

@@ -41,8 +41,8 @@ from tally.store.flush import Fenced, load_partition_into
 from tally.store.member_cache import MemberCache
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
+from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.telemetry.metrics import Telemetry
 from tally.worker.checkpoint import Checkpointer
 from tally.worker.definitions import DefinitionWatcher
 from tally.worker.health import Health
@@ -85,7 +85,7 @@ class Worker:
     clock: Clock = field(default_factory=Clock)
     states: dict[TopicPartition, PartitionState] = field(default_factory=dict)
     index: MetricIndex = field(default_factory=lambda: MetricIndex([]))
-    metrics_port: int = 0
+    telemetry_port: int = 0
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -388,7 +388,7 @@ class Worker:
         ):
             return False, f"last successful flush {age:.0f} s ago"
         stale = self.watcher.age()
-        if stale is not None and stale > max(30.0, 10 * self.settings.metrics_poll_interval):
+        if stale is not None and stale > max(30.0, 10 * self.settings.definitions_poll_interval):
             return False, f"definitions last read {stale:.0f} s ago"
         try:
             async with self.pool.acquire(timeout=2) as connection:
@@ -405,13 +405,14 @@ class Worker:
         server = TelemetryServer(
             self.registry,
             self.ready_check,
-            settings.metrics_host,
-            settings.metrics_port,
+            settings.telemetry_host,
+            settings.telemetry_port,
             live=self.health.live,
         )
-        self.metrics_port = await server.start()
+        self.telemetry_port = await server.start()
         log.info(
-            "telemetry listening", url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics"
+            "telemetry listening",
+            url=f"http://{settings.telemetry_host}:{self.telemetry_port}/metrics",
         )
         try:
             await retry_until(stop, self.watcher.refresh, "load metric definitions", self.retry)
@@ -428,7 +429,7 @@ class Worker:
             retention = RetentionTask(self.pool, settings, self.registry)
             self.side_tasks = [
                 asyncio.create_task(
-                    self.watcher.run(settings.metrics_poll_interval, stop), name="definitions"
+                    self.watcher.run(settings.definitions_poll_interval, stop), name="definitions"
                 ),
                 asyncio.create_task(retention.run(stop), name="retention"),
             ]

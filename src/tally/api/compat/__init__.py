@@ -3,7 +3,7 @@
 Each seed module maps its page's path, field names, envelope and status codes
 onto Tally's one model: the body is renamed into a Tally definition, validated
 by the contract (`parse_metric`, through `routes_metrics.parse_definition`),
-stored by `tally.store.api_metrics`, and answered in the seed's shape. A
+stored by `tally.store.definitions`, and answered in the seed's shape. A
 refusal names the seed's own field names, every bad field at once.
 """
 

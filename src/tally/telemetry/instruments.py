@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics, on a registry passed in (a fresh one per test).
+"""The worker's Prometheus instruments, on a registry passed in (a fresh one per test).
 
 Names follow Prometheus conventions: `tally_` prefix, base units (seconds,
 bytes), `_total` for counters. Event outcomes (applied, duplicate, dead
