@@ -46,7 +46,7 @@ from tally.config import Settings
 from tally.contracts.metric import UsageMetric
 from tally.core.engine import Core, Deltas, new_core
 from tally.core.events import DecodeLimits
-from tally.core.metrics import MetricIndex
+from tally.core.metrics import MetricIndex, is_external
 from tally.errors import is_transient
 from tally.kafka.records import partition_count
 from tally.store import backfill as store
@@ -54,6 +54,7 @@ from tally.store.definitions import list_metrics
 from tally.store.flush import write_flush
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
+from tally.worker.definitions import runnable
 
 log = Log("tally.backfill")
 
@@ -117,6 +118,27 @@ class Backfiller:
         if metric.deleted_at is not None:
             raise BackfillRefused(
                 f"metric {self.uid!r} is deleted; a deleted metric is not backfilled"
+            )
+        if is_external(metric):
+            raise BackfillRefused(
+                f"metric {self.uid!r} is EXTERNAL: its values come from the API, not from"
+                " events, so there is nothing to backfill"
+            )
+        runs, refused = runnable([metric])
+        if not runs:
+            reason = refused[0] if refused else None
+            raise BackfillRefused(
+                f"the live workers refuse metric {self.uid!r}"
+                + ("" if reason is None else f" ({reason.reason}: {reason.detail})")
+                + "; fix its definition first"
+            )
+        async with self.pool.acquire() as connection:
+            predates = await store.predates_starts(connection, self.uid)
+        if predates:
+            raise BackfillRefused(
+                f"metric {self.uid!r} existed before migration 0008: workers counted it live"
+                " before they recorded where they started it, so a backfill would count those"
+                " records twice. Create it under a new uid and backfill that"
             )
         return metric
 

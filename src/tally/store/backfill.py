@@ -38,6 +38,15 @@ async def metric_starts(connection: Connection, uid: str) -> dict[tuple[str, int
     return {(r["topic"], r["partition"]): r["start_offset"] for r in rows}
 
 
+async def predates_starts(connection: Connection, uid: str) -> bool:
+    """Whether `uid` existed when migration 0008 first ran (counted live
+    before any start was recorded: a backfill refuses it)."""
+    found = await connection.fetchval(
+        "SELECT 1 FROM tally.metrics_before_starts WHERE metric_uid = $1", uid
+    )
+    return found is not None
+
+
 @dataclass(frozen=True, slots=True)
 class BackfillPartition:
     topic: str
