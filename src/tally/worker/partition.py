@@ -81,13 +81,15 @@ class PartitionState:
         """State read from PostgreSQL; consuming resumes at `resume_at` (the
         stored offset unless it lay outside the log, worker/positions.py).
         `started`: the metrics whose start offset is stored for this
-        partition; every other metric of `live` starts at the stored offset."""
+        partition; every other metric of `live` starts where consuming
+        resumes (after a log reset that is not the stored offset: the records
+        from the resume point on are counted live)."""
         self.stored_offset = stored_offset
         self.next_offset = stored_offset if resume_at is None else resume_at
         self.clear()
         self.started = set(started or ())
         self.starts = {}
-        self.metrics_added(live, stored_offset)
+        self.metrics_added(live, self.next_offset)
         self.ready = True
 
     def metrics_added(self, uids: Iterable[str], at: int | None = None) -> None:
