@@ -30,6 +30,7 @@ class PartitionState:
         "dead_letters",
         "dedup",
         "duplicates",
+        "epoch",
         "next_offset",
         "ready",
         "records",
@@ -45,6 +46,9 @@ class PartitionState:
         self.ready = False  # stored state loaded and the consumer seeked
         self.stored_offset = -1
         self.next_offset = -1
+        # The generation of the stored offset row this worker holds (loaded
+        # or set by its last flush); None: not compared (tests).
+        self.epoch: int | None = None
         self.dedup: DedupWindow | None = DedupWindow(window_seconds) if window_seconds > 0 else None
         self.records = 0
         self.duplicates = 0
@@ -126,6 +130,7 @@ class PartitionPart:
     rejected: Counter[str]
     dead_letters: list[DeadLetter]
     starts: dict[str, int] = field(default_factory=dict)
+    epoch: int | None = None
 
 
 @dataclass(slots=True)
@@ -164,17 +169,25 @@ class FlushBatch:
                     state.rejected,
                     state.dead_letters,
                     state.starts,
+                    state.epoch,
                 )
             )
             state.starts = {}
             state.clear()
         return batch
 
-    def committed(self, dedup_rows: Mapping[tuple[str, int], DedupRows]) -> None:
-        """The transaction committed: the partitions now stand at the batch's offsets."""
+    def committed(
+        self,
+        dedup_rows: Mapping[tuple[str, int], DedupRows],
+        epochs: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        """The transaction committed: the partitions now stand at the batch's
+        offsets and at the epochs the flush stored."""
         for part in self.parts:
             state = part.state
             state.stored_offset = part.target
+            if epochs is not None and (state.topic, state.partition) in epochs:
+                state.epoch = epochs[(state.topic, state.partition)]
             state.started.update(part.starts)
             if state.dedup is not None and part.plan is not None:
                 rows = dedup_rows[(state.topic, state.partition)]

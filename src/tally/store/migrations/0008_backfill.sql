@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS tally.metrics_before_starts (
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- tally.partition_offsets.epoch: a generation, bumped by every load and
+-- every flush. A flush compares-and-sets (next_offset, epoch), so a flush
+-- that does not move the offset (one that only records starts) still fences
+-- a zombie that loaded the same offset earlier (docs/design.md section 3).
+ALTER TABLE tally.partition_offsets ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;
+
 CREATE TABLE IF NOT EXISTS tally.metric_starts (
     metric_uid   text        NOT NULL,
     topic        text        NOT NULL,
