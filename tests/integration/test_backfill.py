@@ -15,10 +15,6 @@ import asyncpg
 import pytest
 from aiokafka.structs import TopicPartition
 
-from tally.contracts.metric import parse_metric
-from tally.store.definitions import apply_definitions
-from tally.store.migrate import migrate, migrations
-from tally.store.pool import connect
 from tally.synthetic import Workload, encoded, metric_definitions
 from tests import reference
 from tests.conftest import MakeTopic
@@ -391,51 +387,6 @@ async def test_backfill_refuses_a_metric_no_worker_has_started_or_that_does_not_
         assert await asyncio.to_thread(refusal.process.wait, 60) == 2
         assert said in refusal.current_log()
     assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
-
-
-async def test_backfill_refuses_a_metric_that_existed_before_migration_0008(
-    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
-) -> None:
-    """The upgrade's state (review item 1): api_calls was counted live before
-    0008, so the start a worker records when it loads the partition is not
-    where counting began. The backfill refuses it and the values stay those
-    of the reference, not doubled; a metric created after 0008 is accepted."""
-    before = next(m.version for m in migrations() if m.name == "backfill") - 1
-    old = LIVE[0]
-    connection = await connect(fresh_database)
-    try:
-        await migrate(connection, up_to=before)
-        await apply_definitions(connection, [parse_metric(old)])
-        await migrate(connection)
-    finally:
-        await connection.close()
-    topic = await make_topic(2)
-    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-before")
-    messages = encoded(Workload(seed=5, end=datetime.now(UTC).timestamp() - 60), 600)
-    await produce(kafka_bootstrap, topic, messages)
-    worker = WorkerProcess("before", env, tmp_path).start()
-    try:
-        await wait_caught_up(kafka_bootstrap, fresh_database, topic)
-        await wait_started(fresh_database, old["uid"], 2)
-        refusal = WorkerProcess(
-            "refused",
-            env,
-            tmp_path,
-            args=[old["uid"], "--from-offsets", "earliest", "--wait", "1"],
-            command=["backfill"],
-        ).start()
-        assert refusal.process is not None
-        assert await asyncio.to_thread(refusal.process.wait, 60) == 2
-        assert f"metric '{old['uid']}' existed before migration 0008" in refusal.current_log()
-    finally:
-        assert worker.stop() == 0
-    assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
-    records = await read_topic(kafka_bootstrap, topic, len(messages))
-    expected = reference.reference_rows([old], [r.value for r in records])
-    actual = await rows_by_reference_key(fresh_database, [old])
-    assert actual == expected, diff(actual, expected)
-    rows = await fetch(fresh_database, "SELECT metric_uid FROM tally.metrics_before_starts")
-    assert [r["metric_uid"] for r in rows] == [old["uid"]]
 
 
 async def test_backfill_from_a_time_catches_ids_first_seen_before_it(

@@ -30,6 +30,7 @@ from typing import TextIO
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -270,6 +271,9 @@ class Backfiller:
             froms = await consumer.beginning_offsets(tps)
         else:
             froms = await self._offsets_at(consumer, tps, from_time)
+        # Again, now the `from` offsets are known: retention may have deleted
+        # records while this waited for the workers (review item 3).
+        await self._refuse_if_retention(consumer, tps, from_time, self.settings.dedup_window)
         rows = []
         for tp in tps:
             end = starts[tp]
@@ -307,6 +311,8 @@ class Backfiller:
             max_poll_records=settings.max_batch,
             fetch_max_wait_ms=200,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # A position retention deleted is a refusal, never a jump to the log end.
+            auto_offset_reset="none",
         )
         await consumer.start()
         try:
@@ -351,10 +357,18 @@ class Backfiller:
         self.started = last_flush = last_report = self.clock()
         self._report(backfill, force=True)
         while not stop.is_set() and not all(p.done for p in self.parts.values()):
-            batch = await consumer.getmany(timeout_ms=200, max_records=settings.max_batch)
+            try:
+                batch = await consumer.getmany(timeout_ms=200, max_records=settings.max_batch)
+            except OffsetOutOfRangeError as exc:
+                raise BackfillRefused(
+                    f"retention deleted records this backfill had still to read ({exc});"
+                    " its values are partial. Cancel it (tally backfill cancel"
+                    f" {self.uid}) and backfill a new uid from a later --from"
+                ) from exc
             for tp, records in batch.items():
                 part = self.parts[tp]
                 if not part.done:
+                    await self._refuse_if_skipped(consumer, part, records)
                     self._consume(core, deltas, part, records, limits)
                     if part.done:
                         consumer.pause(tp)
@@ -379,6 +393,22 @@ class Backfiller:
         if all(p.done for p in self.parts.values()):
             async with self.pool.acquire() as connection:
                 await store.finish(connection, self.uid, self.owner)
+
+    async def _refuse_if_skipped(
+        self, consumer: AIOKafkaConsumer, part: _Part, records: list[ConsumerRecord]
+    ) -> None:
+        """Offsets may skip (transaction markers, compaction); a skip the log
+        start has passed means retention deleted records not yet read."""
+        if not records or records[0].offset <= part.position:
+            return
+        begin = (await consumer.beginning_offsets([part.tp]))[part.tp]
+        if begin > part.position:
+            raise BackfillRefused(
+                f"retention deleted {part.tp.topic}[{part.tp.partition}] records"
+                f" {part.position}..{begin - 1} before this backfill read them; its values are"
+                f" partial. Cancel it (tally backfill cancel {self.uid}) and backfill a new uid"
+                " from a later --from"
+            )
 
     def _consume(
         self,
