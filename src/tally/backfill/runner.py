@@ -40,6 +40,7 @@ from tally.backfill.plan import (
     ReplayedWindow,
     iso,
     retention_refusal,
+    time_runs,
     warm_up_time,
 )
 from tally.backfill.telemetry import BackfillTelemetry
@@ -420,10 +421,20 @@ class Backfiller:
     ) -> None:
         end = part.row.end_offset
         records = [r for r in records if r.offset >= part.position and r.offset < end]
-        if not records:
-            return
         # Lateness is judged against the time the record reached the log,
-        # the wall clock of a live worker that was keeping up.
+        # the wall clock of a live worker that was keeping up: per run of
+        # records within about a second, never a whole fetch's latest time.
+        for first, last in time_runs([r.timestamp for r in records]):
+            self._consume_run(core, deltas, part, records[first:last], limits)
+
+    def _consume_run(
+        self,
+        core: Core,
+        deltas: Deltas,
+        part: _Part,
+        records: list[ConsumerRecord],
+        limits: object,
+    ) -> None:
         now = max(r.timestamp for r in records) / 1000
         decoded = core.decode([r.value for r in records], now, limits)  # type: ignore[arg-type]
         accepted = decoded.accepted
