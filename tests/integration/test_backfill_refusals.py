@@ -25,6 +25,7 @@ from tests.integration.support import (
     read_topic,
     rows_by_reference_key,
     wait_caught_up,
+    wait_until,
     worker_env,
 )
 from tests.integration.test_backfill import LIVE, NEW, fetch, wait_started
@@ -115,4 +116,36 @@ async def test_backfill_refuses_when_retention_deletes_while_it_waits_for_the_wo
         assert f"{topic}[0]: retention deleted its records before offset 50" in output
     finally:
         assert worker.stop() == 0
+    assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
+
+
+async def test_backfill_refuses_when_the_workers_count_the_metric_on_more_topics(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """Review item 8: workers read two topics, the backfill's settings one;
+    it refuses rather than end done with the other topic never counted."""
+    first, second = await make_topic(1), await make_topic(1)
+    await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)
+    env = worker_env(kafka_bootstrap, fresh_database, first, "g-two-topics")
+    worker = WorkerProcess("worker", {**env, "TALLY_TOPIC": f"{first},{second}"}, tmp_path).start()
+
+    async def both_started() -> bool:
+        query = "SELECT DISTINCT topic FROM tally.metric_starts WHERE metric_uid = $1"
+        return len(await fetch(fresh_database, query, NEW["uid"])) == 2
+
+    try:
+        await wait_until(both_started, 60, "the worker to start the metric on both topics")
+    finally:
+        assert worker.stop() == 0
+    refusal = WorkerProcess(
+        "refused",
+        env,
+        tmp_path,
+        args=[NEW["uid"], "--from-offsets", "earliest", "--wait", "1"],
+        command=["backfill"],
+    ).start()
+    assert refusal.process is not None
+    assert await asyncio.to_thread(refusal.process.wait, 60) == 2
+    said = f"the live workers count metric '{NEW['uid']}' on {second}[0] too"
+    assert said in refusal.current_log()
     assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []

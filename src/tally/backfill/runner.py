@@ -167,6 +167,16 @@ class Backfiller:
             async with self.pool.acquire() as connection:
                 stored = await store.metric_starts(connection, self.uid)
             missing = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
+            others = sorted(set(stored) - {(tp.topic, tp.partition) for tp in tps})
+            if others:
+                # Workers count the metric on more topics than this backfill
+                # reads: it would end "done" with those ranges never counted.
+                raise BackfillRefused(
+                    f"the live workers count metric {self.uid!r} on "
+                    + ", ".join(f"{t}[{p}]" for t, p in others)
+                    + f" too, which this backfill does not read (TALLY_TOPIC="
+                    f"{','.join(self.settings.topic)}): run it with every topic the workers read"
+                )
             if not missing:
                 return {tp: stored[(tp.topic, tp.partition)] for tp in tps}
             if self.stop.is_set():
