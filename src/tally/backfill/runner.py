@@ -509,9 +509,19 @@ class Backfiller:
         if not steps and not len(deltas):
             return
         log.debug("backfill flush started", uid=self.uid, partitions=len(steps))
+        # The flush that reaches every end offset marks the backfill done in
+        # its own transaction: a kill between the two cannot leave it running
+        # with nothing left to read (review item 9).
+        targets = {(s.topic, s.partition): s.target for s in steps}
+        last = all(
+            targets.get((part.tp.topic, part.tp.partition), part.stored) >= part.row.end_offset
+            for part in self.parts.values()
+        )
         async with self.pool.acquire() as connection, connection.transaction():
             await store.claim_and_move(connection, self.uid, self.owner, steps)
             await write_flush(connection, [], deltas, self.owner)
+            if last:
+                await store.finish(connection, self.uid, self.owner)
         for step in steps:
             part = self.parts[TopicPartition(step.topic, step.partition)]
             self.applied += step.target - step.expected
