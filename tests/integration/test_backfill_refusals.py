@@ -149,3 +149,27 @@ async def test_backfill_refuses_when_the_workers_count_the_metric_on_more_topics
     said = f"the live workers count metric '{NEW['uid']}' on {second}[0] too"
     assert said in refusal.current_log()
     assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
+
+
+async def test_a_unique_backfill_refuses_a_from_older_than_the_member_retention(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """Review item 10: members of periods older than TALLY_MEMBER_RETENTION
+    are deleted by retention, so a backfill writing them could count twice."""
+    topic = await make_topic(1)
+    await apply_metrics(fresh_database, [NEW], tmp_path)
+    await produce(kafka_bootstrap, topic, encoded(Workload(seed=5), 20))
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-members")
+    refusal = WorkerProcess(
+        "refused",
+        env,
+        tmp_path,
+        args=[NEW["uid"], "--from", "2020-01-01T00:00:00Z", "--wait", "1"],
+        command=["backfill"],
+    ).start()
+    assert refusal.process is not None
+    assert await asyncio.to_thread(refusal.process.wait, 60) == 2
+    output = refusal.current_log()
+    assert f"metric '{NEW['uid']}' is UNIQUE and this backfill would count records from" in output
+    assert "2020-01-01T00:00:00Z" in output
+    assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []

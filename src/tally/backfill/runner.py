@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -45,7 +46,7 @@ from tally.backfill.plan import (
 )
 from tally.backfill.telemetry import BackfillTelemetry
 from tally.config import Settings
-from tally.contracts.metric import UsageMetric
+from tally.contracts.metric import AggregationType, UsageMetric
 from tally.core.engine import Core, Deltas, new_core
 from tally.core.events import DecodeLimits
 from tally.core.metrics import MetricIndex, is_external
@@ -243,6 +244,33 @@ class Backfiller:
         ends = await consumer.end_offsets(tps)
         return {tp: ends[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
 
+    async def _refuse_if_members_expire(
+        self, from_time: float | None, log_starts: dict[TopicPartition, LogStart]
+    ) -> None:
+        """A UNIQUE backfill must not write members of periods the worker's
+        retention deletes: a later flush would insert and count them again
+        (review item 10). The oldest event it counts may be `max_lateness`
+        older than its record."""
+        metric = await self.metric()
+        retention = self.settings.member_retention
+        if metric.aggregation_type is not AggregationType.UNIQUE or retention <= 0:
+            return
+        if from_time is None:
+            known = [s.timestamp for s in log_starts.values() if s.timestamp is not None]
+            if not known:
+                return
+            oldest = min(known)
+        else:
+            oldest = from_time
+        limit = time.time() - retention + self.settings.max_lateness
+        if oldest < limit:
+            raise BackfillRefused(
+                f"metric {self.uid!r} is UNIQUE and this backfill would count records from"
+                f" {iso(oldest)}: members of periods that old are deleted by retention"
+                f" (TALLY_MEMBER_RETENTION), so they could be counted twice. Use --from"
+                f" {iso(math.ceil(limit))} or later"
+            )
+
     async def prepare(self, consumer: AIOKafkaConsumer) -> store.Backfill:
         """The stored backfill (created now if new), after every refusal check."""
         from_time = self.from_time()
@@ -276,7 +304,10 @@ class Backfiller:
                     consumer, tps, from_time, self.settings.dedup_window
                 )
             return existing
-        await self._refuse_if_retention(consumer, tps, from_time, self.settings.dedup_window)
+        log_starts = await self._refuse_if_retention(
+            consumer, tps, from_time, self.settings.dedup_window
+        )
+        await self._refuse_if_members_expire(from_time, log_starts)
         starts = await self._starts(consumer, tps)
         if from_time is None:
             froms = await consumer.beginning_offsets(tps)
