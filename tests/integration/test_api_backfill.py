@@ -47,7 +47,16 @@ async def test_a_cancelled_backfill_marks_its_metrics_values_partial_and_only_th
     await start_backfill(api, VISITORS["uid"])
     shown = await api.client.get("/metric-values", headers=READ)
     assert shown.status_code == 200
-    assert all("partial" not in item for item in shown.json()["items"])  # running: no marker
+    running = {i["metricUid"]: i for i in shown.json()["items"]}
+    assert "partial" not in running[CALLS["uid"]]
+    # Running (or killed and never resumed): partial too, with its progress.
+    marker = running[VISITORS["uid"]]["partial"]
+    assert (marker["reason"], marker["recordsDone"], marker["recordsTotal"]) == (
+        "backfill_running",
+        30,
+        100,
+    )
+    assert marker["cancelledAt"] is None
     cancelled = await api.client.post(f"/backfills/{VISITORS['uid']}/cancel", headers=ADMIN)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled"

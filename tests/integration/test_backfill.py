@@ -360,9 +360,17 @@ async def test_backfill_refuses_a_metric_no_worker_has_started_or_that_does_not_
     kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
 ) -> None:
     topic = await make_topic(2)
-    await apply_metrics(fresh_database, [NEW], tmp_path)
+    external = {
+        "uid": "total_ar",
+        "name": "Total AR",
+        "source": "EXTERNAL",
+        "aggregationType": "SUM",
+        "timeUnits": ["day"],
+    }
+    await apply_metrics(fresh_database, [NEW, external], tmp_path)
     env = worker_env(kafka_bootstrap, fresh_database, topic, "g-none")
     cases = {
+        "total_ar": "metric 'total_ar' is EXTERNAL: its values come from the API",
         NEW["uid"]: f"the live workers have not started metric '{NEW['uid']}' on {topic}[0],"
         f" {topic}[1] within 1 s",
         "nothing": "no metric 'nothing': create it first",

@@ -40,9 +40,11 @@ GRANTS: dict[str, dict[str, set[str]]] = {
     "parked_dead_letters": {"tally_worker": {INS}},
     "parked_dead_letters_id_seq": {"tally_worker": {"USAGE"}},
     "metric_revision": {},  # no longer drawn from
-    "metric_starts": {"tally_worker": {SEL, INS}, "tally_api": {SEL}, "tally_reader": {SEL}},
-    # A backfill runs as tally_worker; the API reads status, cancels, marks partial values.
-    "backfills": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL, UPD}, "tally_reader": {SEL}},
+    "metric_starts": {"tally_worker": {SEL, INS}},
+    "metrics_before_starts": {"tally_worker": {SEL}},  # a backfill refuses these
+    # A backfill runs as tally_worker; the API reads status, cancels (UPDATE of
+    # three columns only, a column grant: test_the_api_cancels_...), marks partial values.
+    "backfills": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL}, "tally_reader": {SEL}},
     "backfill_partitions": {
         "tally_worker": {SEL, INS, UPD},
         "tally_api": {SEL},
@@ -66,6 +68,7 @@ A_ROW = {
     " VALUES ('m', 'c', 'day', '2026-01-01Z', '2026-01-02Z', '', 1, 0, 1, 'r', 'p', 'k')",
     "schema_migrations": "VALUES (999, 'x')",
     "metric_starts": "(metric_uid, topic, partition, start_offset) VALUES ('m', 't', 0, 1)",
+    "metrics_before_starts": "(metric_uid) VALUES ('m')",
     "backfills": "(metric_uid, state, from_spec) VALUES ('m', 'running', 'earliest')",
     "backfill_partitions": "(metric_uid, topic, partition, from_offset, end_offset, next_offset)"
     " VALUES ('m', 't', 0, 0, 1, 0)",
@@ -89,6 +92,7 @@ UPDATED = {
     "schema_migrations": "name",
     "parked_dead_letters": "reason",
     "metric_starts": "owner",
+    "metrics_before_starts": "metric_uid",
     "backfills": "owner",
     "backfill_partitions": "owner",
     "external_value_audit": "principal",
@@ -245,6 +249,24 @@ async def test_the_api_cannot_touch_the_workers_state_or_the_schema(
         "DROP TABLE tally.metrics",
         "ALTER TABLE tally.metrics ADD COLUMN extra int",
     )
+
+
+async def test_the_api_cancels_a_backfill_but_changes_nothing_else_of_it(
+    users: dict[str, str],
+) -> None:
+    api = users["tally_api"]
+    await allowed(
+        api,
+        "UPDATE tally.backfills SET state = 'cancelled', finished_at = now(), updated_at = now()",
+    )
+    await refused(
+        api,
+        "UPDATE tally.backfills SET owner = 'x'",
+        "UPDATE tally.backfills SET from_spec = 'earliest'",
+        "SELECT * FROM tally.metric_starts",
+        "UPDATE tally.backfill_partitions SET next_offset = 0",
+    )
+    await refused(users["tally_reader"], "SELECT * FROM tally.metric_starts")
 
 
 async def test_a_migrator_changes_the_schema_without_being_a_superuser(

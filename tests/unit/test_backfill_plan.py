@@ -3,7 +3,14 @@ refusal, progress and ETA."""
 
 from __future__ import annotations
 
-from tally.backfill.plan import LogStart, Progress, ReplayedWindow, retention_refusal, warm_up_time
+from tally.backfill.plan import (
+    LogStart,
+    Progress,
+    ReplayedWindow,
+    retention_refusal,
+    time_runs,
+    warm_up_time,
+)
 from tally.core.dedup import digest
 
 HOUR = 3600.0
@@ -61,3 +68,15 @@ def test_progress_gives_an_eta_at_the_current_rate() -> None:
     assert Progress(0, 1000, 0.0).eta is None
     line = Progress(250, 1000, 50.0, 20.0).line("m")
     assert "250 / 1,000 records (25.0%), 50 records/s, 20 events/s, ETA 15 s" in line
+
+
+def test_a_fetch_spanning_hours_is_judged_in_runs_of_about_a_second() -> None:
+    """Review item 5: each run's clock is its own latest time, so a record
+    from 09:00 in a fetch that reaches 12:00 is not judged at 12:00."""
+    hour = 3_600_000
+    stamps = [0, 400, 1000, 1001, hour, hour + 999, 3 * hour]
+    assert time_runs(stamps) == [(0, 3), (3, 4), (4, 6), (6, 7)]
+    assert time_runs([]) == []
+    assert time_runs([5, 5, 5]) == [(0, 3)]
+    # Out-of-order CreateTime stamps: a run's span is its max minus its min.
+    assert time_runs([2000, 500, 2400]) == [(0, 1), (1, 2), (2, 3)]

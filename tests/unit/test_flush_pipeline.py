@@ -51,6 +51,7 @@ class GatedCheckpointer:
 
 class _Result:
     dedup_rows: dict[Any, Any] = {}  # noqa: RUF012 (no dedup in these partitions)
+    epochs: dict[Any, Any] = {}  # noqa: RUF012 (no epochs compared)
 
 
 CORE = new_core()  # no metrics: every event counts as consumed (and unmatched)

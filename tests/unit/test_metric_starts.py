@@ -25,6 +25,18 @@ def test_metrics_known_at_load_start_at_the_stored_offset_unless_stored() -> Non
     assert state.starts == {"b": 40}
 
 
+def test_after_a_log_reset_a_metric_starts_where_consuming_resumes() -> None:
+    """The topic was recreated: stored 1000, the log holds 0..; the worker
+    counts the metric live from the beginning (-1), so a backfill has nothing
+    to count (a start of 1000 would have it count 0..999 again)."""
+    state = PartitionState(TopicPartition("events", 0), 0)
+    state.loaded(1000, -1, set(), ["m"])
+    assert state.starts == {"m": -1}
+    state = PartitionState(TopicPartition("events", 1), 0)
+    state.loaded(1000, 30, set(), ["m"])
+    assert state.starts == {"m": 30}
+
+
 def test_a_metric_added_later_starts_at_the_next_record_and_only_once() -> None:
     state = ready(0, 40, set(), [])
     state.next_offset = 55  # consumed 40..54 without the metric

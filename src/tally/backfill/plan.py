@@ -15,6 +15,7 @@ window and one hour before `--from`, so ids whose first copy is before
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tally.core.dedup import BUCKET_SECONDS
@@ -56,6 +57,31 @@ class ReplayedWindow:
     def forget(self, digest: bytes) -> None:
         """The event changed nothing (an error inside the core): a replay counts it."""
         self.ids.pop(digest, None)
+
+
+RUN_SPAN_MS = 1000  # records judged with one clock span at most this much log time
+
+
+def time_runs(timestamps: Sequence[int], span_ms: int = RUN_SPAN_MS) -> list[tuple[int, int]]:
+    """[start, end) index ranges of consecutive records whose timestamps (ms)
+    lie within `span_ms` of each other. Each run is decoded and deduplicated
+    with its own latest time, which stands in for the live worker's clock;
+    one fetch may span hours on a quiet partition, so judging it all by its
+    latest record would reject or accept events a live worker did not."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    low = high = 0
+    for i, ts in enumerate(timestamps):
+        if i == start:
+            low = high = ts
+            continue
+        low, high = min(low, ts), max(high, ts)
+        if high - low > span_ms:
+            runs.append((start, i))
+            start, low, high = i, ts, ts
+    if timestamps:
+        runs.append((start, len(timestamps)))
+    return runs
 
 
 def warm_up_time(from_time: float, window_seconds: float) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -30,6 +31,7 @@ from typing import TextIO
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -39,14 +41,15 @@ from tally.backfill.plan import (
     ReplayedWindow,
     iso,
     retention_refusal,
+    time_runs,
     warm_up_time,
 )
 from tally.backfill.telemetry import BackfillTelemetry
 from tally.config import Settings
-from tally.contracts.metric import UsageMetric
+from tally.contracts.metric import AggregationType, UsageMetric
 from tally.core.engine import Core, Deltas, new_core
 from tally.core.events import DecodeLimits
-from tally.core.metrics import MetricIndex
+from tally.core.metrics import MetricIndex, is_external
 from tally.errors import is_transient
 from tally.kafka.records import partition_count
 from tally.store import backfill as store
@@ -54,6 +57,7 @@ from tally.store.definitions import list_metrics
 from tally.store.flush import write_flush
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
+from tally.worker.definitions import runnable
 
 log = Log("tally.backfill")
 
@@ -118,6 +122,27 @@ class Backfiller:
             raise BackfillRefused(
                 f"metric {self.uid!r} is deleted; a deleted metric is not backfilled"
             )
+        if is_external(metric):
+            raise BackfillRefused(
+                f"metric {self.uid!r} is EXTERNAL: its values come from the API, not from"
+                " events, so there is nothing to backfill"
+            )
+        runs, refused = runnable([metric])
+        if not runs:
+            reason = refused[0] if refused else None
+            raise BackfillRefused(
+                f"the live workers refuse metric {self.uid!r}"
+                + ("" if reason is None else f" ({reason.reason}: {reason.detail})")
+                + "; fix its definition first"
+            )
+        async with self.pool.acquire() as connection:
+            predates = await store.predates_starts(connection, self.uid)
+        if predates:
+            raise BackfillRefused(
+                f"metric {self.uid!r} existed before migration 0008: workers counted it live"
+                " before they recorded where they started it, so a backfill would count those"
+                " records twice. Create it under a new uid and backfill that"
+            )
         return metric
 
     def from_time(self) -> float | None:
@@ -143,6 +168,16 @@ class Backfiller:
             async with self.pool.acquire() as connection:
                 stored = await store.metric_starts(connection, self.uid)
             missing = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
+            others = sorted(set(stored) - {(tp.topic, tp.partition) for tp in tps})
+            if others:
+                # Workers count the metric on more topics than this backfill
+                # reads: it would end "done" with those ranges never counted.
+                raise BackfillRefused(
+                    f"the live workers count metric {self.uid!r} on "
+                    + ", ".join(f"{t}[{p}]" for t, p in others)
+                    + f" too, which this backfill does not read (TALLY_TOPIC="
+                    f"{','.join(self.settings.topic)}): run it with every topic the workers read"
+                )
             if not missing:
                 return {tp: stored[(tp.topic, tp.partition)] for tp in tps}
             if self.stop.is_set():
@@ -209,6 +244,33 @@ class Backfiller:
         ends = await consumer.end_offsets(tps)
         return {tp: ends[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
 
+    async def _refuse_if_members_expire(
+        self, from_time: float | None, log_starts: dict[TopicPartition, LogStart]
+    ) -> None:
+        """A UNIQUE backfill must not write members of periods the worker's
+        retention deletes: a later flush would insert and count them again
+        (review item 10). The oldest event it counts may be `max_lateness`
+        older than its record."""
+        metric = await self.metric()
+        retention = self.settings.member_retention
+        if metric.aggregation_type is not AggregationType.UNIQUE or retention <= 0:
+            return
+        if from_time is None:
+            known = [s.timestamp for s in log_starts.values() if s.timestamp is not None]
+            if not known:
+                return
+            oldest = min(known)
+        else:
+            oldest = from_time
+        limit = time.time() - retention + self.settings.max_lateness
+        if oldest < limit:
+            raise BackfillRefused(
+                f"metric {self.uid!r} is UNIQUE and this backfill would count records from"
+                f" {iso(oldest)}: members of periods that old are deleted by retention"
+                f" (TALLY_MEMBER_RETENTION), so they could be counted twice. Use --from"
+                f" {iso(math.ceil(limit))} or later"
+            )
+
     async def prepare(self, consumer: AIOKafkaConsumer) -> store.Backfill:
         """The stored backfill (created now if new), after every refusal check."""
         from_time = self.from_time()
@@ -242,12 +304,18 @@ class Backfiller:
                     consumer, tps, from_time, self.settings.dedup_window
                 )
             return existing
-        await self._refuse_if_retention(consumer, tps, from_time, self.settings.dedup_window)
+        log_starts = await self._refuse_if_retention(
+            consumer, tps, from_time, self.settings.dedup_window
+        )
+        await self._refuse_if_members_expire(from_time, log_starts)
         starts = await self._starts(consumer, tps)
         if from_time is None:
             froms = await consumer.beginning_offsets(tps)
         else:
             froms = await self._offsets_at(consumer, tps, from_time)
+        # Again, now the `from` offsets are known: retention may have deleted
+        # records while this waited for the workers (review item 3).
+        await self._refuse_if_retention(consumer, tps, from_time, self.settings.dedup_window)
         rows = []
         for tp in tps:
             end = starts[tp]
@@ -285,6 +353,8 @@ class Backfiller:
             max_poll_records=settings.max_batch,
             fetch_max_wait_ms=200,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # A position retention deleted is a refusal, never a jump to the log end.
+            auto_offset_reset="none",
         )
         await consumer.start()
         try:
@@ -329,10 +399,18 @@ class Backfiller:
         self.started = last_flush = last_report = self.clock()
         self._report(backfill, force=True)
         while not stop.is_set() and not all(p.done for p in self.parts.values()):
-            batch = await consumer.getmany(timeout_ms=200, max_records=settings.max_batch)
+            try:
+                batch = await consumer.getmany(timeout_ms=200, max_records=settings.max_batch)
+            except OffsetOutOfRangeError as exc:
+                raise BackfillRefused(
+                    f"retention deleted records this backfill had still to read ({exc});"
+                    " its values are partial. Cancel it (tally backfill cancel"
+                    f" {self.uid}) and backfill a new uid from a later --from"
+                ) from exc
             for tp, records in batch.items():
                 part = self.parts[tp]
                 if not part.done:
+                    await self._refuse_if_skipped(consumer, part, records)
                     self._consume(core, deltas, part, records, limits)
                     if part.done:
                         consumer.pause(tp)
@@ -358,6 +436,22 @@ class Backfiller:
             async with self.pool.acquire() as connection:
                 await store.finish(connection, self.uid, self.owner)
 
+    async def _refuse_if_skipped(
+        self, consumer: AIOKafkaConsumer, part: _Part, records: list[ConsumerRecord]
+    ) -> None:
+        """Offsets may skip (transaction markers, compaction); a skip the log
+        start has passed means retention deleted records not yet read."""
+        if not records or records[0].offset <= part.position:
+            return
+        begin = (await consumer.beginning_offsets([part.tp]))[part.tp]
+        if begin > part.position:
+            raise BackfillRefused(
+                f"retention deleted {part.tp.topic}[{part.tp.partition}] records"
+                f" {part.position}..{begin - 1} before this backfill read them; its values are"
+                f" partial. Cancel it (tally backfill cancel {self.uid}) and backfill a new uid"
+                " from a later --from"
+            )
+
     def _consume(
         self,
         core: Core,
@@ -368,10 +462,20 @@ class Backfiller:
     ) -> None:
         end = part.row.end_offset
         records = [r for r in records if r.offset >= part.position and r.offset < end]
-        if not records:
-            return
         # Lateness is judged against the time the record reached the log,
-        # the wall clock of a live worker that was keeping up.
+        # the wall clock of a live worker that was keeping up: per run of
+        # records within about a second, never a whole fetch's latest time.
+        for first, last in time_runs([r.timestamp for r in records]):
+            self._consume_run(core, deltas, part, records[first:last], limits)
+
+    def _consume_run(
+        self,
+        core: Core,
+        deltas: Deltas,
+        part: _Part,
+        records: list[ConsumerRecord],
+        limits: object,
+    ) -> None:
         now = max(r.timestamp for r in records) / 1000
         decoded = core.decode([r.value for r in records], now, limits)  # type: ignore[arg-type]
         accepted = decoded.accepted
@@ -436,9 +540,19 @@ class Backfiller:
         if not steps and not len(deltas):
             return
         log.debug("backfill flush started", uid=self.uid, partitions=len(steps))
+        # The flush that reaches every end offset marks the backfill done in
+        # its own transaction: a kill between the two cannot leave it running
+        # with nothing left to read (review item 9).
+        targets = {(s.topic, s.partition): s.target for s in steps}
+        last = all(
+            targets.get((part.tp.topic, part.tp.partition), part.stored) >= part.row.end_offset
+            for part in self.parts.values()
+        )
         async with self.pool.acquire() as connection, connection.transaction():
             await store.claim_and_move(connection, self.uid, self.owner, steps)
             await write_flush(connection, [], deltas, self.owner)
+            if last:
+                await store.finish(connection, self.uid, self.owner)
         for step in steps:
             part = self.parts[TopicPartition(step.topic, step.partition)]
             self.applied += step.target - step.expected

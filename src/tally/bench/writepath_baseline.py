@@ -80,6 +80,7 @@ async def write_flush_baseline(
                 [p.records for p in partitions],
                 [p.duplicates for p in partitions],
                 [p.dead_letters for p in partitions],
+                [p.expected_epoch for p in partitions],
             )
             if len(moved) != len(partitions):
                 kept = {(r["topic"], r["partition"]) for r in moved}

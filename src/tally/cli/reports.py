@@ -135,8 +135,9 @@ async def values(args: argparse.Namespace) -> int:
 
 def partial_text(marker: PartialRange) -> str:
     share = 100.0 * marker.records_done / marker.records_total if marker.records_total else 0.0
+    how = "cancelled" if marker.reason == "backfill_cancelled" else "not finished"
     return (
-        f"PARTIAL: backfill from {marker.backfill_from} cancelled at {share:.1f}%"
+        f"PARTIAL: backfill from {marker.backfill_from} {how} at {share:.1f}%"
         f" ({marker.records_done} of {marker.records_total} records)"
     )
 

@@ -42,9 +42,11 @@ class PartialRange(BaseModel):
         extra="forbid",
     )
 
-    reason: Literal["backfill_cancelled"] = Field(
+    reason: Literal["backfill_cancelled", "backfill_running"] = Field(
         description="backfill_cancelled: the backfill of the events before the metric existed"
         " was cancelled; events since are counted, earlier ones only in part."
+        " backfill_running: that backfill has not finished (running, or killed and not"
+        " resumed yet); recordsDone says how far it got."
     )
     backfill_from: StrictStr = Field(
         description="Where the backfill started: 'earliest' or an instant (RFC 3339)."

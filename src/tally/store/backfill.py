@@ -38,6 +38,15 @@ async def metric_starts(connection: Connection, uid: str) -> dict[tuple[str, int
     return {(r["topic"], r["partition"]): r["start_offset"] for r in rows}
 
 
+async def predates_starts(connection: Connection, uid: str) -> bool:
+    """Whether `uid` existed when migration 0008 first ran (counted live
+    before any start was recorded: a backfill refuses it)."""
+    found = await connection.fetchval(
+        "SELECT 1 FROM tally.metrics_before_starts WHERE metric_uid = $1", uid
+    )
+    return found is not None
+
+
 @dataclass(frozen=True, slots=True)
 class BackfillPartition:
     topic: str
@@ -282,22 +291,23 @@ async def cancel(connection: Connection, uid: str) -> str | None:
 
 async def partial_ranges(connection: Connection, uids: Iterable[str]) -> dict[str, PartialRange]:
     """Of `uids`, those whose values cover only part of their range (a
-    cancelled backfill), with the marker the values carry (docs/backfill.md)."""
+    cancelled backfill, or one still running: killed and never resumed, it
+    stays so), with the marker the values carry (docs/backfill.md)."""
     wanted = sorted(set(uids))
     if not wanted:
         return {}
     rows = await connection.fetch(
-        "SELECT b.metric_uid, b.from_spec, b.finished_at,"
+        "SELECT b.metric_uid, b.state, b.from_spec, b.finished_at,"
         " coalesce(sum(greatest(0, least(p.next_offset, p.end_offset) - p.from_offset)), 0) AS done,"
         " coalesce(sum(greatest(0, p.end_offset - p.from_offset)), 0) AS total"
         " FROM tally.backfills AS b LEFT JOIN tally.backfill_partitions AS p USING (metric_uid)"
-        " WHERE b.state = 'cancelled' AND b.metric_uid = ANY($1::text[])"
-        " GROUP BY b.metric_uid, b.from_spec, b.finished_at",
+        " WHERE b.state IN ('cancelled', 'running') AND b.metric_uid = ANY($1::text[])"
+        " GROUP BY b.metric_uid, b.state, b.from_spec, b.finished_at",
         wanted,
     )
     return {
         r["metric_uid"]: PartialRange(
-            reason="backfill_cancelled",
+            reason="backfill_cancelled" if r["state"] == CANCELLED else "backfill_running",
             backfill_from=r["from_spec"],
             records_done=int(r["done"]),
             records_total=int(r["total"]),

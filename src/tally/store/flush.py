@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tally.core.dedup import DedupWindow, FlushPlan
 from tally.core.engine import Deltas, member_copy
@@ -37,14 +37,16 @@ from tally.store.pool import Connection
 
 _CAS = """
 UPDATE tally.partition_offsets AS o
-   SET next_offset = c.next_offset, owner = $5, flushed_at = now(),
+   SET next_offset = c.next_offset, owner = $5, flushed_at = now(), epoch = o.epoch + 1,
        records_total = o.records_total + c.records,
        duplicates_total = o.duplicates_total + c.duplicates,
        dead_letters_total = o.dead_letters_total + c.dead_letters
-  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
-       AS c(topic, partition, expected, next_offset, records, duplicates, dead_letters)
+  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+              $9::bigint[])
+       AS c(topic, partition, expected, next_offset, records, duplicates, dead_letters, epoch)
  WHERE o.topic = c.topic AND o.partition = c.partition AND o.next_offset = c.expected
-RETURNING o.topic, o.partition
+   AND (c.epoch IS NULL OR o.epoch = c.epoch)
+RETURNING o.topic, o.partition, o.epoch
 """
 
 _STARTS = """
@@ -215,6 +217,9 @@ class PartitionFlush:
     dead_letters: int = 0
     # (metric uid, offset) of metrics this flush is the first to include.
     starts: tuple[tuple[str, int], ...] = ()
+    # The epoch this worker loaded or last flushed (None: not compared; for
+    # writers that own the row by construction, benches and tests).
+    expected_epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +235,7 @@ class FlushResult:
     dedup_rows: dict[tuple[str, int], DedupRows]
     members_sent: int = 0  # member rows offered to the insert
     members_skipped: int = 0  # left out: the MemberCache knew them stored
+    epochs: dict[tuple[str, int], int] = field(default_factory=dict)  # stored by this flush
 
 
 class Fenced(Exception):
@@ -259,6 +265,7 @@ async def write_flush(
     partitions = sorted(partitions, key=lambda p: (p.topic, p.partition))
     rollups = member_rollups(deltas)
     offer = members.offer(rollups) if members is not None else offer_all(rollups)
+    epochs: dict[tuple[str, int], int] = {}
     try:
         async with connection.transaction():
             if partitions:
@@ -272,6 +279,7 @@ async def write_flush(
                     [p.records for p in partitions],
                     [p.duplicates for p in partitions],
                     [p.dead_letters for p in partitions],
+                    [p.expected_epoch for p in partitions],
                 )
                 if len(moved) != len(partitions):
                     kept = {(r["topic"], r["partition"]) for r in moved}
@@ -282,6 +290,7 @@ async def write_flush(
                             if (p.topic, p.partition) not in kept
                         ]
                     )
+                epochs = {(r["topic"], r["partition"]): r["epoch"] for r in moved}
                 starts = [(p, uid, at) for p in partitions for uid, at in p.starts]
                 if starts:
                     await connection.execute(
@@ -308,7 +317,7 @@ async def write_flush(
         raise
     if members is not None:
         members.remember(offer)  # committed: every member offered is stored
-    return FlushResult(rows, sum(added.values()), dedup_rows, offer.sent, offer.skipped)
+    return FlushResult(rows, sum(added.values()), dedup_rows, offer.sent, offer.skipped, epochs)
 
 
 async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPlan) -> DedupRows:
@@ -469,21 +478,28 @@ async def load_partition_into(
     min_bucket: int | None,
     window: DedupWindow | None,
     now: float,
-) -> int:
-    """The stored offset of a partition, its dedup window rebuilt in place,
-    from one snapshot. Segments stream through a cursor into the window, so
-    memory holds one blob at a time, never all of them (`WindowLoad`)."""
+) -> tuple[int, int]:
+    """The stored offset and epoch of a partition, its dedup window rebuilt
+    in place, from one snapshot. Segments stream through a cursor into the
+    window, so memory holds one blob at a time, never all of them
+    (`WindowLoad`). Loading bumps the epoch first: a worker that loaded
+    earlier (a zombie) is fenced at its next flush even if no flush moves
+    the offset."""
     await connection.execute(
-        "INSERT INTO tally.partition_offsets (topic, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "INSERT INTO tally.partition_offsets AS o (topic, partition) VALUES ($1, $2)"
+        " ON CONFLICT (topic, partition) DO UPDATE SET epoch = o.epoch + 1",
         topic,
         partition,
     )
     async with connection.transaction(isolation="repeatable_read", readonly=True):
-        offset = await connection.fetchval(
-            "SELECT next_offset FROM tally.partition_offsets WHERE topic = $1 AND partition = $2",
+        stored = await connection.fetchrow(
+            "SELECT next_offset, epoch FROM tally.partition_offsets"
+            " WHERE topic = $1 AND partition = $2",
             topic,
             partition,
         )
+        assert stored is not None
+        offset = stored["next_offset"]
         if window is not None and min_bucket is not None:
             ids = await connection.fetchval(
                 "SELECT coalesce(sum(id_count), 0) FROM tally.dedup_segments"
@@ -503,4 +519,4 @@ async def load_partition_into(
             ):
                 loading.add(row["segment_id"], row["bucket"], row["ids"])
             loading.finish()
-    return int(offset)
+    return int(offset), int(stored["epoch"])

@@ -83,6 +83,7 @@ class Checkpointer:
                     duplicates=p.duplicates,
                     dead_letters=sum(p.rejected.values()),
                     starts=tuple(sorted(p.starts.items())),
+                    expected_epoch=p.epoch,
                 )
                 for p in batch.parts
             ]

@@ -30,6 +30,7 @@ class PartitionState:
         "dead_letters",
         "dedup",
         "duplicates",
+        "epoch",
         "next_offset",
         "ready",
         "records",
@@ -45,6 +46,9 @@ class PartitionState:
         self.ready = False  # stored state loaded and the consumer seeked
         self.stored_offset = -1
         self.next_offset = -1
+        # The generation of the stored offset row this worker holds (loaded
+        # or set by its last flush); None: not compared (tests).
+        self.epoch: int | None = None
         self.dedup: DedupWindow | None = DedupWindow(window_seconds) if window_seconds > 0 else None
         self.records = 0
         self.duplicates = 0
@@ -81,13 +85,15 @@ class PartitionState:
         """State read from PostgreSQL; consuming resumes at `resume_at` (the
         stored offset unless it lay outside the log, worker/positions.py).
         `started`: the metrics whose start offset is stored for this
-        partition; every other metric of `live` starts at the stored offset."""
+        partition; every other metric of `live` starts where consuming
+        resumes (after a log reset that is not the stored offset: the records
+        from the resume point on are counted live)."""
         self.stored_offset = stored_offset
         self.next_offset = stored_offset if resume_at is None else resume_at
         self.clear()
         self.started = set(started or ())
         self.starts = {}
-        self.metrics_added(live, stored_offset)
+        self.metrics_added(live, self.next_offset)
         self.ready = True
 
     def metrics_added(self, uids: Iterable[str], at: int | None = None) -> None:
@@ -124,6 +130,7 @@ class PartitionPart:
     rejected: Counter[str]
     dead_letters: list[DeadLetter]
     starts: dict[str, int] = field(default_factory=dict)
+    epoch: int | None = None
 
 
 @dataclass(slots=True)
@@ -162,17 +169,25 @@ class FlushBatch:
                     state.rejected,
                     state.dead_letters,
                     state.starts,
+                    state.epoch,
                 )
             )
             state.starts = {}
             state.clear()
         return batch
 
-    def committed(self, dedup_rows: Mapping[tuple[str, int], DedupRows]) -> None:
-        """The transaction committed: the partitions now stand at the batch's offsets."""
+    def committed(
+        self,
+        dedup_rows: Mapping[tuple[str, int], DedupRows],
+        epochs: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        """The transaction committed: the partitions now stand at the batch's
+        offsets and at the epochs the flush stored."""
         for part in self.parts:
             state = part.state
             state.stored_offset = part.target
+            if epochs is not None and (state.topic, state.partition) in epochs:
+                state.epoch = epochs[(state.topic, state.partition)]
             state.started.update(part.starts)
             if state.dedup is not None and part.plan is not None:
                 rows = dedup_rows[(state.topic, state.partition)]

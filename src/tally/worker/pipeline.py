@@ -106,7 +106,7 @@ class FlushPipeline:
                 raise
             if self._task is task:
                 self._task = self._batch = None
-                batch.committed(result.dedup_rows)
+                batch.committed(result.dedup_rows, result.epochs)
 
     async def flush(self, reason: str) -> None:
         """Everything pending made durable before returning (revocation, shutdown)."""

@@ -249,7 +249,7 @@ class Worker:
         window = self.settings.dedup_window
         min_bucket = int((now - window) // BUCKET_SECONDS) if window > 0 else None
         async with self.pool.acquire() as connection:
-            offset = await load_partition_into(
+            offset, epoch = await load_partition_into(
                 connection, state.topic, state.partition, min_bucket, state.dedup, now
             )
             started = await started_metrics(connection, state.topic, state.partition)
@@ -267,6 +267,7 @@ class Worker:
             if self.states.get(state.tp) is not state:
                 return
         state.loaded(offset, start, started, self.index.by_uid)
+        state.epoch = epoch
         if consumer is not None and assigned:
             if start >= 0:
                 consumer.seek(state.tp, start)

@@ -14,6 +14,35 @@
 -- Every statement may run again (IF NOT EXISTS).
 SET LOCAL ROLE tally_migrator;
 
+-- tally.metrics_before_starts: the metrics that existed when this migration
+-- first ran. Workers counted them live before they recorded any start, so
+-- the start row a worker writes later is not where counting began: a
+-- backfill refuses them (it would count those records twice). Filled only
+-- when tally.metric_starts does not exist yet, i.e. on the first run; a
+-- re-run leaves it as it is.
+DO $$
+BEGIN
+    IF to_regclass('tally.metric_starts') IS NULL THEN
+        CREATE TABLE IF NOT EXISTS tally.metrics_before_starts (
+            metric_uid  text        PRIMARY KEY,
+            recorded_at timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO tally.metrics_before_starts (metric_uid)
+            SELECT uid FROM tally.metrics ON CONFLICT DO NOTHING;
+    END IF;
+END
+$$;
+CREATE TABLE IF NOT EXISTS tally.metrics_before_starts (
+    metric_uid  text        PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- tally.partition_offsets.epoch: a generation, bumped by every load and
+-- every flush. A flush compares-and-sets (next_offset, epoch), so a flush
+-- that does not move the offset (one that only records starts) still fences
+-- a zombie that loaded the same offset earlier (docs/design.md section 3).
+ALTER TABLE tally.partition_offsets ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;
+
 CREATE TABLE IF NOT EXISTS tally.metric_starts (
     metric_uid   text        NOT NULL,
     topic        text        NOT NULL,
@@ -50,10 +79,12 @@ CREATE TABLE IF NOT EXISTS tally.backfill_partitions (
 );
 
 GRANT SELECT, INSERT ON tally.metric_starts TO tally_worker;
-GRANT SELECT ON tally.metric_starts TO tally_api, tally_reader;
+GRANT SELECT ON tally.metrics_before_starts TO tally_worker;  -- a backfill's refusal
 -- A backfill runs as tally_worker (it writes rollups); the API starts none
--- itself but reads status, cancels, and shows the partial marker.
+-- itself but reads status, cancels (state, finished_at, updated_at only),
+-- and shows the partial marker. Neither the API nor a reader reads
+-- metric_starts.
 GRANT SELECT, INSERT, UPDATE ON tally.backfills, tally.backfill_partitions TO tally_worker;
-GRANT SELECT, UPDATE ON tally.backfills TO tally_api;
+GRANT SELECT, UPDATE (state, finished_at, updated_at) ON tally.backfills TO tally_api;
 GRANT SELECT ON tally.backfill_partitions TO tally_api;
 GRANT SELECT ON tally.backfills, tally.backfill_partitions TO tally_reader;  -- the partial marker
