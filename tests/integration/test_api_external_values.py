@@ -28,7 +28,7 @@ DSO: dict[str, Any] = {
     "contextType": "PARTY",
     "valueKind": "days",
     "periodDefinition": "as_of_date",
-    "timeUnits": ["day", "month"],
+    "timeUnits": ["day"],
     "timezone": "America/Los_Angeles",
 }
 AR: dict[str, Any] = {
@@ -210,3 +210,123 @@ async def test_the_usage_query_reads_external_values_like_rollups(api: Api) -> N
     )
     assert summed.status_code == 200, summed.text
     assert [item["value"] for item in summed.json()["items"]] == ["400"]
+
+
+async def post_values(api: Api, path: str, uid: str, values: dict[str, Any]) -> None:
+    for day, value in values.items():
+        body = {**VALUE, "metric_uid": uid, "metric_date": day, "value": value}
+        created = await api.client.post(path, json=body, headers=ADMIN)
+        assert created.status_code in (200, 201), created.text
+
+
+async def usage(api: Api, uid: str, customer: str, start: str, end: str) -> list[Any]:
+    params = {"customerId": customer, "from": start, "to": end}
+    answer = await api.client.get(f"/usage-metrics/{uid}/usage", params=params, headers=READ)
+    assert answer.status_code == 200, answer.text
+    return [item["value"] for item in answer.json()["items"]]
+
+
+async def test_an_external_metric_is_read_only_in_the_one_unit_its_values_are_posted_in(
+    api: Api,
+) -> None:
+    # Several units would be separate series: the query's month cover would
+    # answer a month nobody posted (docs/decisions.md, "External values: one time unit").
+    mixed = await api.create({**AR, "uid": "mixed", "timeUnits": ["day", "month"]})
+    assert mixed.status_code == 422
+    assert error_locs(mixed) == [["body", "timeUnits"]]
+    march = {f"2026-03-{day:02d}": 10 for day in range(1, 32)}
+    await post_values(api, "/metrics/values/ORGANIZATION/o_1", "total_ar", march)
+    expected = str(sum(Decimal(v) for v in march.values()))
+    for start, end in (("2026-03-01", "2026-04-01"), ("2026-02-28", "2026-04-02")):
+        assert await usage(api, "total_ar", "o_1", f"{start}T00:00:00Z", f"{end}T00:00:00Z") == [
+            expected
+        ], (start, end)
+    summary = await api.client.get(
+        "/usage-metrics/total_ar/summary",
+        params={
+            "customerId": "o_1",
+            "periodType": "calendar",
+            "periodValue": "month",
+            "asOf": "2026-03-31",
+        },
+        headers=READ,
+    )
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["currentValue"] == expected
+    month = {**VALUE, "metric_uid": "total_ar", "time_unit": "month", "value": 7}
+    refused = await api.client.post("/metrics/values/ORGANIZATION/o_1", json=month, headers=ADMIN)
+    assert refused.status_code == 422
+    assert error_locs(refused) == [["body", "time_unit"]]
+    # A snapshot's March is its latest posted day in March, in the metric's zone.
+    await post_values(
+        api, "/metrics/values/PARTY/p_1", "dso", {"2026-03-01": 5, "2026-03-15": 7, "2026-03-31": 9}
+    )
+    assert await usage(
+        api, "dso", "p_1", "2026-03-01T00:00:00-08:00", "2026-04-01T00:00:00-07:00"
+    ) == ["9"]
+    assert await usage(
+        api, "dso", "p_1", "2026-03-01T00:00:00-08:00", "2026-03-31T00:00:00-07:00"
+    ) == ["7"]
+
+
+async def test_exante_values_that_overlap_are_never_summed(api: Api) -> None:
+    metric = {"uid": "mtd", "name": "MTD", "period_definition": "month_to_date"}
+    created = await api.client.post("/api/metrics", json=metric, headers=ADMIN)
+    assert created.status_code == 200, created.text
+    stored = (await api.client.get("/usage-metrics/mtd", headers=READ)).json()
+    assert (stored["aggregationType"], stored["timeUnits"]) == ("LATEST", ["day"])
+    days = {"2026-03-01": 10, "2026-03-02": 20, "2026-03-03": 30}
+    await post_values(api, "/api/metrics/values/ORGANIZATION/o_1", "mtd", days)
+    summary = await api.client.get(
+        "/usage-metrics/mtd/summary",
+        params={"customerId": "o_1", "periodDefinition": "month_to_date", "asOf": "2026-03-03"},
+        headers=READ,
+    )
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["currentValue"] == "30"  # the month to the 3rd, as posted
+    summed = await api.create({**AR, "uid": "mtd_sum", "periodDefinition": "month_to_date"})
+    assert summed.status_code == 422
+    assert error_locs(summed) == [["body", "periodDefinition"]]
+
+
+async def test_an_external_value_is_not_adjustable(api: Api) -> None:
+    body = {
+        "metricUid": "total_ar",
+        "customerId": "o_1",
+        "timeUnit": "day",
+        "periodStart": "2026-03-15T00:00:00Z",
+        "delta": "0.5",
+        "reason": "a correction",
+    }
+    refused = await api.client.post(
+        "/metric-values/adjustments", json=body, headers={**ADMIN, "Idempotency-Key": "a-1"}
+    )
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["body", "metricUid"]]
+    assert refused.json()["detail"][0]["type"] == "not_adjustable"
+    assert await api.sql("SELECT 1 FROM tally.metric_values") == []
+    # So nothing stands in the way of the value itself.
+    value = {**VALUE, "metric_uid": "total_ar", "value": 150}
+    created = await api.client.post("/metrics/values/ORGANIZATION/o_1", json=value, headers=ADMIN)
+    assert created.status_code == 201, created.text
+
+
+async def test_exantes_fields_are_refused_on_a_metric_of_events(api: Api) -> None:
+    refused = await api.create(
+        {
+            "uid": "spend",
+            "name": "Spend",
+            "eventType": "purchase",
+            "aggregationType": "SUM",
+            "aggregationProperty": "amount",
+            "storageUnit": "cents",
+            "contextType": "USER",
+            "periodDefinition": "trailing_30_days",
+        }
+    )
+    assert refused.status_code == 422
+    assert sorted(error_locs(refused)) == [
+        ["body", "contextType"],
+        ["body", "periodDefinition"],
+        ["body", "storageUnit"],
+    ]

@@ -155,7 +155,9 @@ async def test_exante_example_creates_a_metric_in_exantes_envelope(api: Api) -> 
     assert (stored["valueKind"], stored["contextType"]) == ("count", "ORGANIZATION")
     # Immutable where Exante says so.
     changed = await api.client.patch(
-        "/usage-metrics/party_dso", json={"contextType": "USER", "valueKind": "days"}, headers=ADMIN
+        "/usage-metrics/party_dso",
+        json={"contextType": "USER", "valueKind": "currency"},
+        headers=ADMIN,
     )
     assert changed.status_code == 422
     assert sorted(error_locs(changed)) == [["body", "contextType"], ["body", "valueKind"]]

@@ -112,8 +112,10 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     (with_(deletedAt="0001-01-01T00:00:00+05:00"), "deletedAt", "years 1 and 9999"),
     (
         with_(
+            source="EXTERNAL",
+            eventType=...,
             aggregationType="LATEST",
-            aggregationProperty="v",
+            aggregationProperty=...,
             valueType="STRING",
             storageUnit="cents",
         ),
@@ -121,7 +123,21 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "cents holds numbers",
     ),
     (with_(targetValue=100), "targetValue", "together"),
-    (with_(isSnapshot=True), "isSnapshot", "a snapshot is LATEST"),
+    (
+        with_(source="EXTERNAL", eventType=..., aggregationType="MAX", isSnapshot=True),
+        "isSnapshot",
+        "a snapshot is LATEST",
+    ),
+    # Exante's fields belong to EXTERNAL metrics: an EVENTS metric never respects them.
+    (with_(storageUnit="cents"), "storageUnit", "only allowed when source is EXTERNAL"),
+    (with_(contextType="USER"), "contextType", "only allowed when source is EXTERNAL"),
+    (with_(valueKind="days"), "valueKind", "only allowed when source is EXTERNAL"),
+    (
+        with_(periodDefinition="trailing_30_days"),
+        "periodDefinition",
+        "only allowed when source is EXTERNAL",
+    ),
+    (with_(isSnapshot=True), "isSnapshot", "only allowed when source is EXTERNAL"),
     (with_(source="EXTERNAL"), "eventType", "not allowed when source is EXTERNAL"),
 ]
 
@@ -343,6 +359,10 @@ MODEL_ONLY = [
     ("aggregationProperty", "at most 32 segments"),
     ("storageUnit", "cents holds numbers"),
     ("targetValue", "together"),
+    ("storageUnit", "only allowed when source"),
+    ("contextType", "only allowed when source"),
+    ("valueKind", "only allowed when source"),
+    ("periodDefinition", "only allowed when source"),
 ]
 
 
@@ -489,6 +509,51 @@ def test_an_external_metric_has_no_events() -> None:
     ]
     events = parse_metric({"uid": "c", "name": "C", "eventType": "e", "aggregationType": "COUNT"})
     assert "source" not in events.to_document()  # the default is not written
+
+
+EXTERNAL = {"uid": "x", "name": "X", "source": "EXTERNAL", "aggregationType": "SUM"}
+
+
+def external_errors(**changes: Any) -> list[tuple[str, str]]:
+    with pytest.raises(MetricDefinitionError) as refused:
+        parse_metric({**EXTERNAL, **changes})
+    return [(e.field, e.reason) for e in refused.value.errors]
+
+
+@pytest.mark.parametrize("units", [["day", "month"], ["day", "month", "year"], ["hour"], ["week"]])
+def test_an_external_metric_has_exactly_one_day_month_or_year_unit(units: list[str]) -> None:
+    # The usage query covers a window with the largest stored unit that fits:
+    # right only if every unit held the same values, which posted values do not.
+    errors = external_errors(timeUnits=units)
+    assert [field for field, _ in errors] == ["timeUnits"], errors
+    assert "exactly one time unit" in errors[0][1]
+
+
+def test_an_external_metric_without_units_is_kept_by_day() -> None:
+    assert parse_metric(EXTERNAL).time_units == ["day"]
+    for unit in ("day", "month", "year"):
+        assert parse_metric({**EXTERNAL, "timeUnits": [unit]}).time_units == [unit]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"periodDefinition": "month_to_date"}, "periodDefinition"),
+        ({"periodDefinition": "trailing_30_days"}, "periodDefinition"),
+        ({"periodDefinition": "calendar_month"}, "periodDefinition"),
+        ({"valueKind": "percentage"}, "valueKind"),
+        ({"valueKind": "ratio"}, "valueKind"),
+        ({"valueKind": "days"}, "valueKind"),
+    ],
+)
+def test_an_external_sum_of_overlapping_or_non_additive_values_is_refused(
+    changes: dict[str, str], field: str
+) -> None:
+    assert [f for f, _ in external_errors(**changes)] == [field]
+    # The same values as LATEST are fine: never summed across periods.
+    assert parse_metric({**EXTERNAL, **changes, "aggregationType": "LATEST"}).source == "EXTERNAL"
+    summed = {**EXTERNAL, "periodDefinition": "as_of_date", "valueKind": "currency"}
+    assert parse_metric(summed).aggregation_type == "SUM"
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,23 @@ class PeriodValue(enum.StrEnum):
 EXTERNAL_AGGREGATIONS = frozenset(
     {AggregationType.SUM, AggregationType.MAX, AggregationType.MIN, AggregationType.LATEST}
 )
+# The one time unit an EXTERNAL metric's values are posted in (Exante's
+# time_unit). Exactly one: the usage query covers a window with the largest
+# stored unit that fits, which is only right when every unit holds the same
+# values (docs/decisions.md, "External values: one time unit").
+EXTERNAL_UNITS = frozenset({TimeUnit.DAY, TimeUnit.MONTH, TimeUnit.YEAR})
+# Values that overlap or are not additive: summing them across periods is
+# wrong (a month-to-date value already holds the days before it).
+OVERLAPPING_PERIODS = frozenset(
+    {
+        PeriodDefinition.TRAILING_30_DAYS,
+        PeriodDefinition.MONTH_TO_DATE,
+        PeriodDefinition.CALENDAR_MONTH,
+    }
+)
+NON_ADDITIVE_KINDS = frozenset({ValueKind.PERCENTAGE, ValueKind.RATIO, ValueKind.DAYS})
+# Exante's definition fields: only an EXTERNAL metric's values respect them.
+EXTERNAL_ONLY_FIELDS = ("context_type", "value_kind", "storage_unit", "period_definition")
 
 
 # A finite exact number (a JSON number or a string holding one; no NaN, no
@@ -264,6 +281,18 @@ class UsageMetricDefinition(BaseModel):
                     )
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _external_default_unit(cls, data: object) -> object:
+        # An EXTERNAL metric has one time unit; without timeUnits it is day.
+        if (
+            isinstance(data, Mapping)
+            and data.get("source") == MetricSource.EXTERNAL.value
+            and "timeUnits" not in data
+        ):
+            return {**data, "timeUnits": [TimeUnit.DAY.value]}
+        return data
+
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, value: str) -> str:
@@ -357,8 +386,33 @@ class UsageMetricDefinition(BaseModel):
             for name in ("property_filters", "presence_filters", "properties_to_negate"):
                 if getattr(self, name):
                     rule(field_alias(name), "not allowed when source is EXTERNAL")
-        elif self.event_type is None:
-            rule("eventType", "required (unless source is EXTERNAL)")
+            if len(self.time_units) != 1 or self.time_units[0] not in EXTERNAL_UNITS:
+                rule(
+                    "timeUnits",
+                    "an EXTERNAL metric has exactly one time unit, the one its values are"
+                    " posted in: [day], [month] or [year]",
+                )
+            if kind is AggregationType.SUM:
+                if self.period_definition in OVERLAPPING_PERIODS:
+                    rule(
+                        "periodDefinition",
+                        f"{self.period_definition} values overlap: summing them across periods"
+                        " is wrong; use LATEST (or MAX, MIN)",
+                    )
+                if self.value_kind in NON_ADDITIVE_KINDS:
+                    rule(
+                        "valueKind",
+                        f"{self.value_kind} values do not add up across periods;"
+                        " use LATEST (or MAX, MIN)",
+                    )
+        else:
+            if self.event_type is None:
+                rule("eventType", "required (unless source is EXTERNAL)")
+            for name in EXTERNAL_ONLY_FIELDS:
+                if getattr(self, name) is not None:
+                    rule(field_alias(name), "only allowed when source is EXTERNAL")
+            if self.is_snapshot:
+                rule("isSnapshot", "only allowed when source is EXTERNAL")
         needs_property = not external and kind is not AggregationType.COUNT
         if needs_property and self.aggregation_property is None:
             rule("aggregationProperty", f"required for {kind.value}")
