@@ -330,3 +330,76 @@ async def test_exantes_fields_are_refused_on_a_metric_of_events(api: Api) -> Non
         ["body", "periodDefinition"],
         ["body", "storageUnit"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("uid", "path", "day"),
+    [
+        ("dso", "/metrics/values/PARTY/p_1", "9999-12-31"),
+        ("total_ar", "/api/metrics/values/ORGANIZATION/o_1", "9999-12-31"),
+        ("total_ar", "/metrics/values/ORGANIZATION/o_1", "0999-01-01"),
+        ("dso", "/metrics/values/PARTY/p_1", "0001-01-01"),
+        ("total_ar", "/metrics/values/ORGANIZATION/o_1", "1970-01-01"),
+    ],
+)
+async def test_a_metric_date_whose_period_tally_cannot_hold_is_422(
+    api: Api, uid: str, path: str, day: str
+) -> None:
+    body = {**VALUE, "metric_uid": uid, "metric_date": day, "value": 1}
+    refused = await api.client.post(path, json=body, headers=ADMIN)
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["body", "metric_date"]]
+    served = await api.client.get("/metric-values", headers=READ)
+    assert served.status_code == 200, served.text
+    assert served.json()["items"] == []
+
+
+async def test_the_edges_of_the_date_range_are_stored_and_served(api: Api) -> None:
+    await post_values(api, "/metrics/values/PARTY/p_1", "dso", {"9998-12-31": 1, "1970-01-02": 2})
+    await post_values(api, "/metrics/values/ORGANIZATION/o_1", "total_ar", {"1970-01-02": 3})
+    served = await api.client.get("/metric-values", headers=READ)
+    assert served.status_code == 200, served.text
+    assert sorted(item["value"] for item in served.json()["items"]) == ["1", "2", "3"]
+    # Only a LATEST row has what LATEST combines by (migration 0007).
+    rows = await api.sql(
+        "SELECT metric_uid, latest_at IS NULL AS bare, latest_id IS NULL AS bare_id"
+        " FROM tally.metric_values ORDER BY metric_uid"
+    )
+    assert [(r["metric_uid"], r["bare"], r["bare_id"]) for r in rows] == [
+        ("dso", False, False),
+        ("dso", False, False),
+        ("total_ar", True, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        b'{"n": 1e400, "m": -1e400}',
+        b'{"deep": [1, {"x": 1e999}]}',
+        b'{"a": ' * 600 + b"1" + b"}" * 600,
+        b'{"a": ' * 33 + b"{}" + b"}" * 33,
+    ],
+    ids=["infinite", "infinite-nested", "600-deep", "34-deep"],
+)
+async def test_metadata_that_cannot_be_stored_as_sent_is_422(api: Api, metadata: bytes) -> None:
+    body = b'{"metric_uid": "dso", "time_unit": "day", "metric_date": "2026-03-15", "value": 1,'
+    body += b' "_metadata": ' + metadata + b"}"
+    refused = await api.client.post(
+        "/metrics/values/PARTY/p_1",
+        content=body,
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["body", "_metadata"]]
+    assert await api.sql("SELECT 1 FROM tally.metric_values") == []
+    # 32 deep is kept exactly as sent.
+    kept: Any = {"n": 1e300}
+    for _ in range(31):
+        kept = {"a": kept}
+    created = await api.client.post(
+        "/metrics/values/PARTY/p_1", json={**VALUE, "_metadata": kept}, headers=ADMIN
+    )
+    assert created.status_code == 201, created.text
+    rows = await api.sql("SELECT metadata FROM tally.metric_values")
+    assert rows[0]["metadata"] == kept
