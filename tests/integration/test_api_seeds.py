@@ -279,3 +279,57 @@ async def test_exante_value_example_in_the_envelope_then_409(api: Api) -> None:
     duplicate = await api.client.post(path, json=body, headers=ADMIN)
     assert duplicate.status_code == 409
     assert error_locs(duplicate) == [["body", "metric_date"]]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "extra"),
+    [
+        (
+            "/external/v1/external/v1/customers/metrics",
+            {
+                **CUORAL,
+                "data_type": "NUMBER",
+                "source": "EVENTS",
+                "eventType": "api_call",
+                "aggregationType": "COUNT",
+                "timeUnits": ["hour"],
+            },
+            ["aggregationType", "eventType", "source", "timeUnits"],
+        ),
+        (
+            "/api/metrics",
+            {
+                **EXANTE_METRIC,
+                "source": "EVENTS",
+                "eventType": "payment",
+                "aggregationProperty": "amount",
+            },
+            ["aggregationProperty", "eventType", "source"],
+        ),
+        (
+            "/organisations/o/workspaces/w/metrics",
+            {**SQUAD, "uid": "Hourly!", "timeUnits": ["hour"]},
+            ["timeUnits", "uid"],
+        ),
+    ],
+    ids=["cuoral", "exante", "squad"],
+)
+async def test_a_seed_path_refuses_every_key_that_is_not_the_seeds(
+    api: Api, path: str, body: dict[str, Any], extra: list[str]
+) -> None:
+    response = await api.client.post(path, json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert sorted(error_locs(response)) == [["body", key] for key in extra]
+    assert {e["type"] for e in response.json()["detail"]} == {"extra_forbidden"}
+    assert await api.sql("SELECT 1 FROM tally.metrics") == []
+
+
+async def test_a_refused_name_is_one_error_on_the_name_not_also_on_its_derived_uid(
+    api: Api,
+) -> None:
+    response = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json={**SQUAD, "title": "   "}, headers=ADMIN
+    )
+    assert response.status_code == 422
+    assert error_locs(response) == [["body", "title"]]
+    assert response.json()["detail"][0]["type"] != "missing"  # it was sent
