@@ -132,6 +132,7 @@ async def test_every_bad_field_is_named_at_once(api: Api) -> None:
                 ["body", "metric_date"],
                 ["body", "timezone"],
                 ["body", "extra"],
+                ["body", "value"],  # "lots" for a NUMBER metric: judged though the shape failed
             ],
         )
     )
@@ -403,3 +404,37 @@ async def test_metadata_that_cannot_be_stored_as_sent_is_422(api: Api, metadata:
     assert created.status_code == 201, created.text
     rows = await api.sql("SELECT metadata FROM tally.metric_values")
     assert rows[0]["metadata"] == kept
+
+
+async def test_the_path_the_shape_and_the_definition_are_judged_together(api: Api) -> None:
+    empty = await api.client.post("/metrics/values/TEAM/e", json={}, headers=ADMIN)
+    assert empty.status_code == 422
+    assert sorted(map(str, error_locs(empty))) == sorted(
+        map(
+            str,
+            [
+                ["path", "context_type"],
+                ["body", "metric_uid"],
+                ["body", "time_unit"],
+                ["body", "metric_date"],
+                ["body", "value"],
+            ],
+        )
+    )
+    # total_ar is an ORGANIZATION metric of day cents: the wrong context, a
+    # unit no value has, and a fraction of cents, all at once.
+    body = {**VALUE, "metric_uid": "total_ar", "time_unit": "week", "value": 10.5}
+    mixed = await api.client.post("/metrics/values/PARTY/e", json=body, headers=ADMIN)
+    assert mixed.status_code == 422
+    assert sorted(map(str, error_locs(mixed))) == sorted(
+        map(str, [["path", "context_type"], ["body", "time_unit"], ["body", "value"]])
+    )
+    shape_and_unit = {**body, "time_unit": "month", "metric_date": "someday", "value": 10}
+    both = await api.client.post(
+        "/api/metrics/values/ORGANIZATION/e", json=shape_and_unit, headers=ADMIN
+    )
+    assert both.status_code == 422
+    assert sorted(map(str, error_locs(both))) == sorted(
+        map(str, [["body", "metric_date"], ["body", "time_unit"]])
+    )
+    assert await api.sql("SELECT 1 FROM tally.metric_values") == []

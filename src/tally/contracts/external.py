@@ -156,10 +156,16 @@ class ExternalValue:
     latest: bool  # LATEST combines by latest_at (migration 0007); no other kind has one
 
 
-def check_against(
-    definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
-) -> ExternalValue:
-    """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
+def definition_problems(
+    definition: UsageMetricDefinition,
+    context_type: str,
+    time_unit: str | None,
+    value: Decimal | int | float | str | None,
+) -> list[FieldError]:
+    """What the definition refuses of a value (`path.` or body fields). A field
+    that did not parse is given as None and not judged again, so a body with a
+    bad shape is still told every rule it breaks (`check_against`, and the API
+    when the shape is refused)."""
     errors: list[FieldError] = []
     if definition.source is not MetricSource.EXTERNAL:
         errors.append(
@@ -171,7 +177,7 @@ def check_against(
             )
         )
     expected = context_of(definition)
-    if context_type != expected.value:
+    if context_type in ContextType.__members__ and context_type != expected.value:
         errors.append(
             FieldError(
                 "path.context_type",
@@ -179,30 +185,38 @@ def check_against(
                 "context_mismatch",
             )
         )
-    if TimeUnit(body.time_unit.value) not in definition.time_units:
+    if time_unit is not None and TimeUnit(time_unit) not in definition.time_units:
         units = ", ".join(u.value for u in definition.time_units)
         errors.append(
             FieldError(
                 "time_unit",
-                f"metric {definition.uid!r} holds {units}, not {body.time_unit.value}",
+                f"metric {definition.uid!r} holds {units}, not {time_unit}",
                 "time_unit",
             )
         )
-    number: Decimal | None = None
-    text: str | None = None
+    if value is None:
+        return errors
     if definition.value_type is ValueType.STRING:
-        if isinstance(body.value, str):
-            text = body.value
-        else:
+        if not isinstance(value, str):
             errors.append(FieldError("value", "must be a string (the metric is STRING)", "value"))
-    elif isinstance(body.value, str):
+    elif isinstance(value, str):
         errors.append(FieldError("value", "must be a number (the metric is NUMBER)", "value"))
     else:
-        number = body.value
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
         if definition.storage_unit is StorageUnit.CENTS and number != number.to_integral_value():
             errors.append(
                 FieldError("value", "must be a whole number of cents (storage_unit cents)", "cents")
             )
+    return errors
+
+
+def check_against(
+    definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
+) -> ExternalValue:
+    """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
+    errors = definition_problems(definition, context_type, body.time_unit.value, body.value)
+    number = None if isinstance(body.value, str) else body.value
+    text = body.value if isinstance(body.value, str) else None
     if errors:
         raise ExternalValueError(errors)
     tz = zone(definition.timezone)

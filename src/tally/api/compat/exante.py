@@ -117,5 +117,5 @@ async def exante_create_metric_value(
     entity_uid: EntityUid,
 ) -> Response:
     """As POST /metrics/values/{context_type}/{entity_uid}, in Exante's envelope (200)."""
-    answer = await create_value(request, principal, pool, context_type.value, entity_uid)
+    answer = await create_value(request, principal, pool, context_type, entity_uid)
     return json_response(envelope(answer, "metric value created"), 200)
