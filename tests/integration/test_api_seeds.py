@@ -333,3 +333,20 @@ async def test_a_refused_name_is_one_error_on_the_name_not_also_on_its_derived_u
     assert response.status_code == 422
     assert error_locs(response) == [["body", "title"]]
     assert response.json()["detail"][0]["type"] != "missing"  # it was sent
+
+
+async def test_restating_exantes_defaults_is_not_a_change(api: Api) -> None:
+    body = {**EXANTE_METRIC, "context_type": None, "storage_unit": None}
+    created = await api.client.post("/api/metrics", json=body, headers=ADMIN)
+    assert created.status_code == 200, created.text
+    same = await api.client.patch(
+        "/usage-metrics/party_dso",
+        json={"contextType": "ORGANIZATION", "storageUnit": "raw"},
+        headers=ADMIN,
+    )
+    assert same.status_code == 200, same.text
+    other = await api.client.patch(
+        "/usage-metrics/party_dso", json={"storageUnit": "cents"}, headers=ADMIN
+    )
+    assert other.status_code == 422
+    assert error_locs(other) == [["body", "storageUnit"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -562,11 +563,17 @@ def test_an_external_sum_of_overlapping_or_non_additive_values_is_refused(
         ("Total length of sent messages.", "total_length_of_sent_messages"),
         ("Daily Active Users", "daily_active_users"),
         ("  2024 ARR (USD) ", "m_2024_arr_usd"),
-        ("Ünïcode", "n_code"),
-        ("!!!", "metric"),
+        ("Ünïcode", "unicode"),
+        ("\uff26\uff55\uff4c\uff4c", "full"),  # fullwidth letters fold to Latin
+        ("!!!", "m_" + hashlib.sha256(b"!!!").hexdigest()[:12]),
+        ("日本語", "m_" + hashlib.sha256("日本語".encode()).hexdigest()[:12]),
         ("a" * 300, "a" * 128),
     ],
 )
 def test_a_uid_derived_from_a_name_is_stable_and_valid(name: str, uid: str) -> None:
     assert uid_from_name(name) == uid
     assert re.match(UID_PATTERN, uid_from_name(name))
+
+
+def test_names_without_latin_letters_get_different_uids() -> None:
+    assert uid_from_name("日本語") != uid_from_name("Ελληνικά") != uid_from_name("!!!")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import math
+import unicodedata
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -570,6 +572,11 @@ def _comparable(definition: UsageMetricDefinition, field: str) -> object:
         return frozenset(map(_canonical, value))
     if field == "time_units":
         return frozenset(value)
+    # Absent means the default (Exante's): restating it is not a change.
+    if field == "context_type" and value is None:
+        return ContextType.ORGANIZATION
+    if field == "storage_unit" and value is None:
+        return StorageUnit.RAW
     if field in ("aggregation_property", "grouping_property") and value is not None:
         return _canonical(value)
     if field == "grouping_properties" and value is not None:
@@ -667,10 +674,16 @@ def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDef
 
 def uid_from_name(name: str) -> str:
     """A stable uid for a definition that has none (Sequence's and Cuoral's
-    bodies): `name` lowercased, every run of other characters one `_`, at most
-    128 characters, starting with a letter (`m_` is put first otherwise)."""
-    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in name.lower())
-    uid = "_".join(slug.split()) or "metric"
+    bodies): `name` with its accents taken off (NFKD, combining marks dropped),
+    lowercased, every run of other characters one `_`, at most 128 characters,
+    starting with a letter (`m_` is put first otherwise). A name with no letter
+    or digit left (`日本語`, `!!!`) is `m_` and 12 hex digits of its SHA-256, so
+    two such names do not share one uid."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in plain.lower())
+    uid = "_".join(slug.split())
+    if not uid:
+        return "m_" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     if not "a" <= uid[0] <= "z":
         uid = "m_" + uid
     return uid[:128].rstrip("_")
