@@ -350,3 +350,17 @@ async def test_restating_exantes_defaults_is_not_a_change(api: Api) -> None:
     )
     assert other.status_code == 422
     assert error_locs(other) == [["body", "storageUnit"]]
+
+
+async def test_squad_refuses_a_default_period_the_summary_cannot_serve(api: Api) -> None:
+    body = {**SQUAD, "periodType": "calendar", "periodValue": "7-day"}
+    response = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json=body, headers=ADMIN
+    )
+    assert response.status_code == 422
+    assert error_locs(response) == [["body", "periodValue"]]
+    rolling = {**body, "periodType": "rolling"}
+    created = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json=rolling, headers=ADMIN
+    )
+    assert created.status_code == 200, created.text

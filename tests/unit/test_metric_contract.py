@@ -124,6 +124,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "cents holds numbers",
     ),
     (with_(targetValue=100), "targetValue", "together"),
+    (with_(periodType="calendar", periodValue="7-day"), "periodValue", "rolling period only"),
     (
         with_(source="EXTERNAL", eventType=..., aggregationType="MAX", isSnapshot=True),
         "isSnapshot",
@@ -360,6 +361,7 @@ MODEL_ONLY = [
     ("aggregationProperty", "at most 32 segments"),
     ("storageUnit", "cents holds numbers"),
     ("targetValue", "together"),
+    ("periodValue", "rolling period only"),
     ("storageUnit", "only allowed when source"),
     ("contextType", "only allowed when source"),
     ("valueKind", "only allowed when source"),

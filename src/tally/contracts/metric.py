@@ -426,6 +426,10 @@ class UsageMetricDefinition(BaseModel):
             rule("isSnapshot", f"a snapshot is LATEST, never summed; not {kind.value}")
         if self.storage_unit is StorageUnit.CENTS and self.value_type is ValueType.STRING:
             rule("storageUnit", "cents holds numbers, not STRING values")
+        rolling_only = (PeriodValue.DAYS_7, PeriodValue.DAYS_30, PeriodValue.DAYS_90)
+        if self.period_type is PeriodType.CALENDAR and self.period_value in rolling_only:
+            # The summary refuses it: a default period it cannot serve is no default.
+            rule("periodValue", f"{self.period_value} is a rolling period only, not calendar")
         if (self.target_value is None) != (self.target_operator is None):
             rule("targetValue", "give targetValue and targetOperator together, or neither")
         grouped = self.metric_type is MetricType.GROUPED
