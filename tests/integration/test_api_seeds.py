@@ -364,3 +364,15 @@ async def test_squad_refuses_a_default_period_the_summary_cannot_serve(api: Api)
         "/organisations/o/workspaces/w/metrics", json=rolling, headers=ADMIN
     )
     assert created.status_code == 200, created.text
+
+
+@pytest.mark.parametrize("field", ["period_definition", "value_type"])
+@pytest.mark.parametrize("value", [{"a": 1}, ["month_to_date"], 7])
+async def test_exante_refuses_any_json_where_a_name_belongs(
+    api: Api, field: str, value: Any
+) -> None:
+    response = await api.client.post(
+        "/api/metrics", json={**EXANTE_METRIC, field: value}, headers=ADMIN
+    )
+    assert response.status_code == 422, response.text
+    assert error_locs(response) == [["body", field]]

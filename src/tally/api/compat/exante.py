@@ -94,10 +94,12 @@ def _adapt(document: dict[str, Any], problems: list[dict[str, Any]]) -> None:
             document["deletedAt"] = datetime.now(UTC).isoformat()
         elif active is not True:
             problems.append(item(["body", "is_active"], "must be a boolean", "bool_type"))
+    # Any JSON may stand where a name belongs (the contract names it): compare texts only.
+    period, kind = document.get("periodDefinition"), document.get("valueKind")
     latest = (
         document.get("isSnapshot") is True
-        or document.get("periodDefinition") in OVERLAPPING_PERIODS
-        or document.get("valueKind") in NON_ADDITIVE_KINDS
+        or (isinstance(period, str) and period in OVERLAPPING_PERIODS)
+        or (isinstance(kind, str) and kind in NON_ADDITIVE_KINDS)
     )
     document["aggregationType"] = "LATEST" if latest else "SUM"
 
