@@ -4,8 +4,10 @@ documents: status, envelope and fields (docs/api.md, "Seed compatibility")."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -376,3 +378,18 @@ async def test_exante_refuses_any_json_where_a_name_belongs(
     )
     assert response.status_code == 422, response.text
     assert error_locs(response) == [["body", field]]
+
+
+async def test_exact_numbers_are_answered_exactly(api: Api) -> None:
+    exact = "12345678901234567890.1234567890123456789"
+    body = {**SQUAD, "targetValue": exact}
+    response = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json=body, headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    answer = json.loads(response.text, parse_float=Decimal)
+    assert answer["data"]["targetValue"] == Decimal(exact)
+    stored = json.loads(
+        (await api.client.get(f"/usage-metrics/{answer['data']['uid']}", headers=READ)).text
+    )
+    assert Decimal(stored["targetValue"]) == Decimal(exact)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
@@ -34,6 +35,7 @@ from tally.contracts.external import (
     parse_external_value,
 )
 from tally.contracts.metric import UID_PATTERN, ContextType, FieldError, UsageMetric
+from tally.core.numbers import decimal_text
 from tally.store import api_metrics
 from tally.store import external_values as store
 from tally.store.pool import Connection
@@ -82,12 +84,13 @@ def _refused(errors: list[FieldError]) -> ApiError:
     )
 
 
-def _number(value: Decimal | None) -> int | float | None:
+def json_number(value: Decimal | None) -> orjson.Fragment | None:
+    """The exact number as a JSON number: its canonical decimal text written as
+    it is (a float would round `12345678901234567890.1234`; orjson writes no
+    Decimal). Values are bounded to 40 digits where they are written."""
     if value is None:
         return None
-    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
-        return int(value)
-    return float(value)  # orjson writes no integer beyond 64 bits
+    return orjson.Fragment(decimal_text(value).encode())
 
 
 def _utc(value: datetime) -> str:
@@ -97,7 +100,7 @@ def _utc(value: datetime) -> str:
 def _answer(metric: UsageMetric, context_type: str, row: asyncpg.Record) -> dict[str, Any]:
     """Exante's metric value object."""
     stamp = _utc(row["updated_at"])
-    value = row["value_text"] if row["value_text"] is not None else _number(row["value"])
+    value = row["value_text"] if row["value_text"] is not None else json_number(row["value"])
     return {
         "uid": str(row["external_uid"]),
         "metric_uid": metric.uid,
