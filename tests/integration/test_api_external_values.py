@@ -28,7 +28,7 @@ DSO: dict[str, Any] = {
     "contextType": "PARTY",
     "valueKind": "days",
     "periodDefinition": "as_of_date",
-    "timeUnits": ["day", "month"],
+    "timeUnits": ["day"],
     "timezone": "America/Los_Angeles",
 }
 AR: dict[str, Any] = {
@@ -132,6 +132,7 @@ async def test_every_bad_field_is_named_at_once(api: Api) -> None:
                 ["body", "metric_date"],
                 ["body", "timezone"],
                 ["body", "extra"],
+                ["body", "value"],  # "lots" for a NUMBER metric: judged though the shape failed
             ],
         )
     )
@@ -210,3 +211,230 @@ async def test_the_usage_query_reads_external_values_like_rollups(api: Api) -> N
     )
     assert summed.status_code == 200, summed.text
     assert [item["value"] for item in summed.json()["items"]] == ["400"]
+
+
+async def post_values(api: Api, path: str, uid: str, values: dict[str, Any]) -> None:
+    for day, value in values.items():
+        body = {**VALUE, "metric_uid": uid, "metric_date": day, "value": value}
+        created = await api.client.post(path, json=body, headers=ADMIN)
+        assert created.status_code in (200, 201), created.text
+
+
+async def usage(api: Api, uid: str, customer: str, start: str, end: str) -> list[Any]:
+    params = {"customerId": customer, "from": start, "to": end}
+    answer = await api.client.get(f"/usage-metrics/{uid}/usage", params=params, headers=READ)
+    assert answer.status_code == 200, answer.text
+    return [item["value"] for item in answer.json()["items"]]
+
+
+async def test_an_external_metric_is_read_only_in_the_one_unit_its_values_are_posted_in(
+    api: Api,
+) -> None:
+    # Several units would be separate series: the query's month cover would
+    # answer a month nobody posted (docs/decisions.md, "External values: one time unit").
+    mixed = await api.create({**AR, "uid": "mixed", "timeUnits": ["day", "month"]})
+    assert mixed.status_code == 422
+    assert error_locs(mixed) == [["body", "timeUnits"]]
+    march = {f"2026-03-{day:02d}": 10 for day in range(1, 32)}
+    await post_values(api, "/metrics/values/ORGANIZATION/o_1", "total_ar", march)
+    expected = str(sum(Decimal(v) for v in march.values()))
+    for start, end in (("2026-03-01", "2026-04-01"), ("2026-02-28", "2026-04-02")):
+        assert await usage(api, "total_ar", "o_1", f"{start}T00:00:00Z", f"{end}T00:00:00Z") == [
+            expected
+        ], (start, end)
+    summary = await api.client.get(
+        "/usage-metrics/total_ar/summary",
+        params={
+            "customerId": "o_1",
+            "periodType": "calendar",
+            "periodValue": "month",
+            "asOf": "2026-03-31",
+        },
+        headers=READ,
+    )
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["currentValue"] == expected
+    month = {**VALUE, "metric_uid": "total_ar", "time_unit": "month", "value": 7}
+    refused = await api.client.post("/metrics/values/ORGANIZATION/o_1", json=month, headers=ADMIN)
+    assert refused.status_code == 422
+    assert error_locs(refused) == [["body", "time_unit"]]
+    # A snapshot's March is its latest posted day in March, in the metric's zone.
+    await post_values(
+        api, "/metrics/values/PARTY/p_1", "dso", {"2026-03-01": 5, "2026-03-15": 7, "2026-03-31": 9}
+    )
+    assert await usage(
+        api, "dso", "p_1", "2026-03-01T00:00:00-08:00", "2026-04-01T00:00:00-07:00"
+    ) == ["9"]
+    assert await usage(
+        api, "dso", "p_1", "2026-03-01T00:00:00-08:00", "2026-03-31T00:00:00-07:00"
+    ) == ["7"]
+
+
+async def test_exante_values_that_overlap_are_never_summed(api: Api) -> None:
+    metric = {"uid": "mtd", "name": "MTD", "period_definition": "month_to_date"}
+    created = await api.client.post("/api/metrics", json=metric, headers=ADMIN)
+    assert created.status_code == 200, created.text
+    stored = (await api.client.get("/usage-metrics/mtd", headers=READ)).json()
+    assert (stored["aggregationType"], stored["timeUnits"]) == ("LATEST", ["day"])
+    days = {"2026-03-01": 10, "2026-03-02": 20, "2026-03-03": 30}
+    await post_values(api, "/api/metrics/values/ORGANIZATION/o_1", "mtd", days)
+    summary = await api.client.get(
+        "/usage-metrics/mtd/summary",
+        params={"customerId": "o_1", "periodDefinition": "month_to_date", "asOf": "2026-03-03"},
+        headers=READ,
+    )
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["currentValue"] == "30"  # the month to the 3rd, as posted
+    summed = await api.create({**AR, "uid": "mtd_sum", "periodDefinition": "month_to_date"})
+    assert summed.status_code == 422
+    assert error_locs(summed) == [["body", "periodDefinition"]]
+
+
+async def test_an_external_value_is_not_adjustable(api: Api) -> None:
+    body = {
+        "metricUid": "total_ar",
+        "customerId": "o_1",
+        "timeUnit": "day",
+        "periodStart": "2026-03-15T00:00:00Z",
+        "delta": "0.5",
+        "reason": "a correction",
+    }
+    refused = await api.client.post(
+        "/metric-values/adjustments", json=body, headers={**ADMIN, "Idempotency-Key": "a-1"}
+    )
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["body", "metricUid"]]
+    assert refused.json()["detail"][0]["type"] == "not_adjustable"
+    assert await api.sql("SELECT 1 FROM tally.metric_values") == []
+    # So nothing stands in the way of the value itself.
+    value = {**VALUE, "metric_uid": "total_ar", "value": 150}
+    created = await api.client.post("/metrics/values/ORGANIZATION/o_1", json=value, headers=ADMIN)
+    assert created.status_code == 201, created.text
+
+
+async def test_exantes_fields_are_refused_on_a_metric_of_events(api: Api) -> None:
+    refused = await api.create(
+        {
+            "uid": "spend",
+            "name": "Spend",
+            "eventType": "purchase",
+            "aggregationType": "SUM",
+            "aggregationProperty": "amount",
+            "storageUnit": "cents",
+            "contextType": "USER",
+            "periodDefinition": "trailing_30_days",
+        }
+    )
+    assert refused.status_code == 422
+    assert sorted(error_locs(refused)) == [
+        ["body", "contextType"],
+        ["body", "periodDefinition"],
+        ["body", "storageUnit"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("uid", "path", "day"),
+    [
+        ("dso", "/metrics/values/PARTY/p_1", "9999-12-31"),
+        ("total_ar", "/api/metrics/values/ORGANIZATION/o_1", "9999-12-31"),
+        ("total_ar", "/metrics/values/ORGANIZATION/o_1", "0999-01-01"),
+        ("dso", "/metrics/values/PARTY/p_1", "0001-01-01"),
+        ("total_ar", "/metrics/values/ORGANIZATION/o_1", "1970-01-01"),
+    ],
+)
+async def test_a_metric_date_whose_period_tally_cannot_hold_is_422(
+    api: Api, uid: str, path: str, day: str
+) -> None:
+    body = {**VALUE, "metric_uid": uid, "metric_date": day, "value": 1}
+    refused = await api.client.post(path, json=body, headers=ADMIN)
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["body", "metric_date"]]
+    served = await api.client.get("/metric-values", headers=READ)
+    assert served.status_code == 200, served.text
+    assert served.json()["items"] == []
+
+
+async def test_the_edges_of_the_date_range_are_stored_and_served(api: Api) -> None:
+    await post_values(api, "/metrics/values/PARTY/p_1", "dso", {"9998-12-31": 1, "1970-01-02": 2})
+    await post_values(api, "/metrics/values/ORGANIZATION/o_1", "total_ar", {"1970-01-02": 3})
+    served = await api.client.get("/metric-values", headers=READ)
+    assert served.status_code == 200, served.text
+    assert sorted(item["value"] for item in served.json()["items"]) == ["1", "2", "3"]
+    # Only a LATEST row has what LATEST combines by (migration 0007).
+    rows = await api.sql(
+        "SELECT metric_uid, latest_at IS NULL AS bare, latest_id IS NULL AS bare_id"
+        " FROM tally.metric_values ORDER BY metric_uid"
+    )
+    assert [(r["metric_uid"], r["bare"], r["bare_id"]) for r in rows] == [
+        ("dso", False, False),
+        ("dso", False, False),
+        ("total_ar", True, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        b'{"n": 1e400, "m": -1e400}',
+        b'{"deep": [1, {"x": 1e999}]}',
+        b'{"a": ' * 600 + b"1" + b"}" * 600,
+        b'{"a": ' * 33 + b"{}" + b"}" * 33,
+    ],
+    ids=["infinite", "infinite-nested", "600-deep", "34-deep"],
+)
+async def test_metadata_that_cannot_be_stored_as_sent_is_422(api: Api, metadata: bytes) -> None:
+    body = b'{"metric_uid": "dso", "time_unit": "day", "metric_date": "2026-03-15", "value": 1,'
+    body += b' "_metadata": ' + metadata + b"}"
+    refused = await api.client.post(
+        "/metrics/values/PARTY/p_1",
+        content=body,
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["body", "_metadata"]]
+    assert await api.sql("SELECT 1 FROM tally.metric_values") == []
+    # 32 deep is kept exactly as sent.
+    kept: Any = {"n": 1e300}
+    for _ in range(31):
+        kept = {"a": kept}
+    created = await api.client.post(
+        "/metrics/values/PARTY/p_1", json={**VALUE, "_metadata": kept}, headers=ADMIN
+    )
+    assert created.status_code == 201, created.text
+    rows = await api.sql("SELECT metadata FROM tally.metric_values")
+    assert rows[0]["metadata"] == kept
+
+
+async def test_the_path_the_shape_and_the_definition_are_judged_together(api: Api) -> None:
+    empty = await api.client.post("/metrics/values/TEAM/e", json={}, headers=ADMIN)
+    assert empty.status_code == 422
+    assert sorted(map(str, error_locs(empty))) == sorted(
+        map(
+            str,
+            [
+                ["path", "context_type"],
+                ["body", "metric_uid"],
+                ["body", "time_unit"],
+                ["body", "metric_date"],
+                ["body", "value"],
+            ],
+        )
+    )
+    # total_ar is an ORGANIZATION metric of day cents: the wrong context, a
+    # unit no value has, and a fraction of cents, all at once.
+    body = {**VALUE, "metric_uid": "total_ar", "time_unit": "week", "value": 10.5}
+    mixed = await api.client.post("/metrics/values/PARTY/e", json=body, headers=ADMIN)
+    assert mixed.status_code == 422
+    assert sorted(map(str, error_locs(mixed))) == sorted(
+        map(str, [["path", "context_type"], ["body", "time_unit"], ["body", "value"]])
+    )
+    shape_and_unit = {**body, "time_unit": "month", "metric_date": "someday", "value": 10}
+    both = await api.client.post(
+        "/api/metrics/values/ORGANIZATION/e", json=shape_and_unit, headers=ADMIN
+    )
+    assert both.status_code == 422
+    assert sorted(map(str, error_locs(both))) == sorted(
+        map(str, [["body", "metric_date"], ["body", "time_unit"]])
+    )
+    assert await api.sql("SELECT 1 FROM tally.metric_values") == []

@@ -4,8 +4,10 @@ documents: status, envelope and fields (docs/api.md, "Seed compatibility")."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -155,7 +157,9 @@ async def test_exante_example_creates_a_metric_in_exantes_envelope(api: Api) -> 
     assert (stored["valueKind"], stored["contextType"]) == ("count", "ORGANIZATION")
     # Immutable where Exante says so.
     changed = await api.client.patch(
-        "/usage-metrics/party_dso", json={"contextType": "USER", "valueKind": "days"}, headers=ADMIN
+        "/usage-metrics/party_dso",
+        json={"contextType": "USER", "valueKind": "currency"},
+        headers=ADMIN,
     )
     assert changed.status_code == 422
     assert sorted(error_locs(changed)) == [["body", "contextType"], ["body", "valueKind"]]
@@ -277,3 +281,115 @@ async def test_exante_value_example_in_the_envelope_then_409(api: Api) -> None:
     duplicate = await api.client.post(path, json=body, headers=ADMIN)
     assert duplicate.status_code == 409
     assert error_locs(duplicate) == [["body", "metric_date"]]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "extra"),
+    [
+        (
+            "/external/v1/external/v1/customers/metrics",
+            {
+                **CUORAL,
+                "data_type": "NUMBER",
+                "source": "EVENTS",
+                "eventType": "api_call",
+                "aggregationType": "COUNT",
+                "timeUnits": ["hour"],
+            },
+            ["aggregationType", "eventType", "source", "timeUnits"],
+        ),
+        (
+            "/api/metrics",
+            {
+                **EXANTE_METRIC,
+                "source": "EVENTS",
+                "eventType": "payment",
+                "aggregationProperty": "amount",
+            },
+            ["aggregationProperty", "eventType", "source"],
+        ),
+        (
+            "/organisations/o/workspaces/w/metrics",
+            {**SQUAD, "uid": "Hourly!", "timeUnits": ["hour"]},
+            ["timeUnits", "uid"],
+        ),
+    ],
+    ids=["cuoral", "exante", "squad"],
+)
+async def test_a_seed_path_refuses_every_key_that_is_not_the_seeds(
+    api: Api, path: str, body: dict[str, Any], extra: list[str]
+) -> None:
+    response = await api.client.post(path, json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert sorted(error_locs(response)) == [["body", key] for key in extra]
+    assert {e["type"] for e in response.json()["detail"]} == {"extra_forbidden"}
+    assert await api.sql("SELECT 1 FROM tally.metrics") == []
+
+
+async def test_a_refused_name_is_one_error_on_the_name_not_also_on_its_derived_uid(
+    api: Api,
+) -> None:
+    response = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json={**SQUAD, "title": "   "}, headers=ADMIN
+    )
+    assert response.status_code == 422
+    assert error_locs(response) == [["body", "title"]]
+    assert response.json()["detail"][0]["type"] != "missing"  # it was sent
+
+
+async def test_restating_exantes_defaults_is_not_a_change(api: Api) -> None:
+    body = {**EXANTE_METRIC, "context_type": None, "storage_unit": None}
+    created = await api.client.post("/api/metrics", json=body, headers=ADMIN)
+    assert created.status_code == 200, created.text
+    same = await api.client.patch(
+        "/usage-metrics/party_dso",
+        json={"contextType": "ORGANIZATION", "storageUnit": "raw"},
+        headers=ADMIN,
+    )
+    assert same.status_code == 200, same.text
+    other = await api.client.patch(
+        "/usage-metrics/party_dso", json={"storageUnit": "cents"}, headers=ADMIN
+    )
+    assert other.status_code == 422
+    assert error_locs(other) == [["body", "storageUnit"]]
+
+
+async def test_squad_refuses_a_default_period_the_summary_cannot_serve(api: Api) -> None:
+    body = {**SQUAD, "periodType": "calendar", "periodValue": "7-day"}
+    response = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json=body, headers=ADMIN
+    )
+    assert response.status_code == 422
+    assert error_locs(response) == [["body", "periodValue"]]
+    rolling = {**body, "periodType": "rolling"}
+    created = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json=rolling, headers=ADMIN
+    )
+    assert created.status_code == 200, created.text
+
+
+@pytest.mark.parametrize("field", ["period_definition", "value_type"])
+@pytest.mark.parametrize("value", [{"a": 1}, ["month_to_date"], 7])
+async def test_exante_refuses_any_json_where_a_name_belongs(
+    api: Api, field: str, value: Any
+) -> None:
+    response = await api.client.post(
+        "/api/metrics", json={**EXANTE_METRIC, field: value}, headers=ADMIN
+    )
+    assert response.status_code == 422, response.text
+    assert error_locs(response) == [["body", field]]
+
+
+async def test_exact_numbers_are_answered_exactly(api: Api) -> None:
+    exact = "12345678901234567890.1234567890123456789"
+    body = {**SQUAD, "targetValue": exact}
+    response = await api.client.post(
+        "/organisations/o/workspaces/w/metrics", json=body, headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    answer = json.loads(response.text, parse_float=Decimal)
+    assert answer["data"]["targetValue"] == Decimal(exact)
+    stored = json.loads(
+        (await api.client.get(f"/usage-metrics/{answer['data']['uid']}", headers=READ)).text
+    )
+    assert Decimal(stored["targetValue"]) == Decimal(exact)

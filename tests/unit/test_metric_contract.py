@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -112,8 +113,10 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     (with_(deletedAt="0001-01-01T00:00:00+05:00"), "deletedAt", "years 1 and 9999"),
     (
         with_(
+            source="EXTERNAL",
+            eventType=...,
             aggregationType="LATEST",
-            aggregationProperty="v",
+            aggregationProperty=...,
             valueType="STRING",
             storageUnit="cents",
         ),
@@ -121,7 +124,22 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "cents holds numbers",
     ),
     (with_(targetValue=100), "targetValue", "together"),
-    (with_(isSnapshot=True), "isSnapshot", "a snapshot is LATEST"),
+    (with_(periodType="calendar", periodValue="7-day"), "periodValue", "rolling period only"),
+    (
+        with_(source="EXTERNAL", eventType=..., aggregationType="MAX", isSnapshot=True),
+        "isSnapshot",
+        "a snapshot is LATEST",
+    ),
+    # Exante's fields belong to EXTERNAL metrics: an EVENTS metric never respects them.
+    (with_(storageUnit="cents"), "storageUnit", "only allowed when source is EXTERNAL"),
+    (with_(contextType="USER"), "contextType", "only allowed when source is EXTERNAL"),
+    (with_(valueKind="days"), "valueKind", "only allowed when source is EXTERNAL"),
+    (
+        with_(periodDefinition="trailing_30_days"),
+        "periodDefinition",
+        "only allowed when source is EXTERNAL",
+    ),
+    (with_(isSnapshot=True), "isSnapshot", "only allowed when source is EXTERNAL"),
     (with_(source="EXTERNAL"), "eventType", "not allowed when source is EXTERNAL"),
 ]
 
@@ -343,6 +361,11 @@ MODEL_ONLY = [
     ("aggregationProperty", "at most 32 segments"),
     ("storageUnit", "cents holds numbers"),
     ("targetValue", "together"),
+    ("periodValue", "rolling period only"),
+    ("storageUnit", "only allowed when source"),
+    ("contextType", "only allowed when source"),
+    ("valueKind", "only allowed when source"),
+    ("periodDefinition", "only allowed when source"),
 ]
 
 
@@ -491,17 +514,68 @@ def test_an_external_metric_has_no_events() -> None:
     assert "source" not in events.to_document()  # the default is not written
 
 
+EXTERNAL = {"uid": "x", "name": "X", "source": "EXTERNAL", "aggregationType": "SUM"}
+
+
+def external_errors(**changes: Any) -> list[tuple[str, str]]:
+    with pytest.raises(MetricDefinitionError) as refused:
+        parse_metric({**EXTERNAL, **changes})
+    return [(e.field, e.reason) for e in refused.value.errors]
+
+
+@pytest.mark.parametrize("units", [["day", "month"], ["day", "month", "year"], ["hour"], ["week"]])
+def test_an_external_metric_has_exactly_one_day_month_or_year_unit(units: list[str]) -> None:
+    # The usage query covers a window with the largest stored unit that fits:
+    # right only if every unit held the same values, which posted values do not.
+    errors = external_errors(timeUnits=units)
+    assert [field for field, _ in errors] == ["timeUnits"], errors
+    assert "exactly one time unit" in errors[0][1]
+
+
+def test_an_external_metric_without_units_is_kept_by_day() -> None:
+    assert parse_metric(EXTERNAL).time_units == ["day"]
+    for unit in ("day", "month", "year"):
+        assert parse_metric({**EXTERNAL, "timeUnits": [unit]}).time_units == [unit]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"periodDefinition": "month_to_date"}, "periodDefinition"),
+        ({"periodDefinition": "trailing_30_days"}, "periodDefinition"),
+        ({"periodDefinition": "calendar_month"}, "periodDefinition"),
+        ({"valueKind": "percentage"}, "valueKind"),
+        ({"valueKind": "ratio"}, "valueKind"),
+        ({"valueKind": "days"}, "valueKind"),
+    ],
+)
+def test_an_external_sum_of_overlapping_or_non_additive_values_is_refused(
+    changes: dict[str, str], field: str
+) -> None:
+    assert [f for f, _ in external_errors(**changes)] == [field]
+    # The same values as LATEST are fine: never summed across periods.
+    assert parse_metric({**EXTERNAL, **changes, "aggregationType": "LATEST"}).source == "EXTERNAL"
+    summed = {**EXTERNAL, "periodDefinition": "as_of_date", "valueKind": "currency"}
+    assert parse_metric(summed).aggregation_type == "SUM"
+
+
 @pytest.mark.parametrize(
     ("name", "uid"),
     [
         ("Total length of sent messages.", "total_length_of_sent_messages"),
         ("Daily Active Users", "daily_active_users"),
         ("  2024 ARR (USD) ", "m_2024_arr_usd"),
-        ("Ünïcode", "n_code"),
-        ("!!!", "metric"),
+        ("Ünïcode", "unicode"),
+        ("\uff26\uff55\uff4c\uff4c", "full"),  # fullwidth letters fold to Latin
+        ("!!!", "m_" + hashlib.sha256(b"!!!").hexdigest()[:12]),
+        ("日本語", "m_" + hashlib.sha256("日本語".encode()).hexdigest()[:12]),
         ("a" * 300, "a" * 128),
     ],
 )
 def test_a_uid_derived_from_a_name_is_stable_and_valid(name: str, uid: str) -> None:
     assert uid_from_name(name) == uid
     assert re.match(UID_PATTERN, uid_from_name(name))
+
+
+def test_names_without_latin_letters_get_different_uids() -> None:
+    assert uid_from_name("日本語") != uid_from_name("Ελληνικά") != uid_from_name("!!!")

@@ -10,12 +10,14 @@ Exante's envelope.
 
 from __future__ import annotations
 
-import enum
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
@@ -25,28 +27,36 @@ from tally.api.deps import Pool, body_ref, json_response
 from tally.api.errors import ApiError, field_errors, responses
 from tally.api.models import NO_NUL
 from tally.contracts.external import (
+    ExternalValueBody,
     ExternalValueError,
     check_against,
     context_of,
+    definition_problems,
     parse_external_value,
 )
-from tally.contracts.metric import FieldError, UsageMetric
+from tally.contracts.metric import UID_PATTERN, ContextType, FieldError, UsageMetric
+from tally.core.numbers import decimal_text
 from tally.store import definitions
 from tally.store import external_values as store
+from tally.store.pool import Connection
 from tally.telemetry.logs import Log
 
 router = APIRouter(prefix="/metrics/values", tags=["external values"])
 log = Log("tally.api")
 
 
-class ContextTypePath(enum.StrEnum):
-    ORGANIZATION = "ORGANIZATION"
-    PARTY = "PARTY"
-    USER = "USER"
-
-
+# A plain string, checked in `create_value` with the body, so that a refusal
+# lists the path's context_type and every body field at once (FastAPI would
+# refuse an enum before reading the body).
 ContextTypeParam = Annotated[
-    ContextTypePath, Path(alias="context_type", description="Must be the metric's contextType.")
+    str,
+    Path(
+        alias="context_type",
+        max_length=64,
+        pattern=NO_NUL,
+        description="ORGANIZATION, PARTY or USER; must be the metric's contextType.",
+        json_schema_extra={"enum": [c.value for c in ContextType]},
+    ),
 ]
 EntityUid = Annotated[
     str,
@@ -74,12 +84,13 @@ def _refused(errors: list[FieldError]) -> ApiError:
     )
 
 
-def _number(value: Decimal | None) -> int | float | None:
+def json_number(value: Decimal | None) -> orjson.Fragment | None:
+    """The exact number as a JSON number: its canonical decimal text written as
+    it is (a float would round `12345678901234567890.1234`; orjson writes no
+    Decimal). Values are bounded to 40 digits where they are written."""
     if value is None:
         return None
-    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
-        return int(value)
-    return float(value)  # orjson writes no integer beyond 64 bits
+    return orjson.Fragment(decimal_text(value).encode())
 
 
 def _utc(value: datetime) -> str:
@@ -89,7 +100,7 @@ def _utc(value: datetime) -> str:
 def _answer(metric: UsageMetric, context_type: str, row: asyncpg.Record) -> dict[str, Any]:
     """Exante's metric value object."""
     stamp = _utc(row["updated_at"])
-    value = row["value_text"] if row["value_text"] is not None else _number(row["value"])
+    value = row["value_text"] if row["value_text"] is not None else json_number(row["value"])
     return {
         "uid": str(row["external_uid"]),
         "metric_uid": metric.uid,
@@ -111,24 +122,63 @@ def _answer(metric: UsageMetric, context_type: str, row: asyncpg.Record) -> dict
     }
 
 
+async def _metric(
+    connection: Connection,
+    body: ExternalValueBody | None,
+    document: Mapping[str, Any],
+    errors: list[FieldError],
+) -> UsageMetric | None:
+    """The metric the value names, or None with a refusal of metric_uid (unless
+    its shape is already refused)."""
+    uid = body.metric_uid if body is not None else document.get("metric_uid")
+    if any(e.field == "metric_uid" for e in errors):
+        return None
+    if not isinstance(uid, str) or re.fullmatch(UID_PATTERN, uid) is None:
+        return None
+    metric = await definitions.find_metric(connection, uid, include_deleted=False)
+    if metric is None:
+        errors.append(FieldError("metric_uid", f"no metric has the uid {uid!r}", "not_found"))
+    return metric
+
+
+def _parsed(
+    document: Mapping[str, Any], errors: list[FieldError]
+) -> tuple[str | None, int | float | str | None]:
+    """The body's time_unit and value when their own shape was not refused."""
+    refused = {e.field for e in errors}
+    unit = document.get("time_unit")
+    value = document.get("value")
+    good_unit = unit if "time_unit" not in refused and isinstance(unit, str) else None
+    good_value = (
+        value
+        if "value" not in refused and "value" in document and not isinstance(value, bool)
+        else None
+    )
+    return good_unit, good_value
+
+
 async def create_value(
     request: Request, principal: Admin, pool: Pool, context_type: str, entity_uid: str
 ) -> dict[str, Any]:
     """Check, store and answer one value; ApiError 422 (every field) or 409."""
     document = require_object(await read_json(request))
+    errors: list[FieldError] = []
+    if context_type not in ContextType.__members__:
+        errors.append(
+            FieldError("path.context_type", "must be ORGANIZATION, PARTY or USER", "enum")
+        )
+    body: ExternalValueBody | None = None
     try:
         body = parse_external_value(document)
     except ExternalValueError as exc:
-        raise _refused(exc.errors) from None
+        errors.extend(exc.errors)
     async with pool.acquire() as connection:
-        metric = await definitions.find_metric(connection, body.metric_uid, include_deleted=False)
-        if metric is None:
-            raise ApiError.one(
-                422,
-                ["body", "metric_uid"],
-                f"no metric has the uid {body.metric_uid!r}",
-                "not_found",
-            )
+        metric = await _metric(connection, body, document, errors)
+        if metric is not None and body is None:
+            # The fields that parsed are still judged against the definition.
+            errors.extend(definition_problems(metric, context_type, *_parsed(document, errors)))
+        if errors or body is None or metric is None:
+            raise _refused(errors)
         try:
             value = check_against(metric, context_type, body)
         except ExternalValueError as exc:
@@ -169,5 +219,5 @@ async def create_external_value(
     """201 with the value; 409 if the entity already has a value of that metric for
     that time unit and date's period; 422 naming every bad field, including a
     context_type that is not the metric's."""
-    answer = await create_value(request, principal, pool, context_type.value, entity_uid)
+    answer = await create_value(request, principal, pool, context_type, entity_uid)
     return json_response(answer, 201)

@@ -47,7 +47,7 @@ from tally.contracts.group import (
     group_terms,
     names_of,
 )
-from tally.contracts.metric import AggregationType, MetricType
+from tally.contracts.metric import AggregationType, MetricSource, MetricType
 from tally.contracts.value import MetricValue, PartialRange
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, period_bounds, period_end, zone
@@ -264,7 +264,8 @@ async def create_adjustment(
 ) -> Response:
     """Adds `delta` to the rollup (creating it if missing) and records who, why and
     the values before and after, in one transaction. Only COUNT, SUM and UNIQUE
-    metrics are adjustable (a delta means nothing to a MAX, MIN, AVG or LATEST).
+    metrics of events are adjustable (a delta means nothing to a MAX, MIN, AVG or
+    LATEST; an EXTERNAL metric's values are corrected where they are computed).
     Never makes a COUNT or UNIQUE value negative; event counts are left alone. A
     several-key groupKey is the canonical JSON array the worker writes."""
     document = require_object(await read_json(request))
@@ -275,6 +276,15 @@ async def create_adjustment(
         metric = await metric_by_uid(connection, wanted.metric_uid)
         if metric is None:
             raise _refuse("metricUid", f"no metric has the uid {wanted.metric_uid!r}", "not_found")
+        if metric.source is MetricSource.EXTERNAL:
+            # Its values are computed elsewhere: correcting one is for where it
+            # was computed (docs/decisions.md, "External values: no adjustments").
+            raise _refuse(
+                "metricUid",
+                f"{metric.uid} is an EXTERNAL metric: its values are computed elsewhere and"
+                " are not adjustable",
+                "not_adjustable",
+            )
         if wanted.time_unit not in metric.time_units:
             units = ", ".join(metric.time_units)
             raise _refuse("timeUnit", f"{metric.uid} is aggregated by {units} only")

@@ -8,6 +8,7 @@ against the metric's definition. Both name every bad field at once.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -19,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from tally.contracts.metric import (
     UID_PATTERN,
+    AggregationType,
     ContextType,
     FieldError,
     FiniteDecimal,
@@ -30,6 +32,35 @@ from tally.contracts.metric import (
     _zone_names,
 )
 from tally.core.periods import TimeUnit, period_bounds, zone
+
+# The dates a value may have: every period of them, in any zone, starts after
+# the Unix epoch's first day and ends within year 9999 (a later end does not
+# exist; an earlier start is no time Tally's values are kept in).
+FIRST_DATE = date(1970, 1, 2)
+LAST_DATE = date(9998, 12, 31)
+# How deep `_metadata` may nest: PostgreSQL's jsonb and the JSON codec refuse
+# deeper documents with a recursion error.
+MAX_METADATA_DEPTH = 32
+
+
+def _metadata_problem(value: object) -> str | None:
+    """Why `_metadata` cannot be stored as sent, or None (iterative: no recursion)."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "must not hold a number beyond the range of a double (such as 1e400)"
+        children: list[object]
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            return f"must nest at most {MAX_METADATA_DEPTH} objects or arrays deep"
+        pending.extend((child, depth + 1) for child in children)
+    return None
 
 
 class ExternalTimeUnit(enum.StrEnum):
@@ -56,6 +87,24 @@ class ExternalValueBody(BaseModel):
         # Lax pydantic would take a number of seconds; Exante says string<date>.
         if not isinstance(value, str) or len(value) != 10:
             raise PydanticCustomError("date", "must be a date, YYYY-MM-DD")
+        return value
+
+    @field_validator("metric_date")
+    @classmethod
+    def _date_in_range(cls, value: date) -> date:
+        if not FIRST_DATE <= value <= LAST_DATE:
+            raise PydanticCustomError(
+                "date_range",
+                "must fall between {first} and {last}",
+                {"first": FIRST_DATE.isoformat(), "last": LAST_DATE.isoformat()},
+            )
+        return value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _storable_metadata(cls, value: object) -> object:
+        if (problem := _metadata_problem(value)) is not None:
+            raise PydanticCustomError("metadata", problem)
         return value
 
     @field_validator("value", mode="before")
@@ -104,12 +153,19 @@ class ExternalValue:
     period_end: datetime
     number: Decimal | None
     text: str | None
+    latest: bool  # LATEST combines by latest_at (migration 0007); no other kind has one
 
 
-def check_against(
-    definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
-) -> ExternalValue:
-    """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
+def definition_problems(
+    definition: UsageMetricDefinition,
+    context_type: str,
+    time_unit: str | None,
+    value: Decimal | int | float | str | None,
+) -> list[FieldError]:
+    """What the definition refuses of a value (`path.` or body fields). A field
+    that did not parse is given as None and not judged again, so a body with a
+    bad shape is still told every rule it breaks (`check_against`, and the API
+    when the shape is refused)."""
     errors: list[FieldError] = []
     if definition.source is not MetricSource.EXTERNAL:
         errors.append(
@@ -121,7 +177,7 @@ def check_against(
             )
         )
     expected = context_of(definition)
-    if context_type != expected.value:
+    if context_type in ContextType.__members__ and context_type != expected.value:
         errors.append(
             FieldError(
                 "path.context_type",
@@ -129,30 +185,38 @@ def check_against(
                 "context_mismatch",
             )
         )
-    if TimeUnit(body.time_unit.value) not in definition.time_units:
+    if time_unit is not None and TimeUnit(time_unit) not in definition.time_units:
         units = ", ".join(u.value for u in definition.time_units)
         errors.append(
             FieldError(
                 "time_unit",
-                f"metric {definition.uid!r} holds {units}, not {body.time_unit.value}",
+                f"metric {definition.uid!r} holds {units}, not {time_unit}",
                 "time_unit",
             )
         )
-    number: Decimal | None = None
-    text: str | None = None
+    if value is None:
+        return errors
     if definition.value_type is ValueType.STRING:
-        if isinstance(body.value, str):
-            text = body.value
-        else:
+        if not isinstance(value, str):
             errors.append(FieldError("value", "must be a string (the metric is STRING)", "value"))
-    elif isinstance(body.value, str):
+    elif isinstance(value, str):
         errors.append(FieldError("value", "must be a number (the metric is NUMBER)", "value"))
     else:
-        number = body.value
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
         if definition.storage_unit is StorageUnit.CENTS and number != number.to_integral_value():
             errors.append(
                 FieldError("value", "must be a whole number of cents (storage_unit cents)", "cents")
             )
+    return errors
+
+
+def check_against(
+    definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
+) -> ExternalValue:
+    """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
+    errors = definition_problems(definition, context_type, body.time_unit.value, body.value)
+    number = None if isinstance(body.value, str) else body.value
+    text = body.value if isinstance(body.value, str) else None
     if errors:
         raise ExternalValueError(errors)
     tz = zone(definition.timezone)
@@ -165,4 +229,5 @@ def check_against(
         datetime.fromtimestamp(end, tz),
         number,
         text,
+        definition.aggregation_type is AggregationType.LATEST,
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import math
+import unicodedata
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -144,6 +146,23 @@ class PeriodValue(enum.StrEnum):
 EXTERNAL_AGGREGATIONS = frozenset(
     {AggregationType.SUM, AggregationType.MAX, AggregationType.MIN, AggregationType.LATEST}
 )
+# The one time unit an EXTERNAL metric's values are posted in (Exante's
+# time_unit). Exactly one: the usage query covers a window with the largest
+# stored unit that fits, which is only right when every unit holds the same
+# values (docs/decisions.md, "External values: one time unit").
+EXTERNAL_UNITS = frozenset({TimeUnit.DAY, TimeUnit.MONTH, TimeUnit.YEAR})
+# Values that overlap or are not additive: summing them across periods is
+# wrong (a month-to-date value already holds the days before it).
+OVERLAPPING_PERIODS = frozenset(
+    {
+        PeriodDefinition.TRAILING_30_DAYS,
+        PeriodDefinition.MONTH_TO_DATE,
+        PeriodDefinition.CALENDAR_MONTH,
+    }
+)
+NON_ADDITIVE_KINDS = frozenset({ValueKind.PERCENTAGE, ValueKind.RATIO, ValueKind.DAYS})
+# Exante's definition fields: only an EXTERNAL metric's values respect them.
+EXTERNAL_ONLY_FIELDS = ("context_type", "value_kind", "storage_unit", "period_definition")
 
 
 # A finite exact number (a JSON number or a string holding one; no NaN, no
@@ -264,6 +283,18 @@ class UsageMetricDefinition(BaseModel):
                     )
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _external_default_unit(cls, data: object) -> object:
+        # An EXTERNAL metric has one time unit; without timeUnits it is day.
+        if (
+            isinstance(data, Mapping)
+            and data.get("source") == MetricSource.EXTERNAL.value
+            and "timeUnits" not in data
+        ):
+            return {**data, "timeUnits": [TimeUnit.DAY.value]}
+        return data
+
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, value: str) -> str:
@@ -357,8 +388,33 @@ class UsageMetricDefinition(BaseModel):
             for name in ("property_filters", "presence_filters", "properties_to_negate"):
                 if getattr(self, name):
                     rule(field_alias(name), "not allowed when source is EXTERNAL")
-        elif self.event_type is None:
-            rule("eventType", "required (unless source is EXTERNAL)")
+            if len(self.time_units) != 1 or self.time_units[0] not in EXTERNAL_UNITS:
+                rule(
+                    "timeUnits",
+                    "an EXTERNAL metric has exactly one time unit, the one its values are"
+                    " posted in: [day], [month] or [year]",
+                )
+            if kind is AggregationType.SUM:
+                if self.period_definition in OVERLAPPING_PERIODS:
+                    rule(
+                        "periodDefinition",
+                        f"{self.period_definition} values overlap: summing them across periods"
+                        " is wrong; use LATEST (or MAX, MIN)",
+                    )
+                if self.value_kind in NON_ADDITIVE_KINDS:
+                    rule(
+                        "valueKind",
+                        f"{self.value_kind} values do not add up across periods;"
+                        " use LATEST (or MAX, MIN)",
+                    )
+        else:
+            if self.event_type is None:
+                rule("eventType", "required (unless source is EXTERNAL)")
+            for name in EXTERNAL_ONLY_FIELDS:
+                if getattr(self, name) is not None:
+                    rule(field_alias(name), "only allowed when source is EXTERNAL")
+            if self.is_snapshot:
+                rule("isSnapshot", "only allowed when source is EXTERNAL")
         needs_property = not external and kind is not AggregationType.COUNT
         if needs_property and self.aggregation_property is None:
             rule("aggregationProperty", f"required for {kind.value}")
@@ -370,6 +426,10 @@ class UsageMetricDefinition(BaseModel):
             rule("isSnapshot", f"a snapshot is LATEST, never summed; not {kind.value}")
         if self.storage_unit is StorageUnit.CENTS and self.value_type is ValueType.STRING:
             rule("storageUnit", "cents holds numbers, not STRING values")
+        rolling_only = (PeriodValue.DAYS_7, PeriodValue.DAYS_30, PeriodValue.DAYS_90)
+        if self.period_type is PeriodType.CALENDAR and self.period_value in rolling_only:
+            # The summary refuses it: a default period it cannot serve is no default.
+            rule("periodValue", f"{self.period_value} is a rolling period only, not calendar")
         if (self.target_value is None) != (self.target_operator is None):
             rule("targetValue", "give targetValue and targetOperator together, or neither")
         grouped = self.metric_type is MetricType.GROUPED
@@ -516,6 +576,11 @@ def _comparable(definition: UsageMetricDefinition, field: str) -> object:
         return frozenset(map(_canonical, value))
     if field == "time_units":
         return frozenset(value)
+    # Absent means the default (Exante's): restating it is not a change.
+    if field == "context_type" and value is None:
+        return ContextType.ORGANIZATION
+    if field == "storage_unit" and value is None:
+        return StorageUnit.RAW
     if field in ("aggregation_property", "grouping_property") and value is not None:
         return _canonical(value)
     if field == "grouping_properties" and value is not None:
@@ -613,10 +678,16 @@ def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDef
 
 def uid_from_name(name: str) -> str:
     """A stable uid for a definition that has none (Sequence's and Cuoral's
-    bodies): `name` lowercased, every run of other characters one `_`, at most
-    128 characters, starting with a letter (`m_` is put first otherwise)."""
-    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in name.lower())
-    uid = "_".join(slug.split()) or "metric"
+    bodies): `name` with its accents taken off (NFKD, combining marks dropped),
+    lowercased, every run of other characters one `_`, at most 128 characters,
+    starting with a letter (`m_` is put first otherwise). A name with no letter
+    or digit left (`日本語`, `!!!`) is `m_` and 12 hex digits of its SHA-256, so
+    two such names do not share one uid."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in plain.lower())
+    uid = "_".join(slug.split())
+    if not uid:
+        return "m_" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     if not "a" <= uid[0] <= "z":
         uid = "m_" + uid
     return uid[:128].rstrip("_")

@@ -52,9 +52,10 @@ async def insert_value(
             body.metric_date,
             body.timezone,
             metadata,
-            # What LATEST combines by (migration 0007): a later period is the later value.
-            int(value.period_start.timestamp()) * 1_000_000,
-            str(value_uid),
+            # What LATEST combines by (migration 0007): a later period is the later
+            # value. Other kinds have none.
+            int(value.period_start.timestamp()) * 1_000_000 if value.latest else None,
+            str(value_uid) if value.latest else None,
         )
         if row is None:
             return None

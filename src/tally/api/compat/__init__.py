@@ -42,19 +42,26 @@ class Seed:
         return tally_name
 
     def translate(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The Tally document, and a refusal of each missing seed-required field."""
+        """The Tally document, and a refusal of each missing seed-required field
+        and of each key that is not the seed's. Only the seed's own fields are
+        taken: a Tally field (`source`, `eventType`, ...) is refused by name, so
+        what the seed pins in `fixed` (source, aggregation, units) holds; the
+        rest of `fixed` are defaults the seed's fields may override."""
         document: dict[str, Any] = dict(self.fixed)
+        problems: list[dict[str, Any]] = []
         for key, value in body.items():
             if key in self.ignored:
                 continue
-            # An unknown key goes on as it is: the contract refuses it by name.
-            document[self.fields.get(key, key)] = value
-        missing = [
+            if key not in self.fields:
+                problems.append(item(["body", key], "not a field of this body", "extra_forbidden"))
+                continue
+            document[self.fields[key]] = value
+        problems.extend(
             item(["body", name], "required", "missing")
             for name in self.required
             if name not in body
-        ]
-        return document, missing
+        )
+        return document, problems
 
     def renamed(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Tally's locs of a refusal, in the seed's names."""
@@ -85,8 +92,12 @@ async def create_metric(
     try:
         definition = parse_definition(named)
     except ApiError as exc:
+        found = exc.items
+        if derived and any(e["loc"][:2] == ["body", "name"] for e in found):
+            # The uid was derived from a name that is itself refused: one error, on the name.
+            found = [e for e in found if e["loc"][:2] != ["body", "uid"]]
         named_already = [e["loc"] for e in errors]
-        more = [e for e in seed.renamed(exc.items) if e["loc"] not in named_already]
+        more = [e for e in seed.renamed(found) if e["loc"] not in named_already]
         raise ApiError(422, [*errors, *more]) from None
     if errors:
         raise ApiError(422, errors)

@@ -2,8 +2,11 @@
 at the pages' paths, answered in Exante's envelope `{status, status_code,
 message, data}`. Refusals keep Tally's error shape (docs/decisions.md).
 
-An Exante metric is EXTERNAL; a snapshot is LATEST, any other SUM. Its time
-units are Exante's: day, month and year.
+An Exante metric is EXTERNAL; a snapshot is LATEST, and so is a metric whose
+values overlap (trailing_30_days, month_to_date, calendar_month) or do not add up
+(percentage, ratio, days); any other is SUM. It holds day values: an EXTERNAL
+metric has exactly one time unit (docs/decisions.md, "External values: one time
+unit"); a month or year metric is created through POST /usage-metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tally.api.compat import Seed, create_metric, stamp
 from tally.api.deps import Pool, body_ref, json_response
 from tally.api.errors import item, responses
 from tally.api.routes_external import ContextTypeParam, EntityUid, create_value
-from tally.contracts.metric import UsageMetric
+from tally.contracts.metric import NON_ADDITIVE_KINDS, OVERLAPPING_PERIODS, UsageMetric
 
 router = APIRouter(prefix="/api/metrics", tags=["seed compatibility"])
 
@@ -43,7 +46,7 @@ EXANTE = Seed(
         "valueKind": "count",
         "storageUnit": "raw",
         "isSnapshot": False,
-        "timeUnits": ["day", "month", "year"],
+        "timeUnits": ["day"],
     },
 )
 
@@ -83,14 +86,22 @@ async def exante_create_metric(request: Request, principal: Admin, pool: Pool) -
 
 
 def _adapt(document: dict[str, Any], problems: list[dict[str, Any]]) -> None:
-    """is_active (renamed deletedAt by the field map) -> deletedAt; snapshot -> LATEST."""
+    """is_active (renamed deletedAt by the field map) -> deletedAt; snapshot, or
+    values that must not be summed -> LATEST."""
     if "deletedAt" in document:
         active = document.pop("deletedAt")
         if active is False:
             document["deletedAt"] = datetime.now(UTC).isoformat()
         elif active is not True:
             problems.append(item(["body", "is_active"], "must be a boolean", "bool_type"))
-    document["aggregationType"] = "LATEST" if document.get("isSnapshot") is True else "SUM"
+    # Any JSON may stand where a name belongs (the contract names it): compare texts only.
+    period, kind = document.get("periodDefinition"), document.get("valueKind")
+    latest = (
+        document.get("isSnapshot") is True
+        or (isinstance(period, str) and period in OVERLAPPING_PERIODS)
+        or (isinstance(kind, str) and kind in NON_ADDITIVE_KINDS)
+    )
+    document["aggregationType"] = "LATEST" if latest else "SUM"
 
 
 @router.post(
@@ -108,5 +119,5 @@ async def exante_create_metric_value(
     entity_uid: EntityUid,
 ) -> Response:
     """As POST /metrics/values/{context_type}/{entity_uid}, in Exante's envelope (200)."""
-    answer = await create_value(request, principal, pool, context_type.value, entity_uid)
+    answer = await create_value(request, principal, pool, context_type, entity_uid)
     return json_response(envelope(answer, "metric value created"), 200)

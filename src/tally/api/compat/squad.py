@@ -7,7 +7,6 @@ stored values by the usage summary, never taken from a create (docs/decisions.md
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -18,6 +17,7 @@ from tally.api.compat import Seed, create_metric, stamp
 from tally.api.deps import Pool, body_ref, json_response
 from tally.api.errors import responses
 from tally.api.models import NO_NUL
+from tally.api.routes_external import json_number
 from tally.contracts.metric import UsageMetric
 
 router = APIRouter(tags=["seed compatibility"])
@@ -53,14 +53,6 @@ SQUAD = Seed(
 Segment = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
 
 
-def _number(value: Decimal | None) -> int | float | None:
-    if value is None:
-        return None
-    if value == value.to_integral_value() and -(2**63) <= value < 2**63:
-        return int(value)
-    return float(value)
-
-
 def squad_metric(metric: UsageMetric) -> dict[str, Any]:
     """Squad's metric object; the computed values are null until values are stored."""
     document = metric.to_document()
@@ -73,7 +65,7 @@ def squad_metric(metric: UsageMetric) -> dict[str, Any]:
         "unit": metric.unit,
         "targetOperator": document.get("targetOperator"),
         # Squad writes a JSON number; Tally's own API writes the exact decimal text.
-        "targetValue": _number(metric.target_value),
+        "targetValue": json_number(metric.target_value),
         "targetDirection": document.get("targetDirection", "up"),
         "currentValue": None,
         "previousValue": None,
