@@ -78,6 +78,14 @@ RENAMED = {
 _OLD_NAMES = {new: old for old, new in RENAMED.items()}
 
 
+def without_renamed(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the deprecated variables of renamed settings: for a
+    child process given the new names, which an inherited old name with
+    another value would make refuse to start."""
+    old = {env_name(name) for name in RENAMED}
+    return {k: v for k, v in environ.items() if k not in old}
+
+
 class SettingDeprecationWarning(DeprecationWarning):
     """An old setting name was used; the message names the new one."""
 

@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from tally.config import without_renamed
 from tests import reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,12 @@ class WorkerProcess:
     ) -> None:
         self.name = name
         self.command = list(command)
-        self.env = {**os.environ, **env, "TALLY_WORKER_ID": name, "TALLY_TELEMETRY_PORT": "0"}
+        self.env = {
+            **without_renamed(os.environ),
+            **env,
+            "TALLY_WORKER_ID": name,
+            "TALLY_TELEMETRY_PORT": "0",
+        }
         self.log_path = log_dir / f"{name}.log"
         self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None

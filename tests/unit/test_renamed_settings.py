@@ -4,11 +4,14 @@ different values stop the process at start naming both."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from tally.cli.main import build_parser
 from tally.cli.options import settings_from
-from tally.config import ConfigError, SettingDeprecationWarning, load_settings
+from tally.config import ConfigError, SettingDeprecationWarning, load_settings, without_renamed
 
 NEW_FLAGS = {
     "--definitions-poll-interval": ("definitions_poll_interval", "7s", 7.0),
@@ -72,3 +75,31 @@ def test_a_bad_value_under_the_old_name_names_the_old_name() -> None:
     with pytest.warns(SettingDeprecationWarning), pytest.raises(ConfigError) as refused:
         load_settings({}, {"TALLY_METRICS_PORT": "not-a-port"})
     assert "TALLY_METRICS_PORT" in str(refused.value)
+
+
+def test_a_child_given_the_new_names_does_not_inherit_the_old_ones() -> None:
+    """`tally demo`, the bench and the test harness start workers with the new
+    names; an inherited old name with another value made them refuse to start."""
+    inherited = {
+        "TALLY_METRICS_HOST": "0.0.0.0",
+        "TALLY_METRICS_PORT": "9100",
+        "TALLY_METRICS_POLL_INTERVAL": "3",
+        "TALLY_TOPIC": "events",
+    }
+    child = {**without_renamed(inherited), "TALLY_TELEMETRY_HOST": "127.0.0.1"}
+    assert child == {"TALLY_TOPIC": "events", "TALLY_TELEMETRY_HOST": "127.0.0.1"}
+    settings = load_settings({}, child)  # no warning (filterwarnings=error), no refusal
+    assert (settings.telemetry_host, settings.topic) == ("127.0.0.1", ("events",))
+    with pytest.warns(SettingDeprecationWarning), pytest.raises(ConfigError):
+        load_settings({}, {**inherited, "TALLY_TELEMETRY_HOST": "127.0.0.1"})
+
+
+def test_the_image_sets_no_telemetry_name_and_its_health_check_reads_either() -> None:
+    """A deployment still setting TALLY_METRICS_PORT must not meet another value
+    baked into the image (every command would refuse to start)."""
+    dockerfile = (Path(__file__).parents[2] / "deploy" / "Dockerfile").read_text()
+    env_lines = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in env_lines if re.search(r"TALLY_(TELEMETRY|METRICS)_\w+=", line)]
+    health = next(line for line in env_lines if "healthz" in line)
+    assert "TALLY_TELEMETRY_PORT" in health
+    assert "TALLY_METRICS_PORT" in health

@@ -27,6 +27,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tally.config import without_renamed
 from tally.contracts.metric import parse_metric
 from tally.store.definitions import apply_definitions
 from tally.store.migrate import migrate
@@ -221,7 +222,7 @@ def worker_env(
     late, 5 minutes ahead), as a production stream does.
     """
     return {
-        **os.environ,
+        **without_renamed(os.environ),
         "TALLY_KAFKA_BOOTSTRAP": bootstrap,
         "TALLY_DATABASE_URL": dsn,
         "TALLY_TOPIC": topic,

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tally.cli.commands import stop_on_signals
 from tally.cli.options import settings_from
-from tally.config import Settings
+from tally.config import Settings, without_renamed
 from tally.kafka.clients import ensure_topics, new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate
@@ -166,7 +166,7 @@ async def demo(args: argparse.Namespace) -> int:
     log_path = Path(args.worker_log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
+        **without_renamed(os.environ),
         "TALLY_TOPIC": topic,
         "TALLY_TELEMETRY_PORT": str(settings.telemetry_port),
         "TALLY_TELEMETRY_HOST": "127.0.0.1",
