@@ -36,8 +36,9 @@ async def test_a_server_not_ready_in_time_is_stopped_not_left_running(
         # Stopped and reaped while its broker still hangs, not left running.
         assert process.poll() is not None
         if killed:
-            # SIGKILL after stop_seconds, unless SIGTERM was quicker still (a
-            # loaded machine may deliver it while the server is importing).
-            assert process.returncode in (-signal.SIGTERM, -signal.SIGKILL)
+            # SIGKILL after stop_seconds, unless SIGTERM was quicker still: it
+            # ends a server still importing at once (-SIGTERM), and one in its
+            # start-up checks cleanly (0, the checks race the stop).
+            assert process.returncode in (0, -signal.SIGTERM, -signal.SIGKILL)
         else:
             assert process.returncode != -signal.SIGKILL
