@@ -31,6 +31,7 @@ class CoreResult:
 
 
 BATCH = 5000  # records per fetch, as the worker's max_batch
+METRIC_COUNTS = (1, 10)
 
 
 def _runner(
@@ -61,7 +62,7 @@ def _baseline(values: list[bytes]) -> Callable[[], int]:
 
 
 def run_core_bench(
-    events: int = 200_000, rounds: int = 5, metric_counts: tuple[int, ...] = (1, 10)
+    events: int = 200_000, rounds: int = 5, metric_counts: tuple[int, ...] = METRIC_COUNTS
 ) -> list[CoreResult]:
     now = datetime(2026, 11, 25, 12, tzinfo=UTC).timestamp()
     workload = Workload(seed=7, end=now - 60)
@@ -88,8 +89,10 @@ def run_core_bench(
     return results
 
 
-def main(events: int = 200_000, rounds: int = 5) -> None:
-    results = run_core_bench(events, rounds)
+def main(
+    events: int = 200_000, rounds: int = 5, metric_counts: tuple[int, ...] = METRIC_COUNTS
+) -> None:
+    results = run_core_bench(events, rounds, metric_counts)
     print(f"core micro-benchmark: {events} synthetic events, best of {rounds} interleaved rounds")
     print(f"{'variant':<36} {'events/s':>12} {'x baseline':>11} {'rollups':>8}")
     for r in results:
