@@ -22,10 +22,17 @@ from tally.config import Settings
 from tally.core.engine import Deltas, aggregate, new_core
 from tally.core.events import DecodeLimits
 from tally.store.flush import FlushResult
+from tally.store.member_cache import MemberCache
 from tally.telemetry.http import TelemetryServer
+from tally.telemetry.instruments import Telemetry
 from tally.worker.checkpoint import Checkpointer
-from tally.worker.partition import FlushBatch, PartitionState
+from tally.worker.definitions import DefinitionWatcher, LiveMetrics
+from tally.worker.health import Health
+from tally.worker.intake import Intake
+from tally.worker.partition import FlushBatch, Partitions, PartitionState
 from tally.worker.pipeline import FlushPipeline
+from tally.worker.retention import RetentionTask
+from tally.worker.retry import Clock, Retry
 from tally.worker.runner import MAX_PENDING_DEAD_LETTERS, Worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -71,6 +78,97 @@ def pipeline_with_pending(events: int) -> tuple[FlushPipeline, GatedCheckpointer
     )
     consume(pipeline, state, events)
     return pipeline, checkpointer, state
+
+
+class FakeConsumer:
+    """A consumer that holds no partition and fetches nothing."""
+
+    def assignment(self) -> set[Any]:
+        return set()
+
+    def highwater(self, tp: Any) -> None:
+        return None
+
+    def pause(self, *partitions: Any) -> None:
+        pass
+
+    def resume(self, *partitions: Any) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        await asyncio.sleep(0)
+        return {}
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class FakeProducer:
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+def fake_worker(
+    settings: Settings | None = None,
+    *,
+    checkpointer: GatedCheckpointer | None = None,
+    consumer: Any = None,
+    clock: Clock | None = None,
+    watcher: DefinitionWatcher | None = None,
+) -> Worker:
+    """A worker built from fakes through its constructor: no database
+    (the pool is None), no broker, a flush that waits for its gate."""
+    settings = Settings() if settings is None else settings
+    clock = Clock() if clock is None else clock
+    registry = CollectorRegistry()
+    telemetry = Telemetry(registry)
+    pool = cast(asyncpg.Pool, None)
+    states = Partitions()
+    metrics = LiveMetrics(CORE, states, telemetry)
+    pipeline = FlushPipeline(
+        cast(Checkpointer, checkpointer or GatedCheckpointer()),
+        states.values,
+        clock.wall,
+        new_deltas=lambda: Deltas(CORE),
+        timeout=settings.flush_timeout,
+        monotonic=clock.monotonic,
+    )
+    return Worker(
+        settings=settings,
+        pool=pool,
+        registry=registry,
+        telemetry=telemetry,
+        consumer=consumer or FakeConsumer(),
+        producer=cast(Any, FakeProducer()),
+        states=states,
+        metrics=metrics,
+        members=MemberCache(max_members=10, horizon=60.0, clock=clock.wall),
+        checkpointer=pipeline.checkpointer,
+        pipeline=pipeline,
+        intake=Intake(
+            core=CORE,
+            telemetry=telemetry,
+            limits=DecodeLimits(),
+            clock=clock,
+            deltas=lambda: pipeline.deltas,
+        ),
+        watcher=watcher
+        or DefinitionWatcher(pool, metrics.changed, clock.wall, on_refused=metrics.refused),
+        retry=Retry(telemetry, settings.retry_max_backoff, settings.permanent_attempts),
+        health=Health(clock, settings.stall_timeout, pipeline.started_at),
+        retention=RetentionTask(pool, settings, registry),
+        clock=clock,
+        owner="test",
+    )
 
 
 def consume(pipeline: FlushPipeline, state: PartitionState, events: int) -> None:
@@ -135,9 +233,8 @@ async def test_a_revocation_flush_waits_for_a_flush_the_loop_started_meanwhile()
 
 
 async def test_a_worker_stopped_by_an_unexpected_error_flushes_nothing_half_consumed() -> None:
-    worker = Worker(Settings(), cast(asyncpg.Pool, None), CollectorRegistry())
     checkpointer = GatedCheckpointer()
-    worker.pipeline.checkpointer = cast(Checkpointer, checkpointer)
+    worker = fake_worker(checkpointer=checkpointer)
     state = PartitionState(TopicPartition("t", 0), window_seconds=0)
     state.loaded(10)
     worker.states[state.tp] = state
@@ -152,7 +249,7 @@ async def test_a_worker_stopped_by_an_unexpected_error_flushes_nothing_half_cons
 
 
 async def test_a_flood_of_dead_letters_is_flushed_in_slices() -> None:
-    worker = Worker(Settings(), cast(asyncpg.Pool, None), CollectorRegistry())
+    worker = fake_worker()
     state = PartitionState(TopicPartition("t", 0), window_seconds=0)
     state.loaded(0)
     worker.states[state.tp] = state

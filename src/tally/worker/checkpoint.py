@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from tally.kafka.dead_letters import DeadLetters
@@ -45,6 +46,22 @@ log = Log("tally.flush")
 KafkaCommit = Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]]
 
 
+class KafkaOffsets:
+    """Step 4's Kafka commit: the advisory offsets of the partitions the
+    consumer still holds (a partition given up meanwhile is the next
+    owner's to commit)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+
+    async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if offsets:
+            current = self.consumer.assignment()
+            mine = {tp: o for tp, o in offsets.items() if tp in current}
+            if mine:
+                await self.consumer.commit(mine)
+
+
 class Checkpointer:
     def __init__(
         self,
@@ -54,6 +71,7 @@ class Checkpointer:
         clock: Callable[[], float],
         commit_kafka: KafkaCommit | None = None,
         members: MemberCache | None = None,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.pool = pool
         self.members = members
@@ -61,7 +79,7 @@ class Checkpointer:
         self.owner = owner
         self.clock = clock
         self.commit_kafka = commit_kafka
-        self.dead_letters: DeadLetters | None = None
+        self.dead_letters = dead_letters
         self.last_success = 0.0
 
     async def write(self, batch: FlushBatch) -> FlushResult:

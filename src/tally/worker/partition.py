@@ -117,6 +117,14 @@ class PartitionState:
         self.dead_letter_bytes = 0
 
 
+class Partitions(dict[TopicPartition, PartitionState]):
+    """The states of the partitions a worker holds: the one owner, shared by
+    the worker (which adds and removes them as the group rebalances) and the
+    flush (which takes their pending work and settles them)."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class PartitionPart:
     """One partition's share of a flush batch."""
