@@ -23,7 +23,7 @@ from tally.worker.partition import PartitionState
 from tally.worker.retry import Clock, Retry
 from tally.worker.runner import MAX_PENDING_DEAD_LETTER_BYTES, Worker
 from tests.integration.support import http_get
-from tests.unit.test_flush_pipeline import FakeConsumer, GatedCheckpointer, consume, fake_worker
+from tests.unit.test_flush_pipeline import FakeConsumer, GatedStore, consume, fake_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -82,15 +82,15 @@ async def test_an_idle_worker_waits_in_fetch_instead_of_spinning() -> None:
 
 
 async def test_a_revocation_whose_flush_never_ends_gives_up_after_the_session_timeout() -> None:
-    checkpointer = GatedCheckpointer()  # its gate is never opened: a hung flush
+    checkpointer = GatedStore()  # its gate is never opened: a hung flush
     w = fake_worker(Settings(session_timeout=0.2, revoke_policy="drop"), checkpointer=checkpointer)
     state = PartitionState(TopicPartition("t", 0), window_seconds=0)
     state.loaded(10)
     w.states[state.tp] = state
-    consume(w.pipeline, state, 5)
-    assert w.pipeline.start("interval")
+    consume(w.checkpoint, state, 5)
+    assert w.checkpoint.start("interval")
     await asyncio.wait_for(w.partitions_revoked({state.tp}), timeout=5)
-    assert not w.pipeline.busy
+    assert not w.checkpoint.busy
     assert w.states == {}
     assert state.stored_offset == 10  # nothing was stored: the next owner re-reads
 

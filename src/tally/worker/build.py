@@ -8,9 +8,9 @@ What is built, and who shares it:
   the telemetry on the registry the telemetry server serves;
 - `Partitions`, the states' one owner, shared by the worker (rebalances),
   the metric index (metrics added) and the flush (takes and settles work);
-- the member cache, the dead letters, the flush pipeline and its
-  checkpointer, whose Kafka commits go through `KafkaOffsets` (the
-  consumer), not through the worker;
+- the member cache, the dead letters and the flush owner (`Checkpoint`),
+  whose transaction is a `FlushStore` on the pool and whose Kafka commits
+  go through `KafkaOffsets` (the consumer), not through the worker;
 - the intake, the definitions watcher and the live index, retry, health
   and the retention task.
 
@@ -26,19 +26,18 @@ import socket
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
-from tally.core.engine import Deltas, new_core
+from tally.core.engine import new_core
 from tally.core.events import DecodeLimits
 from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
 from tally.kafka.dead_letters import DeadLetters
 from tally.store.member_cache import MemberCache
 from tally.store.pool import close_pool, create_pool
 from tally.telemetry.instruments import Telemetry
-from tally.worker.checkpoint import Checkpointer, KafkaOffsets
+from tally.worker.checkpoint import Checkpoint, FlushStore, KafkaOffsets
 from tally.worker.definitions import DefinitionWatcher, LiveMetrics
 from tally.worker.health import Health
 from tally.worker.intake import Intake
 from tally.worker.partition import Partitions
-from tally.worker.pipeline import FlushPipeline
 from tally.worker.retention import RetentionTask
 from tally.worker.retry import Clock, Retry
 from tally.worker.runner import Worker
@@ -79,23 +78,17 @@ async def build_worker(
         members = MemberCache(
             max_members=settings.member_cache, horizon=settings.max_lateness, clock=clock.wall
         )
-        checkpointer = Checkpointer(
-            pool,
-            telemetry,
-            owner,
-            clock.wall,
-            KafkaOffsets(consumer).commit,
-            members=members,
-            dead_letters=dead_letters,
-        )
         metrics = LiveMetrics(new_core(), states, telemetry)
-        pipeline = FlushPipeline(
-            checkpointer,
-            states.values,
-            clock.wall,
-            new_deltas=lambda: Deltas(metrics.core),
+        checkpoint = Checkpoint(
+            states=states,
+            core=metrics.core,
+            store=FlushStore(pool, owner, members),
+            dead_letters=dead_letters,
+            kafka=KafkaOffsets(consumer).commit,
+            telemetry=telemetry,
+            clock=clock,
+            members=members,
             timeout=settings.flush_timeout,
-            monotonic=clock.monotonic,
         )
         intake = Intake(
             core=metrics.core,
@@ -106,7 +99,7 @@ async def build_worker(
                 max_future_seconds=settings.max_future_skew,
             ),
             clock=clock,
-            deltas=lambda: pipeline.deltas,
+            deltas=lambda: checkpoint.deltas,
             dead_letters=dead_letters,
         )
         return Worker(
@@ -119,14 +112,13 @@ async def build_worker(
             states=states,
             metrics=metrics,
             members=members,
-            checkpointer=checkpointer,
-            pipeline=pipeline,
+            checkpoint=checkpoint,
             intake=intake,
             watcher=DefinitionWatcher(
                 pool, metrics.changed, clock=clock.wall, on_refused=metrics.refused
             ),
             retry=Retry(telemetry, settings.retry_max_backoff, settings.permanent_attempts),
-            health=Health(clock, settings.stall_timeout, pipeline.started_at),
+            health=Health(clock, settings.stall_timeout, checkpoint.started_at),
             retention=RetentionTask(pool, settings, registry),
             clock=clock,
             owner=owner,

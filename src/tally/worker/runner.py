@@ -1,12 +1,12 @@
-"""`tally run`: one consumer in the group, the core, and the flush pipeline.
+"""`tally run`: one consumer in the group, the core, and the flush.
 
 The loop: load state for newly assigned partitions and seek to their stored
 offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it
 (worker/intake.py); when the interval or a pending-work limit says so, hand
-the pending work to the flush pipeline and go on consuming while it is
-written. Transient errors from PostgreSQL or Kafka are retried with capped
-backoff while the pending work stays in memory (fetching pauses when it is
-full); nothing is lost, since no offset is stored before the rollups it
+the pending work to the flush (worker/checkpoint.py) and go on consuming
+while it is written. Transient errors from PostgreSQL or Kafka are retried
+with capped backoff while the pending work stays in memory (fetching pauses
+when it is full); nothing is lost, since no offset is stored before the rollups it
 produced. An error retrying cannot mend stops the worker loudly
 (`PermanentError`): readiness false, `tally_permanent_errors_total`, one log
 line with the reason, /metrics kept up for `stop_linger`, exit status 3.
@@ -36,12 +36,11 @@ from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
 from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.worker.checkpoint import Checkpointer
+from tally.worker.checkpoint import Checkpoint
 from tally.worker.definitions import DefinitionWatcher, LiveMetrics
 from tally.worker.health import Health
 from tally.worker.intake import Intake
 from tally.worker.partition import Partitions, PartitionState
-from tally.worker.pipeline import FlushPipeline
 from tally.worker.positions import check_jumps, resume_points
 from tally.worker.retention import RetentionTask
 from tally.worker.retry import Clock, Retry, describe, retry_until
@@ -79,13 +78,12 @@ class Worker:
     telemetry: Telemetry
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer  # the dead-letter producer, started by `run`
-    states: Partitions  # shared with the flush pipeline, which takes their pending work
+    states: Partitions  # shared with the checkpoint, which takes their pending work
     metrics: LiveMetrics  # the index the core runs, kept current by `watcher`
     # Members this worker's committed flushes stored, left out of later
     # ones; never older than an event can be (retention is longer).
     members: MemberCache
-    checkpointer: Checkpointer
-    pipeline: FlushPipeline
+    checkpoint: Checkpoint  # the flush: pending deltas, the batch in flight, steps 1 to 5
     intake: Intake
     watcher: DefinitionWatcher
     retry: Retry
@@ -115,9 +113,9 @@ class Worker:
             # Deltas are shared by all partitions: hand over everything pending.
             async with asyncio.timeout(timeout):
                 if self.settings.revoke_policy == "flush":
-                    await self.pipeline.flush("revoke")
+                    await self.checkpoint.flush("revoke")
                 else:
-                    await self.pipeline.settle()
+                    await self.checkpoint.settle()
                     self._drop_pending("revocation with revoke_policy=drop")
         except Fenced as exc:
             self._fenced(exc)
@@ -128,7 +126,7 @@ class Worker:
                 "the next owner re-reads",
                 reason=describe(exc),
             )
-            self.pipeline.abandon()
+            self.checkpoint.abandon()
             self._drop_pending("failed flush on revocation")
         for state in leaving:
             self.states.pop(state.tp, None)
@@ -139,8 +137,8 @@ class Worker:
 
     def _drop_pending(self, why: str) -> None:
         """Forget all pending work and reload every partition (its events are re-read)."""
-        dropped = self.pipeline.deltas.events
-        self.pipeline.drop()
+        dropped = self.checkpoint.deltas.events
+        self.checkpoint.drop()
         self.members.clear()  # reloading: the database is the truth
         # Nothing is pending any more: the reload resumes the partitions.
         self.paused_for_backpressure = False
@@ -234,10 +232,10 @@ class Worker:
 
     def pending(self) -> tuple[int, int]:
         """(events, rollups) consumed but not yet flushed, the flush in flight excluded."""
-        events = self.pipeline.deltas.events
+        events = self.checkpoint.deltas.events
         for state in self.states.values():
             events += state.duplicates + sum(state.rejected.values())
-        deltas = self.pipeline.deltas
+        deltas = self.checkpoint.deltas
         return events, len(deltas) + deltas.members
 
     def _update_gauges(self) -> None:
@@ -274,7 +272,7 @@ class Worker:
         """Settle the flush in flight; False if it failed (and was dealt with).
         Raises PermanentError when flushing keeps failing in a way retrying cannot mend."""
         try:
-            await self.pipeline.settle()
+            await self.checkpoint.settle()
         except Fenced as exc:
             self._fenced(exc)
             return False
@@ -320,9 +318,9 @@ class Worker:
             return False, "not yet in the consumer group"
         if any(not s.ready for s in self.states.values()):
             return False, "loading partition state"
-        age = self.clock.wall() - self.checkpointer.last_success
+        age = self.clock.wall() - self.checkpoint.last_success
         if (
-            self.checkpointer.last_success
+            self.checkpoint.last_success
             and age > self.settings.ready_flush_age
             and self.pending()[0]
         ):
@@ -449,19 +447,19 @@ class Worker:
                 if state is not None and state.ready:  # else fetched before a revoke or reload
                     self.intake.consume(state, records)
             await asyncio.sleep(0)  # let the flush in flight take its turn
-            if self.pipeline.landed:
+            if self.checkpoint.landed:
                 await self._settle()
             reason = self._flush_due(last_flush)
             if reason is not None and self.clock.monotonic() < self.retry_at:
                 if reason != "interval":
                     self._set_backpressure(True)  # full, and the database is failing: stop reading
             elif reason is not None:
-                if self.pipeline.busy and reason != "interval":
+                if self.checkpoint.busy and reason != "interval":
                     await self._settle()  # a limit is reached: wait for the database
-                if not self.pipeline.busy and self.clock.monotonic() >= self.retry_at:
+                if not self.checkpoint.busy and self.clock.monotonic() >= self.retry_at:
                     # Also when there was nothing to flush: an idle worker then
                     # waits out a whole interval in getmany, instead of spinning.
-                    self.pipeline.start(reason)
+                    self.checkpoint.start(reason)
                     last_flush = self.clock.monotonic()
             elif self.paused_for_backpressure:
                 self._set_backpressure(False)  # below every limit again
@@ -498,12 +496,12 @@ class Worker:
                 state.ready = False
             with contextlib.suppress(BaseException):
                 async with asyncio.timeout(self.settings.flush_timeout):
-                    await self.pipeline.settle()  # a whole batch, taken before the error
-            self.pipeline.abandon()
+                    await self.checkpoint.settle()  # a whole batch, taken before the error
+            self.checkpoint.abandon()
         retry = Retry(self.telemetry, 2.0, 1)
         while final_flush:
             try:
-                await self.pipeline.flush("shutdown")
+                await self.checkpoint.flush("shutdown")
                 break
             except Fenced as exc:
                 self._fenced(exc)
@@ -516,7 +514,7 @@ class Worker:
                         reason=describe(exc),
                         pending_events=self.pending()[0],
                     )
-                    self.pipeline.abandon()
+                    self.checkpoint.abandon()
                     break
                 await asyncio.sleep(retry.backoff.next_delay())
         for task in self.side_tasks:
