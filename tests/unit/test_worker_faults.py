@@ -36,12 +36,12 @@ class FakeTime:
         return Clock(wall=lambda: self.now + 1.7e9, monotonic=lambda: self.now)
 
 
-class IdleConsumer:
+class IdleConsumer(FakeConsumer):
     """A consumer with nothing to fetch: getmany 'waits' its timeout on the fake clock."""
 
     def __init__(self, time: FakeTime, stop: asyncio.Event, until: float) -> None:
         self.time = time
-        self.stop = stop
+        self.stopping = stop  # not `stop`: that is the consumer's own method
         self.until = until
         self.calls = 0
 
@@ -49,21 +49,9 @@ class IdleConsumer:
         self.calls += 1
         self.time.now += timeout_ms / 1000
         if self.time.now >= self.until:
-            self.stop.set()
+            self.stopping.set()
         await asyncio.sleep(0)
         return {}
-
-    def assignment(self) -> set[Any]:
-        return set()
-
-    def highwater(self, tp: Any) -> None:
-        return None
-
-    def pause(self, *partitions: Any) -> None:
-        pass
-
-    def resume(self, *partitions: Any) -> None:
-        pass
 
 
 def worker(time: FakeTime, consumer: Any = None, **settings: Any) -> Worker:
