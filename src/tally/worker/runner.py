@@ -6,8 +6,8 @@ offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it
 the pending work to the flush (worker/checkpoint.py) and go on consuming
 while it is written. Transient errors from PostgreSQL or Kafka are retried
 with capped backoff while the pending work stays in memory (fetching pauses
-when it is full); nothing is lost, since no offset is stored before the rollups it
-produced. An error retrying cannot mend stops the worker loudly
+when it is full); nothing is lost, since no offset is stored before the
+rollups it produced. An error retrying cannot mend stops the worker loudly
 (`PermanentError`): readiness false, `tally_permanent_errors_total`, one log
 line with the reason, /metrics kept up for `stop_linger`, exit status 3.
 """
