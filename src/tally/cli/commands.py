@@ -225,13 +225,14 @@ class HostedApi:
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()
-        if error is None and (task.cancelled() or self.stop.is_set()):
+        stopping = self.stop.is_set()
+        self.stop.set()  # the worker never goes on without the API it was asked for
+        if error is None and (task.cancelled() or stopping):
             return  # stopped with the worker
         self.failure = str(error) if error is not None else "it ended on its own"
         kind = type(error).__name__ if error is not None else "ended"
         self.telemetry.errors.labels("api", kind).inc()
         _log.error("the HTTP API stopped; stopping the worker", reason=self.failure)
-        self.stop.set()
 
     async def stopped(self) -> None:
         if self.task is not None:
