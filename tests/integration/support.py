@@ -123,6 +123,11 @@ class WorkerProcess:
             f"{self.name}: no {pattern!r} within {timeout}s:\n{self.current_log()[-3000:]}"
         )
 
+    async def wait_serving(self, timeout: float = 60) -> None:
+        """Until a worker started with --with-api has a ready partition and its API listens."""
+        await self.wait_log("partition ready", timeout)
+        await self.wait_log('api listening"', timeout)
+
     async def scrape(self) -> dict[str, float]:
         """Samples of /metrics as {"name{label=value,...}": value}."""
         url = self.metrics_url()
@@ -134,6 +139,14 @@ class WorkerProcess:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
                 samples[f"{sample.name}{{{labels}}}"] = sample.value
         return samples
+
+
+def api_url(worker: WorkerProcess) -> str:
+    """Where the API of a worker started with --with-api listens (from its log)."""
+    found = worker.current_log().split('api listening" url=http://')
+    assert len(found) > 1, worker.current_log()[-3000:]
+    port = found[-1].split()[0].rsplit(":", 1)[1]
+    return f"http://127.0.0.1:{port}"
 
 
 async def http_get(url: str) -> str:
@@ -174,6 +187,32 @@ def worker_env(bootstrap: str, dsn: str, topic: str, group: str, **settings: str
     }
     env.update({f"TALLY_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def worker_with_api(
+    name: str,
+    log_dir: Path,
+    bootstrap: str,
+    dsn: str,
+    topic: str,
+    group: str,
+    *,
+    tokens: str,
+    **settings: str,
+) -> WorkerProcess:
+    """`tally run --with-api` (not started yet) with `tokens`, its API on a
+    free port of 127.0.0.1; `wait_serving` and `api_url` after `start`."""
+    env = worker_env(
+        bootstrap,
+        dsn,
+        topic,
+        group,
+        api_tokens=tokens,
+        api_host="127.0.0.1",
+        api_port="0",
+        **settings,
+    )
+    return WorkerProcess(name, env, log_dir, args=["--with-api"])
 
 
 async def produce(

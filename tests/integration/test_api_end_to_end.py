@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import MakeTopic
-from tests.integration.support import WorkerProcess, produce, wait_caught_up, worker_env
+from tests.integration.support import api_url, produce, wait_caught_up, worker_with_api
 from tests.integration.test_api_support import ADMIN, READ, TOKENS
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -53,13 +53,6 @@ def purchases(start: int, count: int) -> list[tuple[bytes, bytes]]:
     return messages
 
 
-def api_url(worker: WorkerProcess) -> str:
-    found = worker.current_log().split('api listening" url=http://')
-    assert len(found) > 1, worker.current_log()[-3000:]
-    port = found[-1].split()[0].rsplit(":", 1)[1]
-    return f"http://127.0.0.1:{port}"
-
-
 async def totals(client: httpx.AsyncClient, uid: str, unit: str) -> dict[str, tuple[str, int]]:
     response = await client.get(
         "/metric-values", params={"metricUid": uid, "timeUnit": unit}, headers=READ
@@ -72,19 +65,18 @@ async def test_a_metric_created_over_http_is_aggregated_without_a_restart(
     kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
 ) -> None:
     topic = await make_topic(2)
-    env = worker_env(
+    worker = worker_with_api(
+        "api-e2e",
+        tmp_path,
         kafka_bootstrap,
         fresh_database,
         topic,
         f"g-api-{uuid.uuid4().hex[:8]}",
-        api_tokens=TOKENS,
-        api_host="127.0.0.1",
-        api_port="0",
+        tokens=TOKENS,
     )
-    worker = WorkerProcess("api-e2e", env, tmp_path, args=["--with-api"]).start()
+    worker.start()
     try:
-        await worker.wait_log("partition ready")
-        await worker.wait_log('api listening"')
+        await worker.wait_serving()
         async with httpx.AsyncClient(base_url=api_url(worker), timeout=10) as client:
             assert (await client.get("/readyz")).status_code == 200
             # Events before the metric exists count for nothing.

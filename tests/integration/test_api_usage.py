@@ -20,13 +20,12 @@ import pytest
 
 from tests.conftest import MakeTopic
 from tests.integration.support import (
-    WorkerProcess,
+    api_url,
     apply_metrics,
     produce,
     wait_caught_up,
-    worker_env,
+    worker_with_api,
 )
-from tests.integration.test_api_end_to_end import api_url
 from tests.integration.test_api_support import READ, TOKENS
 from tests.reference import plain_decimal
 
@@ -189,22 +188,21 @@ async def test_summaries_and_windows_equal_the_raw_events(
 ) -> None:
     topic = await make_topic(2)
     await apply_metrics(fresh_database, [SPEND, VISITORS], tmp_path)
-    env = worker_env(
+    worker = worker_with_api(
+        "usage",
+        tmp_path,
         kafka_bootstrap,
         fresh_database,
         topic,
         f"g-usage-{uuid.uuid4().hex[:8]}",
-        api_tokens=TOKENS,
-        api_host="127.0.0.1",
-        api_port="0",
+        tokens=TOKENS,
         max_lateness="200d",  # members kept max_lateness + 92d: 292d
     )
     now = datetime.now(UTC)
     events = make_events(now, 1500)
-    worker = WorkerProcess("usage", env, tmp_path, args=["--with-api"]).start()
+    worker.start()
     try:
-        await worker.wait_log("partition ready")
-        await worker.wait_log('api listening"')
+        await worker.wait_serving()
         await produce(
             kafka_bootstrap,
             topic,

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import MakeTopic
-from tests.integration.support import WorkerProcess, produce, wait_caught_up, worker_env
-from tests.integration.test_api_end_to_end import PURCHASES, api_url, purchases, totals
+from tests.integration.support import api_url, produce, wait_caught_up, worker_with_api
+from tests.integration.test_api_end_to_end import PURCHASES, purchases, totals
 from tests.integration.test_api_support import ADMIN, TOKENS
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -22,19 +22,18 @@ async def test_a_worker_never_runs_an_external_metric(
     kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
 ) -> None:
     topic = await make_topic(1)
-    env = worker_env(
+    worker = worker_with_api(
+        "external",
+        tmp_path,
         kafka_bootstrap,
         fresh_database,
         topic,
         f"g-ext-{uuid.uuid4().hex[:8]}",
-        api_tokens=TOKENS,
-        api_host="127.0.0.1",
-        api_port="0",
+        tokens=TOKENS,
     )
-    worker = WorkerProcess("external", env, tmp_path, args=["--with-api"]).start()
+    worker.start()
     try:
-        await worker.wait_log("partition ready")
-        await worker.wait_log('api listening"')
+        await worker.wait_serving()
         async with httpx.AsyncClient(base_url=api_url(worker), timeout=10) as client:
             since = len(worker.current_log())
             exante = {"uid": "purchase_dso", "name": "Purchase DSO", "is_snapshot": True}

@@ -28,14 +28,15 @@ from tally.ingest.service import Ingest, build_ingest
 from tests.conftest import MakeTopic
 from tests.integration.support import (
     WorkerProcess,
+    api_url,
     apply_metrics,
     end_offsets,
     metric_sum,
     read_topic,
     wait_caught_up,
     worker_env,
+    worker_with_api,
 )
-from tests.integration.test_api_end_to_end import api_url
 from tests.integration.test_api_support import ADMIN_TOKEN, READ, READ_TOKEN, ApiProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -327,19 +328,18 @@ async def test_a_worker_with_the_api_takes_events_and_counts_them_on_its_telemet
     kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
 ) -> None:
     topic = await make_topic(2)
-    env = worker_env(
+    worker = worker_with_api(
+        "ingest-with-api",
+        tmp_path,
         kafka_bootstrap,
         fresh_database,
         topic,
         f"g-ingest-{uuid.uuid4().hex[:8]}",
-        api_tokens=TOKENS,
-        api_host="127.0.0.1",
-        api_port="0",
+        tokens=TOKENS,
     )
-    worker = WorkerProcess("ingest-with-api", env, tmp_path, args=["--with-api"]).start()
+    worker.start()
     try:
-        await worker.wait_log("partition ready")
-        await worker.wait_log('api listening"')
+        await worker.wait_serving()
         since = len(worker.current_log())
         await apply_metrics(fresh_database, METRICS, tmp_path)
         await worker.wait_log("definitions changed", timeout=30, since=since)

@@ -106,8 +106,8 @@ async def test_a_record_that_raises_is_dead_lettered_and_the_batch_goes_on() -> 
         limits=DecodeLimits(),
         clock=Clock(),
         deltas=lambda: deltas,
+        dead_letters=cast(DeadLetters, letters),
     )
-    intake.dead_letters = cast(DeadLetters, letters)
     state = PartitionState(TopicPartition("events", 0), window_seconds=3600)
     state.loaded(-1)
     stamps = [STAMP, BOOM, STAMP, BOOM, STAMP]

@@ -1,5 +1,5 @@
 """Where a worker starts each metric, per partition, until a flush stores it
-(`PartitionState.starts`, `FlushBatch`; docs/backfill.md)."""
+(`PartitionState.starts`, `tally.worker.checkpoint.FlushBatch`; docs/backfill.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from aiokafka.structs import TopicPartition
 
 from tally.core.engine import Deltas, new_core
 from tally.store.flush import DedupRows
-from tally.worker.partition import FlushBatch, PartitionState
+from tally.worker.checkpoint import FlushBatch
+from tally.worker.partition import PartitionState
 
 
 def ready(partition: int, stored: int, started: set[str], live: list[str]) -> PartitionState:

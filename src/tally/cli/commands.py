@@ -26,9 +26,12 @@ from tally.contracts.metric import (
 from tally.kafka.clients import new_producer
 from tally.store import definitions as store
 from tally.store.migrate import migrate as run_migrations
-from tally.store.pool import close_pool, create_pool, database
+from tally.store.pool import close_pool, database
 from tally.synthetic import Workload, events
 from tally.telemetry import logs
+from tally.telemetry.instruments import Telemetry
+
+_log = logs.Log("tally.cli")
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -158,7 +161,7 @@ def print_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
 async def run(args: argparse.Namespace) -> int:
     from tally.kafka.clients import ensure_topics, missing_topics
     from tally.store.migrate import check_schema
-    from tally.worker.runner import Worker
+    from tally.worker.build import build_worker
 
     settings = settings_from(args)
     _setup_logs(settings)
@@ -181,34 +184,59 @@ async def run(args: argparse.Namespace) -> int:
                 "create them, fix TALLY_TOPIC, or pass --create-topics"
             )
     await ensure_topics(settings.kafka_bootstrap, {settings.dead_letter_topic: 1})
-    pool = await create_pool(
-        settings.database_url,
-        min_size=2,
-        max_size=5,  # flushes, loads, the definitions watcher, readiness, a retention pass
-        statement_timeout=settings.database_timeout,
-        lock_timeout=settings.lock_timeout,
-    )
     registry = CollectorRegistry()  # the worker's and POST /events' counters, on one /metrics
-    api_task = None
-    if settings.with_api:
-        from tally.api.server import serve
-
-        api_task = asyncio.create_task(
-            serve(settings, stop, apply_migrations=False, registry=registry)  # migrated above
-        )
-        # Supervised: an API that dies stops the worker too, and says why.
-        api_task.add_done_callback(lambda _: stop.set())
+    worker = await build_worker(settings, registry=registry)
+    api = None
     try:
-        worker = Worker(settings=settings, pool=pool, registry=registry)
+        if settings.with_api:
+            api = HostedApi(worker.telemetry, stop)
+            api.start(settings, registry)
         await worker.run(stop)
     finally:
         stop.set()
-        if api_task is not None:
-            await asyncio.wait([api_task])
-        await close_pool(pool)
-    if api_task is not None and not api_task.cancelled() and api_task.exception() is not None:
-        raise UserError(f"the HTTP API stopped: {api_task.exception()}")
+        if api is not None:
+            await api.stopped()
+        await close_pool(worker.pool)
+    if api is not None and api.failure is not None:
+        raise UserError(f"the HTTP API stopped: {api.failure}")
     return 0
+
+
+class HostedApi:
+    """The HTTP API inside `tally run --with-api`, supervised: if it fails, or
+    ends while the worker is not stopping, it says so (one log line, an
+    `api` error in tally_errors_total) and stops the worker, which then exits
+    with status 2 (docs/decisions.md, issue 17)."""
+
+    def __init__(self, telemetry: Telemetry, stop: asyncio.Event) -> None:
+        self.telemetry = telemetry
+        self.stop = stop
+        self.task: asyncio.Task[None] | None = None
+        self.failure: str | None = None
+
+    def start(self, settings: Settings, registry: CollectorRegistry) -> None:
+        from tally.api.server import serve
+
+        self.task = asyncio.create_task(
+            serve(settings, self.stop, apply_migrations=False, registry=registry),  # migrated
+            name="api",
+        )
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        stopping = self.stop.is_set()
+        self.stop.set()  # the worker never goes on without the API it was asked for
+        if error is None and (task.cancelled() or stopping):
+            return  # stopped with the worker
+        self.failure = str(error) if error is not None else "it ended on its own"
+        kind = type(error).__name__ if error is not None else "ended"
+        self.telemetry.errors.labels("api", kind).inc()
+        _log.error("the HTTP API stopped; stopping the worker", reason=self.failure)
+
+    async def stopped(self) -> None:
+        if self.task is not None:
+            await asyncio.wait([self.task])
 
 
 async def api_serve(args: argparse.Namespace) -> int:

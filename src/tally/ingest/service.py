@@ -185,7 +185,7 @@ class Ingest:
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
-    """The worker's limits (tally.worker.runner builds the same)."""
+    """The worker's limits (tally.worker.build builds the same)."""
     return DecodeLimits(
         max_bytes=settings.max_event_bytes,
         max_lateness_seconds=settings.max_lateness,

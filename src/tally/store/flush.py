@@ -1,7 +1,7 @@
 """The flush transaction: offsets, dedup, members and rollups, all or nothing.
 
-The order of statements inside the transaction is fixed here;
-`tally.worker.checkpoint` holds the order of the steps around it:
+The order of statements inside the transaction is fixed here (step 3 of
+`tally.worker.checkpoint`, which holds the order of the steps around it):
 
 1. compare-and-set each partition's stored offset (fencing, docs/design.md §3);
    if any partition's offset moved, nothing else is written; then where
@@ -25,8 +25,9 @@ The caller commits Kafka's advisory offsets only after this returns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tally.core.dedup import DedupWindow, FlushPlan
 from tally.core.engine import Deltas, member_copy
@@ -203,23 +204,57 @@ ParkedRow = tuple[object, ...]
 """A row of tally.parked_dead_letters, in _PARK's order (`DeadLetter.parked_row`)."""
 
 
+class FlushPart(Protocol):
+    """What the transaction reads of one partition's part of a flush: a
+    worker passes its own pending flush (`tally.worker.checkpoint.PartitionPart`)
+    as it is; other writers (benches, tests) build a `PartitionFlush`."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def expected_offset(self) -> int: ...  # what the writer believes is stored (-1: nothing yet)
+    @property
+    def next_offset(self) -> int: ...
+    @property
+    def dedup(self) -> FlushPlan | None: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def dead_letters(self) -> int: ...
+    @property
+    def starts(
+        self,
+    ) -> Mapping[str, int]: ...  # metric uid -> offset, for metrics it first includes
+    @property
+    def expected_epoch(self) -> int | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionFlush:
-    """One partition's part of a flush."""
+    """One partition's part of a flush, for writers that are not a worker."""
 
     topic: str
     partition: int
-    expected_offset: int  # what this worker believes is stored (-1: nothing yet)
+    expected_offset: int  # what this writer believes is stored (-1: nothing yet)
     next_offset: int
     dedup: FlushPlan | None
     records: int = 0
     duplicates: int = 0
     dead_letters: int = 0
-    # (metric uid, offset) of metrics this flush is the first to include.
-    starts: tuple[tuple[str, int], ...] = ()
-    # The epoch this worker loaded or last flushed (None: not compared; for
+    # Metric uid -> offset, of metrics this flush is the first to include
+    # ((uid, offset) pairs are taken too).
+    starts: Mapping[str, int] = field(default_factory=dict)
+    # The epoch this writer loaded or last flushed (None: not compared; for
     # writers that own the row by construction, benches and tests).
     expected_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.starts, Mapping):
+            object.__setattr__(self, "starts", dict(self.starts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +284,7 @@ class Fenced(Exception):
 
 async def write_flush(
     connection: Connection,
-    partitions: Sequence[PartitionFlush],
+    partitions: Sequence[FlushPart],
     deltas: Deltas,
     owner: str,
     parked: Sequence[ParkedRow] = (),
@@ -291,7 +326,7 @@ async def write_flush(
                         ]
                     )
                 epochs = {(r["topic"], r["partition"]): r["epoch"] for r in moved}
-                starts = [(p, uid, at) for p in partitions for uid, at in p.starts]
+                starts = [(p, uid, at) for p in partitions for uid, at in p.starts.items()]
                 if starts:
                     await connection.execute(
                         _STARTS,
@@ -320,7 +355,7 @@ async def write_flush(
     return FlushResult(rows, sum(added.values()), dedup_rows, offer.sent, offer.skipped, epochs)
 
 
-async def _write_dedup(connection: Connection, p: PartitionFlush, plan: FlushPlan) -> DedupRows:
+async def _write_dedup(connection: Connection, p: FlushPart, plan: FlushPlan) -> DedupRows:
     new_row = merged_row = None
     if plan.count:
         new_row = await connection.fetchval(

@@ -16,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from tally.contracts.metric import UsageMetric
-from tally.core.engine import new_core
+from tally.core.engine import Core, new_core
 from tally.core.metrics import MetricIndex, is_external, native_spec
 from tally.core.periods import zone
 from tally.errors import is_transient
 from tally.store.definitions import Refused, load_definitions, revision
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
+
+if TYPE_CHECKING:
+    from tally.telemetry.instruments import Telemetry
+    from tally.worker.partition import Partitions
 
 log = Log("tally.definitions")
 
@@ -63,9 +68,12 @@ class DefinitionWatcher:
         pool: asyncpg.Pool,
         on_change: Callable[[MetricIndex], None],
         clock: Callable[[], float] = time.time,
+        *,
+        on_refused: Callable[[Sequence[Refused]], None] | None = None,
     ) -> None:
         self.pool = pool
         self.on_change = on_change
+        self.on_refused = on_refused  # after each change, with the refused then
         self.clock = clock
         self.seen: int | None = None
         # The live definitions left out of the current index, and why.
@@ -89,6 +97,8 @@ class DefinitionWatcher:
         index = MetricIndex(runnable)
         self._report([*loaded.refused, *refused])  # before on_change, which may read it
         self.on_change(index)
+        if self.on_refused is not None:
+            self.on_refused(self.refused)
         first = self.seen is None
         self.seen = loaded.revision
         self.last_refresh = self.clock()
@@ -136,3 +146,30 @@ class DefinitionWatcher:
             except Exception as exc:
                 log.error("definitions watcher stopped", reason=f"{type(exc).__name__}: {exc}")
                 raise
+
+
+class LiveMetrics:
+    """The metric index a worker runs and the core compiled from it; the
+    watcher's `on_change` and `on_refused` keep both current."""
+
+    def __init__(self, core: Core, states: Partitions, telemetry: Telemetry) -> None:
+        self.core = core
+        self.states = states
+        self.telemetry = telemetry
+        self.index = MetricIndex([])
+
+    def changed(self, index: MetricIndex) -> None:
+        added = index.by_uid.keys() - self.index.by_uid.keys()
+        self.index = index
+        self.core.set_metrics(index.specs)
+        if added:  # they start at each partition's next record (docs/backfill.md)
+            for state in self.states.values():
+                if state.ready:
+                    state.metrics_added(sorted(added))
+        self.telemetry.metrics_defined.set(len(index))
+
+    def refused(self, refused: Sequence[Refused]) -> None:
+        gauge = self.telemetry.metrics_refused
+        gauge.clear()
+        for item in refused:
+            gauge.labels(item.uid, item.reason).set(1)

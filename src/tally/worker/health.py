@@ -24,11 +24,17 @@ from tally.worker.retry import Clock
 class Health:
     __slots__ = ("clock", "flush_started", "loop_turned", "stall_timeout", "stopping")
 
-    def __init__(self, clock: Clock, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        stall_timeout: float,
+        flush_started: Callable[[], float | None] = lambda: None,
+    ) -> None:
         self.clock = clock
         self.stall_timeout = stall_timeout
         self.loop_turned = clock.monotonic()
-        self.flush_started: Callable[[], float | None] = lambda: None
+        # When the flush in flight started (monotonic), None when none is.
+        self.flush_started = flush_started
         self.stopping = ""  # the one-line reason of a permanent error, once there is one
 
     def turned(self) -> None:

@@ -72,13 +72,14 @@ class Intake:
         limits: DecodeLimits,
         clock: Clock,
         deltas: Callable[[], Deltas],
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.core = core
         self.telemetry = telemetry
         self.limits = limits.native()
         self.clock = clock
         self.deltas = deltas
-        self.dead_letters: DeadLetters | None = None
+        self.dead_letters = dead_letters  # None only where no record is rejected (tests)
         self.offsets = OffsetWatch()
         self.internal_errors = 0
         self._internal_error_logged = -math.inf

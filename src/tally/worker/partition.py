@@ -1,23 +1,21 @@
-"""What a worker holds for one assigned partition, and the flush batch.
+"""What a worker holds for one assigned partition, and the owner of them all.
 
 Rollup deltas are shared by all partitions (one `Deltas` per worker); what
 is per partition is where it stands and what its records did since the
 last batch was taken: records read, duplicates, dead letters, new dedup ids
-(in its `DedupWindow`).
+(in its `DedupWindow`). The flush takes that as a `PartitionPart`
+(`tally.worker.checkpoint`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 from aiokafka.structs import TopicPartition
 
-from tally.core.dedup import DedupWindow, FlushPlan
-from tally.core.engine import Deltas
+from tally.core.dedup import DedupWindow
 from tally.kafka.dead_letters import DeadLetter
-from tally.store.flush import DedupRows
 
 
 class PartitionState:
@@ -117,92 +115,9 @@ class PartitionState:
         self.dead_letter_bytes = 0
 
 
-@dataclass(slots=True)
-class PartitionPart:
-    """One partition's share of a flush batch."""
+class Partitions(dict[TopicPartition, PartitionState]):
+    """The states of the partitions a worker holds: the one owner, shared by
+    the worker (which adds and removes them as the group rebalances) and the
+    flush (which takes their pending work and settles them)."""
 
-    state: PartitionState
-    expected: int
-    target: int
-    plan: FlushPlan | None
-    records: int
-    duplicates: int
-    rejected: Counter[str]
-    dead_letters: list[DeadLetter]
-    starts: dict[str, int] = field(default_factory=dict)
-    epoch: int | None = None
-
-
-@dataclass(slots=True)
-class FlushBatch:
-    """Everything one flush makes durable, taken at once from the worker."""
-
-    deltas: Deltas
-    reason: str
-    parts: list[PartitionPart] = field(default_factory=list)
-    parked: list[DeadLetter] = field(default_factory=list)  # dead letters Kafka refused
-
-    @property
-    def dead_letters(self) -> list[DeadLetter]:
-        return [letter for part in self.parts for letter in part.dead_letters]
-
-    @classmethod
-    def take(
-        cls, states: list[PartitionState], deltas: Deltas, now: float, reason: str
-    ) -> FlushBatch:
-        """Move the pending work of ready, dirty partitions into a new batch;
-        also of ready partitions with metric starts to store (the flush
-        that first includes a metric writes where it started)."""
-        batch = cls(deltas, reason)
-        for state in states:
-            if not (state.ready and (state.dirty or state.starts)):
-                continue
-            plan = state.dedup.plan_flush(now) if state.dedup is not None else None
-            batch.parts.append(
-                PartitionPart(
-                    state,
-                    state.stored_offset,
-                    state.next_offset,
-                    plan,
-                    state.records,
-                    state.duplicates,
-                    state.rejected,
-                    state.dead_letters,
-                    state.starts,
-                    state.epoch,
-                )
-            )
-            state.starts = {}
-            state.clear()
-        return batch
-
-    def committed(
-        self,
-        dedup_rows: Mapping[tuple[str, int], DedupRows],
-        epochs: Mapping[tuple[str, int], int] | None = None,
-    ) -> None:
-        """The transaction committed: the partitions now stand at the batch's
-        offsets and at the epochs the flush stored."""
-        for part in self.parts:
-            state = part.state
-            state.stored_offset = part.target
-            if epochs is not None and (state.topic, state.partition) in epochs:
-                state.epoch = epochs[(state.topic, state.partition)]
-            state.started.update(part.starts)
-            if state.dedup is not None and part.plan is not None:
-                rows = dedup_rows[(state.topic, state.partition)]
-                state.dedup.commit(part.plan, rows.new_row, rows.merged_row)
-
-    def give_back(self, current: Deltas) -> None:
-        """The flush failed (nothing was written): the work is pending again."""
-        current.merge(self.deltas)
-        for part in self.parts:
-            state = part.state
-            state.starts.update(part.starts)  # taken before anything since: earlier
-            if state.dedup is not None:
-                state.dedup.abort()
-            state.records += part.records
-            state.duplicates += part.duplicates
-            state.rejected.update(part.rejected)
-            state.dead_letters[:0] = part.dead_letters
-            state.dead_letter_bytes += sum(letter.size for letter in part.dead_letters)
+    __slots__ = ()

@@ -117,12 +117,17 @@ class RetentionTask:
             )
         return report
 
+    @property
+    def enabled(self) -> bool:
+        """Whether `run` makes passes at all (an interval, and something to delete)."""
+        return self.interval > 0 and (
+            self.policy.member_retention > 0 or self.policy.dedup_window > 0
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         """Passes every `retention_interval` until `stop` is set (returns at
-        once when the interval is 0). A pass under way ends at its next pause."""
-        if self.interval <= 0 or (
-            self.policy.member_retention <= 0 and self.policy.dedup_window <= 0
-        ):
+        once when not `enabled`). A pass under way ends at its next pause."""
+        if not self.enabled:
             return
         self.stop = stop
         delay = self.first_delay

@@ -1,13 +1,13 @@
-"""`tally run`: one consumer in the group, the core, and the flush pipeline.
+"""`tally run`: one consumer in the group, the core, and the flush.
 
 The loop: load state for newly assigned partitions and seek to their stored
 offsets; fetch a batch; decode, dead-letter, deduplicate and aggregate it
 (worker/intake.py); when the interval or a pending-work limit says so, hand
-the pending work to the flush pipeline and go on consuming while it is
-written. Transient errors from PostgreSQL or Kafka are retried with capped
-backoff while the pending work stays in memory (fetching pauses when it is
-full); nothing is lost, since no offset is stored before the rollups it
-produced. An error retrying cannot mend stops the worker loudly
+the pending work to the flush (worker/checkpoint.py) and go on consuming
+while it is written. Transient errors from PostgreSQL or Kafka are retried
+with capped backoff while the pending work stays in memory (fetching pauses
+when it is full); nothing is lost, since no offset is stored before the
+rollups it produced. An error retrying cannot mend stops the worker loudly
 (`PermanentError`): readiness false, `tally_permanent_errors_total`, one log
 line with the reason, /metrics kept up for `stop_linger`, exit status 3.
 """
@@ -17,25 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tally.config import Settings
 from tally.core.dedup import BUCKET_SECONDS
-from tally.core.engine import Deltas, new_core
-from tally.core.events import DecodeLimits
-from tally.core.metrics import MetricIndex
 from tally.errors import CorruptBatch, PermanentError, UnreadableBatch, is_transient
-from tally.kafka.clients import ConsumerFactory, ProducerFactory, make_consumer, make_producer
-from tally.kafka.dead_letters import DeadLetters
 from tally.store.backfill import started_metrics
 from tally.store.flush import Fenced, load_partition_into
 from tally.store.member_cache import MemberCache
@@ -43,16 +36,14 @@ from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.http import TelemetryServer
 from tally.telemetry.instruments import Telemetry
 from tally.telemetry.logs import Log
-from tally.worker.checkpoint import Checkpointer
-from tally.worker.definitions import DefinitionWatcher
+from tally.worker.checkpoint import Checkpoint
+from tally.worker.definitions import DefinitionWatcher, LiveMetrics
 from tally.worker.health import Health
 from tally.worker.intake import Intake
-from tally.worker.partition import PartitionState
-from tally.worker.pipeline import FlushPipeline
+from tally.worker.partition import Partitions, PartitionState
 from tally.worker.positions import check_jumps, resume_points
 from tally.worker.retention import RetentionTask
 from tally.worker.retry import Clock, Retry, describe, retry_until
-from tally.zones import zone_data_version
 
 log = Log("tally.worker")
 
@@ -75,84 +66,40 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.partitions_assigned(set(assigned))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Worker:
+    """One consumer in the group. Every collaborator is passed in, built by
+    `tally.worker.build.build_worker` (tests pass fakes); the worker builds
+    none of them itself."""
+
     settings: Settings
     pool: asyncpg.Pool
     registry: CollectorRegistry
-    consumer_factory: ConsumerFactory = make_consumer
-    producer_factory: ProducerFactory = make_producer
-    clock: Clock = field(default_factory=Clock)
-    states: dict[TopicPartition, PartitionState] = field(default_factory=dict)
-    index: MetricIndex = field(default_factory=lambda: MetricIndex([]))
-    telemetry_port: int = 0
+    telemetry: Telemetry
+    consumer: AIOKafkaConsumer
+    producer: AIOKafkaProducer  # the dead-letter producer, started by `run`
+    states: Partitions  # shared with the checkpoint, which takes their pending work
+    metrics: LiveMetrics  # the index the core runs, kept current by `watcher`
+    # Members this worker's committed flushes stored, left out of later
+    # ones; never older than an event can be (retention is longer).
+    members: MemberCache
+    checkpoint: Checkpoint  # the flush: pending deltas, the batch in flight, steps 1 to 5
+    intake: Intake
+    watcher: DefinitionWatcher
+    retry: Retry
+    health: Health
+    retention: RetentionTask
+    clock: Clock
+    owner: str  # written with every flush (partition_offsets.owner)
 
     def __post_init__(self) -> None:
-        settings = self.settings
-        self.owner = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.telemetry = Telemetry(self.registry)
-        self.telemetry.zone_data.labels(zone_data_version()).set(1)
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        # Members this worker's committed flushes stored, left out of later
-        # ones; never older than an event can be (retention is longer).
-        self.members = MemberCache(
-            max_members=settings.member_cache,
-            horizon=settings.max_lateness,
-            clock=self.clock.wall,
-        )
-        self.checkpointer = Checkpointer(
-            self.pool,
-            self.telemetry,
-            self.owner,
-            self.clock.wall,
-            self._commit_kafka,
-            members=self.members,
-        )
-        self.core = new_core(self.index)
-        self.pipeline = FlushPipeline(
-            self.checkpointer,
-            self.states.values,
-            self.clock.wall,
-            new_deltas=lambda: Deltas(self.core),
-            timeout=settings.flush_timeout,
-            monotonic=self.clock.monotonic,
-        )
-        self.intake = Intake(
-            core=self.core,
-            telemetry=self.telemetry,
-            limits=DecodeLimits(
-                max_bytes=settings.max_event_bytes,
-                max_lateness_seconds=settings.max_lateness,
-                max_future_seconds=settings.max_future_skew,
-            ),
-            clock=self.clock,
-            deltas=lambda: self.pipeline.deltas,
-        )
-        self.watcher = DefinitionWatcher(self.pool, self._set_index, clock=self.clock.wall)
-        self.retry = Retry(self.telemetry, settings.retry_max_backoff, settings.permanent_attempts)
-        self.health = Health(self.clock, settings.stall_timeout)
-        self.health.flush_started = self.pipeline.started_at
+        self.telemetry_port = 0  # bound by `run`
         self.paused_for_backpressure = False
         self.joined = False
         self.loading = asyncio.Lock()
         self.retry_at = 0.0
         self.jumps_checked = 0.0
         self.side_tasks: list[asyncio.Task[None]] = []  # supervised by the loop
-
-    def _set_index(self, index: MetricIndex) -> None:
-        added = index.by_uid.keys() - self.index.by_uid.keys()
-        self.index = index
-        self.core.set_metrics(index.specs)
-        if added:  # they start at each partition's next record (docs/backfill.md)
-            for state in self.states.values():
-                if state.ready:
-                    state.metrics_added(sorted(added))
-        t = self.telemetry
-        t.metrics_defined.set(len(index))
-        t.metrics_refused.clear()
-        for refused in self.watcher.refused:
-            t.metrics_refused.labels(refused.uid, refused.reason).set(1)
 
     # -- partition lifecycle ----------------------------------------------
 
@@ -166,9 +113,9 @@ class Worker:
             # Deltas are shared by all partitions: hand over everything pending.
             async with asyncio.timeout(timeout):
                 if self.settings.revoke_policy == "flush":
-                    await self.pipeline.flush("revoke")
+                    await self.checkpoint.flush("revoke")
                 else:
-                    await self.pipeline.settle()
+                    await self.checkpoint.settle()
                     self._drop_pending("revocation with revoke_policy=drop")
         except Fenced as exc:
             self._fenced(exc)
@@ -179,7 +126,7 @@ class Worker:
                 "the next owner re-reads",
                 reason=describe(exc),
             )
-            self.pipeline.abandon()
+            self.checkpoint.abandon()
             self._drop_pending("failed flush on revocation")
         for state in leaving:
             self.states.pop(state.tp, None)
@@ -190,19 +137,18 @@ class Worker:
 
     def _drop_pending(self, why: str) -> None:
         """Forget all pending work and reload every partition (its events are re-read)."""
-        dropped = self.pipeline.deltas.events
-        self.pipeline.drop()
+        dropped = self.checkpoint.deltas.events
+        self.checkpoint.drop()
         self.members.clear()  # reloading: the database is the truth
         # Nothing is pending any more: the reload resumes the partitions.
         self.paused_for_backpressure = False
         for state in self.states.values():
             state.clear()
             state.ready = False
-        if self.consumer is not None:
-            # Paused until reloaded and seeked: nothing fetched meanwhile is used.
-            stale = [tp for tp in self.states if tp in self.consumer.assignment()]
-            if stale:
-                self.consumer.pause(*stale)
+        # Paused until reloaded and seeked: nothing fetched meanwhile is used.
+        stale = [tp for tp in self.states if tp in self.consumer.assignment()]
+        if stale:
+            self.consumer.pause(*stale)
         if dropped:
             log.info("pending work dropped; the events will be read again", why=why, events=dropped)
 
@@ -221,10 +167,9 @@ class Worker:
         for tp in assigned:
             if tp not in self.states:
                 self.states[tp] = PartitionState(tp, self.settings.dedup_window)
-        if self.consumer is not None:
-            loading = [tp for tp, s in self.states.items() if not s.ready]
-            if loading:
-                self.consumer.pause(*loading)
+        loading = [tp for tp, s in self.states.items() if not s.ready]
+        if loading:
+            self.consumer.pause(*loading)
         try:
             await self.load_partitions()
         except Exception as exc:  # the loop retries, and stops on a permanent error
@@ -253,22 +198,22 @@ class Worker:
                 connection, state.topic, state.partition, min_bucket, state.dedup, now
             )
             started = await started_metrics(connection, state.topic, state.partition)
-        if started - self.index.by_uid.keys():
+        if started - self.metrics.index.by_uid.keys():
             # Another worker started a metric this one does not know yet: the
             # definition is committed, so reading it now closes the gap.
             await self.watcher.refresh()
         if self.states.get(state.tp) is not state:
             return  # revoked while we were loading
         consumer = self.consumer
-        assigned = consumer is not None and state.tp in consumer.assignment()
+        assigned = state.tp in consumer.assignment()
         start = offset
-        if consumer is not None and assigned:
+        if assigned:
             start = (await resume_points(consumer, {state.tp: offset}, self.telemetry))[state.tp]
             if self.states.get(state.tp) is not state:
                 return
-        state.loaded(offset, start, started, self.index.by_uid)
+        state.loaded(offset, start, started, self.metrics.index.by_uid)
         state.epoch = epoch
-        if consumer is not None and assigned:
+        if assigned:
             if start >= 0:
                 consumer.seek(state.tp, start)
             else:
@@ -287,10 +232,10 @@ class Worker:
 
     def pending(self) -> tuple[int, int]:
         """(events, rollups) consumed but not yet flushed, the flush in flight excluded."""
-        events = self.pipeline.deltas.events
+        events = self.checkpoint.deltas.events
         for state in self.states.values():
             events += state.duplicates + sum(state.rejected.values())
-        deltas = self.pipeline.deltas
+        deltas = self.checkpoint.deltas
         return events, len(deltas) + deltas.members
 
     def _update_gauges(self) -> None:
@@ -300,20 +245,12 @@ class Worker:
         t.pending_rollups.set(rollups)
         t.partitions.set(len(self.states))
         t.dedup_ids.set(sum(s.dedup.held for s in self.states.values() if s.dedup is not None))
-        if self.consumer is not None:
-            for tp, state in self.states.items():
-                high = self.consumer.highwater(tp)
-                if high is not None and state.next_offset >= 0:
-                    t.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - state.next_offset))
+        for tp, state in self.states.items():
+            high = self.consumer.highwater(tp)
+            if high is not None and state.next_offset >= 0:
+                t.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - state.next_offset))
 
     # -- flushing ------------------------------------------------------------
-
-    async def _commit_kafka(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        if self.consumer is not None and offsets:
-            current = self.consumer.assignment()
-            mine = {tp: o for tp, o in offsets.items() if tp in current}
-            if mine:
-                await self.consumer.commit(mine)
 
     def _flush_due(self, last_flush: float) -> str | None:
         events, rollups = self.pending()
@@ -335,7 +272,7 @@ class Worker:
         """Settle the flush in flight; False if it failed (and was dealt with).
         Raises PermanentError when flushing keeps failing in a way retrying cannot mend."""
         try:
-            await self.pipeline.settle()
+            await self.checkpoint.settle()
         except Fenced as exc:
             self._fenced(exc)
             return False
@@ -349,7 +286,7 @@ class Worker:
         return True
 
     def _set_backpressure(self, on: bool) -> None:
-        if self.consumer is None or on == self.paused_for_backpressure:
+        if on == self.paused_for_backpressure:
             return
         self.paused_for_backpressure = on
         ready = [
@@ -381,9 +318,9 @@ class Worker:
             return False, "not yet in the consumer group"
         if any(not s.ready for s in self.states.values()):
             return False, "loading partition state"
-        age = self.clock.wall() - self.checkpointer.last_success
+        age = self.clock.wall() - self.checkpoint.last_success
         if (
-            self.checkpointer.last_success
+            self.checkpoint.last_success
             and age > self.settings.ready_flush_age
             and self.pending()[0]
         ):
@@ -417,23 +354,21 @@ class Worker:
         )
         try:
             await retry_until(stop, self.watcher.refresh, "load metric definitions", self.retry)
-            self.producer = self.producer_factory(settings)
             await retry_until(
                 stop, self.producer.start, "start the dead-letter producer", self.retry
             )
-            self.intake.dead_letters = self.checkpointer.dead_letters = DeadLetters(
-                self.producer, settings.dead_letter_topic
-            )
-            self.consumer = self.consumer_factory(settings)
             self.consumer.subscribe(topics=list(settings.topic), listener=_Rebalance(self))
             await retry_until(stop, self.consumer.start, "join the consumer group", self.retry)
-            retention = RetentionTask(self.pool, settings, self.registry)
+            # Supervised by the loop: one that ends while the worker runs stops it.
             self.side_tasks = [
                 asyncio.create_task(
                     self.watcher.run(settings.definitions_poll_interval, stop), name="definitions"
-                ),
-                asyncio.create_task(retention.run(stop), name="retention"),
+                )
             ]
+            if self.retention.enabled:  # else it would end at once, as if it had died
+                self.side_tasks.append(
+                    asyncio.create_task(self.retention.run(stop), name="retention")
+                )
             # Pending rollups are many long-lived small objects: full collections
             # would scan them again and again for cycles they never form.
             gc.freeze()
@@ -457,7 +392,6 @@ class Worker:
         await self._shutdown(server, final_flush=True)
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        assert self.consumer is not None
         consumer = self.consumer
         last_flush = self.clock.monotonic()
         while not stop.is_set():
@@ -513,19 +447,19 @@ class Worker:
                 if state is not None and state.ready:  # else fetched before a revoke or reload
                     self.intake.consume(state, records)
             await asyncio.sleep(0)  # let the flush in flight take its turn
-            if self.pipeline.landed:
+            if self.checkpoint.landed:
                 await self._settle()
             reason = self._flush_due(last_flush)
             if reason is not None and self.clock.monotonic() < self.retry_at:
                 if reason != "interval":
                     self._set_backpressure(True)  # full, and the database is failing: stop reading
             elif reason is not None:
-                if self.pipeline.busy and reason != "interval":
+                if self.checkpoint.busy and reason != "interval":
                     await self._settle()  # a limit is reached: wait for the database
-                if not self.pipeline.busy and self.clock.monotonic() >= self.retry_at:
+                if not self.checkpoint.busy and self.clock.monotonic() >= self.retry_at:
                     # Also when there was nothing to flush: an idle worker then
                     # waits out a whole interval in getmany, instead of spinning.
-                    self.pipeline.start(reason)
+                    self.checkpoint.start(reason)
                     last_flush = self.clock.monotonic()
             elif self.paused_for_backpressure:
                 self._set_backpressure(False)  # below every limit again
@@ -562,12 +496,12 @@ class Worker:
                 state.ready = False
             with contextlib.suppress(BaseException):
                 async with asyncio.timeout(self.settings.flush_timeout):
-                    await self.pipeline.settle()  # a whole batch, taken before the error
-            self.pipeline.abandon()
+                    await self.checkpoint.settle()  # a whole batch, taken before the error
+            self.checkpoint.abandon()
         retry = Retry(self.telemetry, 2.0, 1)
         while final_flush:
             try:
-                await self.pipeline.flush("shutdown")
+                await self.checkpoint.flush("shutdown")
                 break
             except Fenced as exc:
                 self._fenced(exc)
@@ -580,17 +514,15 @@ class Worker:
                         reason=describe(exc),
                         pending_events=self.pending()[0],
                     )
-                    self.pipeline.abandon()
+                    self.checkpoint.abandon()
                     break
                 await asyncio.sleep(retry.backoff.next_delay())
         for task in self.side_tasks:
             task.cancel()
         if self.side_tasks:
             await asyncio.wait(self.side_tasks, timeout=5)
-        if self.consumer is not None:
-            await self.consumer.stop()  # leaves the group; the revoke callback finds nothing left
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.consumer.stop()  # leaves the group; the revoke callback finds nothing left
+        await self.producer.stop()
         if server is not None:
             await server.stop()
         log.info("worker stopped", owner=self.owner)
