@@ -26,6 +26,7 @@ from tally.contracts.metric import (
     TargetOperator,
     UsageMetric,
 )
+from tally.contracts.value import PartialRange
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, zone
 from tally.core.windows import (
@@ -39,6 +40,7 @@ from tally.core.windows import (
 )
 from tally.store import usage as store
 from tally.store.definitions import metric_by_uid
+from tally.store.usage_partial import PartialSpan, partial_span
 
 router = APIRouter(prefix="/usage-metrics", tags=["usage"])
 
@@ -68,6 +70,11 @@ class UsageWindow(_Wire):
     )
     value_text: str | None = None
     event_count: int
+    partial: PartialRange | None = Field(
+        None,
+        description="Present only when this window overlaps the range of the metric's"
+        " cancelled or unfinished backfill: its value may count part of the events.",
+    )
 
 
 class UsageAnswer(_Wire):
@@ -123,6 +130,11 @@ class SummaryAnswer(_Wire):
     )
     timeseries: list[DayValue]
     target: Target | None
+    partial: PartialRange | None = Field(
+        None,
+        description="Present only when the answered periods (previousStart to currentEnd)"
+        " overlap the range of the metric's cancelled or unfinished backfill.",
+    )
 
 
 def _refused(exc: WindowRefused) -> ApiError:
@@ -161,6 +173,20 @@ def _bounds(since: datetime, until: datetime) -> tuple[int, int]:
 
 def _text(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
+
+
+async def _partial(request: Request, connection: Any, uid: str) -> PartialSpan | None:
+    settings = request.app.state.settings
+    return await partial_span(
+        connection, uid, float(settings.max_lateness), float(settings.max_future_skew)
+    )
+
+
+def _without_empty_partial(document: dict[str, Any]) -> dict[str, Any]:
+    """`partial` is absent when complete, as on /metric-values."""
+    if document.get("partial", 0) is None:
+        del document["partial"]
+    return document
 
 
 def _limits(request: Request) -> store.MemberLimits:
@@ -228,6 +254,7 @@ async def usage(
     try:
         async with pool.acquire() as connection:
             items = await store.run_query(connection, metric, query, _limits(request), time.time())
+            span = await _partial(request, connection, metric.uid)
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
@@ -253,11 +280,14 @@ async def usage(
                 value=_text(i.value),
                 value_text=i.value_text,
                 event_count=i.event_count,
+                partial=span.marker if span and span.overlaps(i.start, i.end) else None,
             )
             for i in items
         ],
     )
-    return json_response(body.model_dump(mode="json", by_alias=True))
+    document = body.model_dump(mode="json", by_alias=True)
+    document["items"] = [_without_empty_partial(i) for i in document["items"]]
+    return json_response(document)
 
 
 def _as_of(text: str | None, zone_name: str) -> date:
@@ -406,6 +436,7 @@ async def summary(
                 _limits(request),
                 time.time(),
             )
+            span = await _partial(request, connection, metric.uid)
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
@@ -449,5 +480,6 @@ async def summary(
             for start, end, value in found.timeseries
         ],
         target=_target(metric, found.current, before),
+        partial=span.marker if span and span.overlaps(before_bounds[0], now_bounds[1]) else None,
     )
-    return json_response(body.model_dump(mode="json", by_alias=True))
+    return json_response(_without_empty_partial(body.model_dump(mode="json", by_alias=True)))
