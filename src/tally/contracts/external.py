@@ -29,8 +29,8 @@ from tally.contracts.metric import (
     UsageMetricDefinition,
     ValueType,
     _field_errors,
-    _zone_names,
 )
+from tally.contracts.metric_fields import _zone_names
 from tally.core.periods import TimeUnit, period_bounds, zone
 
 # The dates a value may have: every period of them, in any zone, starts after
