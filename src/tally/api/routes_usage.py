@@ -397,6 +397,20 @@ async def summary(
     previousValue over the equal period before, a daily timeseries, and the
     target's status. Computed from day rollups (and members, for UNIQUE) in
     the metric's timezone; a metric without 'day' in its timeUnits is refused."""
+    metric = await _metric(pool, uid)
+    if period_definition is None and period_type is None and period_value is None:
+        # None given: the metric's own period (Squad's periodType and periodValue, or
+        # Exante's periodDefinition), each of Squad's pair missing one still refused.
+        if metric.period_type is not None or metric.period_value is not None:
+            period_type = None if metric.period_type is None else metric.period_type.value
+            period_value = None if metric.period_value is None else metric.period_value.value
+        elif metric.period_definition is not None:
+            period_definition = metric.period_definition.value
+    elif period_definition is None:
+        if period_type is None and metric.period_type is not None:
+            period_type = metric.period_type.value
+        if period_value is None and metric.period_value is not None:
+            period_value = metric.period_value.value
     problems = []
     if period_definition is not None and (period_type is not None or period_value is not None):
         problems.append(
@@ -405,17 +419,22 @@ async def summary(
     elif period_definition is None:
         if period_type is None:
             problems.append(
-                ("periodType", "required (rolling or calendar) without periodDefinition")
+                (
+                    "periodType",
+                    "required (rolling or calendar) without periodDefinition, when the metric"
+                    " stores none",
+                )
             )
         if period_value is None:
-            problems.append(("periodValue", "required without periodDefinition"))
+            problems.append(
+                ("periodValue", "required without periodDefinition, when the metric stores none")
+            )
     if period_type == "calendar" and period_value in ("7-day", "30-day", "90-day"):
         problems.append(("periodValue", f"{period_value} is a rolling period only"))
     if problems:
         raise ApiError(
             422, [{"loc": ["query", f], "msg": m, "type": "value_error"} for f, m in problems]
         )
-    metric = await _metric(pool, uid)
     day = _as_of(as_of, metric.timezone)
     try:
         if period_definition is not None:

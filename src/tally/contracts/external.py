@@ -8,7 +8,6 @@ against the metric's definition. Both name every bad field at once.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -31,6 +30,7 @@ from tally.contracts.metric import (
     _field_errors,
 )
 from tally.contracts.metric_fields import _zone_names
+from tally.contracts.metric_fields import metadata_problem as _metadata_problem
 from tally.core.periods import TimeUnit, period_bounds, zone
 
 # The dates a value may have: every period of them, in any zone, starts after
@@ -38,29 +38,6 @@ from tally.core.periods import TimeUnit, period_bounds, zone
 # exist; an earlier start is no time Tally's values are kept in).
 FIRST_DATE = date(1970, 1, 2)
 LAST_DATE = date(9998, 12, 31)
-# How deep `_metadata` may nest: PostgreSQL's jsonb and the JSON codec refuse
-# deeper documents with a recursion error.
-MAX_METADATA_DEPTH = 32
-
-
-def _metadata_problem(value: object) -> str | None:
-    """Why `_metadata` cannot be stored as sent, or None (iterative: no recursion)."""
-    pending: list[tuple[object, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return "must not hold a number beyond the range of a double (such as 1e400)"
-        children: list[object]
-        if isinstance(item, dict):
-            children = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_METADATA_DEPTH:
-            return f"must nest at most {MAX_METADATA_DEPTH} objects or arrays deep"
-        pending.extend((child, depth + 1) for child in children)
-    return None
 
 
 class ExternalTimeUnit(enum.StrEnum):

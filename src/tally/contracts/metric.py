@@ -67,6 +67,7 @@ from tally.contracts.metric_fields import (
     _rule,
     _zone_names,
     field_alias,
+    metric_metadata_problem,
     uid_from_name,
 )
 from tally.core.events import parse_timestamp
@@ -170,6 +171,9 @@ class UsageMetricDefinition(BaseModel):
     # Squad's default comparison period (mutable; the summary takes its own).
     period_type: PeriodType | None = None
     period_value: PeriodValue | None = None
+    # Free JSON about the metric, kept and answered as sent; metering never reads
+    # it (Squad's ownerId, type and relatedOutcomes are kept here).
+    metadata: dict[str, Any] | None = None
     deleted_at: AwareDatetime | None = None
 
     @model_validator(mode="before")
@@ -221,6 +225,13 @@ class UsageMetricDefinition(BaseModel):
             raise PydanticCustomError(
                 "unknown_timezone", "'{value}' is not an IANA time zone name", {"value": value}
             )
+        return value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _storable_metadata(cls, value: object) -> object:
+        if (problem := metric_metadata_problem(value)) is not None:
+            raise PydanticCustomError("metadata", problem)
         return value
 
     @field_validator("properties_to_negate")

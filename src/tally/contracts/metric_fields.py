@@ -11,8 +11,9 @@ import math
 import unicodedata
 import zoneinfo
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from pydantic import Field, PlainSerializer, PlainValidator, StrictStr
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
@@ -194,6 +195,49 @@ def _zone_names() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+# How deep a free JSON document (a metric's `metadata`, a value's `_metadata`)
+# may nest: PostgreSQL's jsonb and the JSON codec refuse deeper documents with a
+# recursion error.
+MAX_METADATA_DEPTH = 32
+# The most bytes a metric's `metadata` takes as JSON: it is read with every definition.
+MAX_METRIC_METADATA_BYTES = 16384
+
+
+def metadata_problem(value: object) -> str | None:
+    """Why a free JSON document cannot be stored as sent, or None (iterative: no recursion)."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "must not hold a number beyond the range of a double (such as 1e400)"
+        children: list[object]
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            return f"must nest at most {MAX_METADATA_DEPTH} objects or arrays deep"
+        pending.extend((child, depth + 1) for child in children)
+    return None
+
+
+def metric_metadata_problem(value: Any) -> str | None:
+    """`metadata_problem`, and at most MAX_METRIC_METADATA_BYTES as JSON."""
+    if not isinstance(value, dict):
+        return None  # the type check names it
+    if (problem := metadata_problem(value)) is not None:
+        return problem
+    try:
+        size = len(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError):
+        return "must be a JSON object"
+    if size > MAX_METRIC_METADATA_BYTES:
+        return f"must take at most {MAX_METRIC_METADATA_BYTES} bytes as JSON, not {size}"
+    return None
+
+
 def field_alias(field: str) -> str:
     return to_camel(field)
 
@@ -231,6 +275,7 @@ MUTABLE_FIELDS: tuple[str, ...] = (
     "formula",
     "period_type",
     "period_value",
+    "metadata",
 )
 
 
