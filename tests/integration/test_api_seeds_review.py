@@ -136,3 +136,28 @@ async def test_the_summary_defaults_to_the_metrics_stored_period(api: Api) -> No
     refused = await summary(api, "nps")
     assert refused.status_code == 422
     assert error_locs(refused) == [["query", "periodType"], ["query", "periodValue"]]
+
+
+async def test_sequence_names_differing_only_in_symbols_get_their_own_uids(api: Api) -> None:
+    base = {"aggregationType": "COUNT", "eventType": "sale"}
+    euro = await api.client.post(
+        "/usage-metrics", json={**base, "name": "Revenue (€)"}, headers=ADMIN
+    )
+    dollar = await api.client.post(
+        "/usage-metrics", json={**base, "name": "Revenue ($)"}, headers=ADMIN
+    )
+    assert (euro.status_code, dollar.status_code) == (201, 201), dollar.text
+    uids = {euro.json()["uid"], dollar.json()["uid"]}
+    assert len(uids) == 2
+    assert all(uid.startswith("revenue_") for uid in uids)
+    again = await api.client.post(
+        "/usage-metrics", json={**base, "name": "Revenue ($)"}, headers=ADMIN
+    )
+    assert again.status_code == 409
+    assert repr(dollar.json()["uid"]) in again.json()["detail"][0]["msg"]
+    # A name that is already a slug is its own uid.
+    slug = await api.client.post(
+        "/usage-metrics", json={**base, "name": "total_length_of_sent_messages"}, headers=ADMIN
+    )
+    assert slug.status_code == 201, slug.text
+    assert slug.json()["uid"] == "total_length_of_sent_messages"

@@ -279,18 +279,37 @@ MUTABLE_FIELDS: tuple[str, ...] = (
 )
 
 
+# Characters a derived uid may drop without losing what tells names apart:
+# spaces and word punctuation become the `_` between words. Any other one it
+# drops (a symbol such as `€`, `$`, `%`, `+`, `&`, `/`, or a letter of another
+# script) makes the slug lossy: a hash of the name is appended.
+SEPARATORS = frozenset(" \t\n\r_-.,:;!?'\"()[]{}")
+
+
+def _digest(name: str, digits: int) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
+
+
 def uid_from_name(name: str) -> str:
     """A stable uid for a definition that has none (Sequence's and Cuoral's
     bodies): `name` with its accents taken off (NFKD, combining marks dropped),
     lowercased, every run of other characters one `_`, at most 128 characters,
-    starting with a letter (`m_` is put first otherwise). A name with no letter
-    or digit left (`日本語`, `!!!`) is `m_` and 12 hex digits of its SHA-256, so
-    two such names do not share one uid."""
+    starting with a letter (`m_` is put first otherwise). When that drops a
+    character other than a space or word punctuation (`SEPARATORS`), the slug
+    cannot tell names apart (`Revenue (€)`, `Revenue ($)`), so `_` and 8 hex
+    digits of the name's SHA-256 end it. A name with no letter or digit left
+    (`日本語`, `!!!`) is `m_` and 12 hex digits of its SHA-256."""
     plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
-    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in plain.lower())
+    lowered = plain.lower()
+    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in lowered)
     uid = "_".join(slug.split())
     if not uid:
-        return "m_" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return "m_" + _digest(name, 12)
     if not "a" <= uid[0] <= "z":
         uid = "m_" + uid
+    lossy = any(
+        not ("a" <= c <= "z" or "0" <= c <= "9" or c in SEPARATORS or c.isspace()) for c in lowered
+    )
+    if lossy:
+        return uid[:119].rstrip("_") + "_" + _digest(name, 8)
     return uid[:128].rstrip("_")
