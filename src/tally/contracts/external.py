@@ -138,6 +138,7 @@ def definition_problems(
     context_type: str,
     time_unit: str | None,
     value: Decimal | int | float | str | None,
+    metric_date: date | None = None,
 ) -> list[FieldError]:
     """What the definition refuses of a value (`path.` or body fields). A field
     that did not parse is given as None and not judged again, so a body with a
@@ -171,6 +172,22 @@ def definition_problems(
                 "time_unit",
             )
         )
+    elif time_unit is not None and metric_date is not None:
+        # A value is keyed by (entity, metric, time_unit, metric_date), and stored as
+        # its period's row: the date of a month or year value is its period's first.
+        first = {
+            TimeUnit.MONTH.value: metric_date.replace(day=1),
+            TimeUnit.YEAR.value: metric_date.replace(month=1, day=1),
+        }.get(time_unit, metric_date)
+        if first != metric_date:
+            errors.append(
+                FieldError(
+                    "metric_date",
+                    f"a {time_unit} value is dated the first day of its {time_unit}:"
+                    f" {first.isoformat()}, not {metric_date.isoformat()}",
+                    "period_start",
+                )
+            )
     if value is None:
         return errors
     if definition.value_type is ValueType.STRING:
@@ -191,7 +208,9 @@ def check_against(
     definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
 ) -> ExternalValue:
     """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
-    errors = definition_problems(definition, context_type, body.time_unit.value, body.value)
+    errors = definition_problems(
+        definition, context_type, body.time_unit.value, body.value, body.metric_date
+    )
     number = None if isinstance(body.value, str) else body.value
     text = body.value if isinstance(body.value, str) else None
     if errors:
