@@ -42,6 +42,7 @@ from tally.store.pool import Connection
 from tally.telemetry.logs import Log
 
 router = APIRouter(prefix="/metrics/values", tags=["external values"])
+EXACT_FIELDS = frozenset({"value"})
 log = Log("tally.api")
 
 
@@ -143,7 +144,7 @@ async def _metric(
 
 def _parsed(
     document: Mapping[str, Any], errors: list[FieldError]
-) -> tuple[str | None, int | float | str | None, date | None]:
+) -> tuple[str | None, Decimal | int | float | str | None, date | None]:
     """The body's time_unit, value and metric_date when their own shape was not refused."""
     refused = {e.field for e in errors}
     unit = document.get("time_unit")
@@ -168,7 +169,8 @@ async def create_value(
     request: Request, principal: Admin, pool: Pool, context_type: str, entity_uid: str
 ) -> dict[str, Any]:
     """Check, store and answer one value; ApiError 422 (every field) or 409."""
-    document = require_object(await read_json(request))
+    # `value` keeps its exact decimal text (never rounded through a double).
+    document = require_object(await read_json(request, EXACT_FIELDS))
     errors: list[FieldError] = []
     if context_type not in ContextType.__members__:
         errors.append(

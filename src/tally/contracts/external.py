@@ -87,7 +87,7 @@ class ExternalValueBody(BaseModel):
     @field_validator("value", mode="before")
     @classmethod
     def _number_or_text(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
             raise PydanticCustomError("value", "must be a number (or a string for STRING metrics)")
         return value
 
@@ -113,7 +113,19 @@ def parse_external_value(data: object) -> ExternalValueBody:
     try:
         return ExternalValueBody.model_validate(data)
     except ValidationError as exc:
-        raise ExternalValueError(_field_errors(exc)) from None
+        raise ExternalValueError(_one_per_field(_field_errors(exc), data)) from None
+
+
+def _one_per_field(errors: list[FieldError], data: Mapping[str, Any]) -> list[FieldError]:
+    """`value` is a number or a string: a number refused by both is one error on
+    `value`, the number's reason (not one per branch of the union)."""
+    branches = [e for e in errors if e.field.startswith("value.")]
+    if not branches:
+        return errors
+    wanted = "value.constrained-str" if isinstance(data.get("value"), str) else "value.decimal"
+    chosen = next((e for e in branches if e.field == wanted), branches[0])
+    kept = [e for e in errors if not e.field.startswith("value.")]
+    return [*kept, FieldError("value", chosen.reason, chosen.type)]
 
 
 def context_of(definition: UsageMetricDefinition) -> ContextType:

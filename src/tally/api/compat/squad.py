@@ -51,6 +51,8 @@ SQUAD = Seed(
     ),
     fixed={"source": "EXTERNAL", "aggregationType": "LATEST"},
     name_field="title",
+    # A JSON number read as a double would round it on the way in.
+    exact=frozenset({"targetValue"}),
 )
 
 Segment = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
