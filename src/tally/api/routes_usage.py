@@ -11,27 +11,32 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
-from pydantic.alias_generators import to_camel
+from pydantic import StringConstraints, WithJsonSchema
 
 from tally.api.auth import Reader
 from tally.api.deps import Pool, json_response
 from tally.api.errors import ApiError, responses
 from tally.api.models import NO_NUL, Bound, parse_moment
 from tally.api.routes_values import _group_filters
+from tally.api.usage_models import (
+    DayValue,
+    PeriodDefinition,
+    PeriodValue,
+    SummaryAnswer,
+    Target,
+    UsageAnswer,
+    UsageWindow,
+    WindowSize,
+)
 from tally.contracts.metric import (
     UID_PATTERN,
-    AggregationType,
     TargetDirection,
     TargetOperator,
     UsageMetric,
 )
-from tally.contracts.value import PartialRange
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, zone
 from tally.core.windows import (
-    PERIOD_DEFINITIONS,
-    PERIOD_VALUES,
     Combined,
     WindowRefused,
     definition_days,
@@ -41,100 +46,14 @@ from tally.core.windows import (
 from tally.store import usage as store
 from tally.store.definitions import metric_by_uid
 from tally.store.usage_partial import PartialSpan, partial_span
+from tally.store.usage_summary import run_summary
 
 router = APIRouter(prefix="/usage-metrics", tags=["usage"])
 
 MAX_CUSTOMERS = 100
 CustomerText = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
 Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=128, description="The metric's uid.")]
-WindowSize = Literal["none", "hour", "day", "week", "month", "quarter", "year"]
 ZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
-PeriodValue = Literal["day", "week", "month", "quarter", "year", "7-day", "30-day", "90-day"]
-PeriodDefinition = Literal["as_of_date", "trailing_30_days", "calendar_month", "month_to_date"]
-assert set(PeriodValue.__args__) == set(PERIOD_VALUES)  # type: ignore[attr-defined]
-assert set(PeriodDefinition.__args__) == set(PERIOD_DEFINITIONS)  # type: ignore[attr-defined]
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class UsageWindow(_Wire):
-    customer_id: str
-    group: dict[str, str | None] = Field(description="The groupBy properties' texts.")
-    window_start: datetime
-    window_end: datetime
-    value: str | None = Field(
-        description="Exact decimal; null for no rows of MAX, MIN, AVG or LATEST, and for a"
-        " STRING LATEST (see valueText)."
-    )
-    value_text: str | None = None
-    event_count: int
-    partial: PartialRange | None = Field(
-        None,
-        description="Present only when this window overlaps the range of the metric's"
-        " cancelled or unfinished backfill: its value may count part of the events.",
-    )
-
-
-class UsageAnswer(_Wire):
-    metric_uid: str
-    aggregation_type: AggregationType
-    window_size: WindowSize
-    window_time_zone: str
-    group_by: list[str]
-    items: list[UsageWindow]
-
-
-class DayValue(_Wire):
-    date: date
-    period_start: datetime
-    period_end: datetime
-    value: str | None
-    value_text: str | None = None
-    event_count: int
-
-
-class Target(_Wire):
-    operator: TargetOperator
-    value: str
-    direction: TargetDirection
-    met: bool | None = Field(description="Whether currentValue meets the target; null: no value.")
-    on_track: bool | None = Field(
-        description="Whether currentValue moved from previousValue in the target's direction"
-        " (or held); null when either is missing."
-    )
-
-
-class SummaryAnswer(_Wire):
-    metric_uid: str
-    customer_id: str
-    aggregation_type: AggregationType
-    period_type: Literal["rolling", "calendar"] | None
-    period_value: PeriodValue | None
-    period_definition: PeriodDefinition | None
-    as_of: date
-    timezone: str
-    current_start: datetime
-    current_end: datetime
-    previous_start: datetime
-    previous_end: datetime
-    current_value: str | None
-    current_value_text: str | None = None
-    current_event_count: int
-    previous_value: str | None
-    previous_value_text: str | None = None
-    previous_event_count: int | None
-    previous_refused: str | None = Field(
-        None, description="Why previousValue is null although the period has rows."
-    )
-    timeseries: list[DayValue]
-    target: Target | None
-    partial: PartialRange | None = Field(
-        None,
-        description="Present only when the answered periods (previousStart to currentEnd)"
-        " overlap the range of the metric's cancelled or unfinished backfill.",
-    )
 
 
 def _refused(exc: WindowRefused) -> ApiError:
@@ -191,7 +110,11 @@ def _without_empty_partial(document: dict[str, Any]) -> dict[str, Any]:
 
 def _limits(request: Request) -> store.MemberLimits:
     settings = request.app.state.settings
-    return store.MemberLimits(float(settings.member_retention), float(settings.unique_window))
+    return store.MemberLimits(
+        float(settings.member_retention),
+        float(settings.unique_window),
+        int(settings.usage_max_rows),
+    )
 
 
 @router.get(
@@ -446,7 +369,7 @@ async def summary(
         local = zone(metric.timezone)
         now_bounds, before_bounds = instants(current, local), instants(previous, local)
         async with pool.acquire() as connection:
-            found = await store.run_summary(
+            found = await run_summary(
                 connection,
                 metric,
                 customer_id,

@@ -30,6 +30,7 @@ FIELDS = [
     "max_lateness",
     "member_retention",
     "unique_window",
+    "usage_max_rows",
 ]
 WINDOW_SIZES = ["none", *(unit.value for unit in TimeUnit)]
 
@@ -103,7 +104,9 @@ async def run(args: argparse.Namespace) -> int:
             group_by=tuple(args.group_by),
             group_filters=tuple(wanted.items()),
         )
-        limits = store.MemberLimits(settings.member_retention, settings.unique_window)
+        limits = store.MemberLimits(
+            settings.member_retention, settings.unique_window, settings.usage_max_rows
+        )
         try:
             items = await store.run_query(connection, metric, query, limits, time.time())
             span = await partial_span(
