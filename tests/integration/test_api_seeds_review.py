@@ -161,3 +161,32 @@ async def test_sequence_names_differing_only_in_symbols_get_their_own_uids(api: 
     )
     assert slug.status_code == 201, slug.text
     assert slug.json()["uid"] == "total_length_of_sent_messages"
+
+
+async def test_a_definitions_422_lists_shape_errors_and_rules_at_once(api: Api) -> None:
+    body = {
+        "name": "Sent",
+        "eventType": "message_sent",
+        "aggregationType": "SUM",
+        "metricType": "GROUPED",
+        "timeUnits": ["fortnight"],
+    }
+    response = await api.client.post("/usage-metrics", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    assert sorted(map(str, error_locs(response))) == sorted(
+        map(
+            str,
+            [
+                ["body", "timeUnits", 0],
+                ["body", "aggregationProperty"],
+                ["body", "groupingProperty"],
+            ],
+        )
+    )
+    # On a seed path, in the seed's names: Squad's bad periodValue with a lone targetValue.
+    squad = {**SQUAD, "periodValue": "fortnight", "targetOperator": None}
+    refused = await api.client.post(SQUAD_PATH, json=squad, headers=ADMIN)
+    assert refused.status_code == 422
+    assert sorted(map(str, error_locs(refused))) == sorted(
+        map(str, [["body", "periodValue"], ["body", "targetValue"]])
+    )

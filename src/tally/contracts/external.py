@@ -27,8 +27,8 @@ from tally.contracts.metric import (
     StorageUnit,
     UsageMetricDefinition,
     ValueType,
-    _field_errors,
 )
+from tally.contracts.metric_errors import _field_errors
 from tally.contracts.metric_fields import _zone_names
 from tally.contracts.metric_fields import metadata_problem as _metadata_problem
 from tally.core.periods import TimeUnit, period_bounds, zone

@@ -10,7 +10,7 @@ names the field and the reason (`MetricDefinitionError`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -34,6 +34,12 @@ from tally.contracts.metric_changes import (
     immutable_changes,
     keep_stored_spelling,
 )
+from tally.contracts.metric_errors import (
+    FieldError,
+    MetricDefinitionError,
+    _field_errors,
+    rules_despite_shapes,
+)
 from tally.contracts.metric_fields import (
     _EARLIEST,
     _LATEST,
@@ -46,6 +52,7 @@ from tally.contracts.metric_fields import (
     MUTABLE_FIELDS,
     NON_ADDITIVE_KINDS,
     OVERLAPPING_PERIODS,
+    SKIPPED_FIELDS,
     STORED_ZONE,
     UID_PATTERN,
     AggregationType,
@@ -260,8 +267,9 @@ class UsageMetricDefinition(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _cross_field_rules(self) -> UsageMetricDefinition:
-        problems = self._rule_problems()
+    def _cross_field_rules(self, info: ValidationInfo) -> UsageMetricDefinition:
+        skipped = frozenset((info.context or {}).get(SKIPPED_FIELDS, ()))
+        problems = self._rule_problems(skipped)
         if not problems:
             try:
                 self._check_paths()
@@ -278,34 +286,41 @@ class UsageMetricDefinition(BaseModel):
             )
         return self
 
-    def _rule_problems(self) -> list[tuple[str, str]]:
+    def _rule_problems(self, skipped: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """Every cross-field rule broken. `skipped`: fields refused for their own
+        shape (`parse_metric`'s second pass): a rule reading one is not judged."""
         problems: list[tuple[str, str]] = []
 
-        def rule(field: str, reason: str) -> None:
-            problems.append((field, reason))
+        def rule(field: str, reason: str, *reads: str) -> None:
+            if skipped.isdisjoint((field, *reads)):
+                problems.append((field, reason))
 
         kind = self.aggregation_type
         external = self.source is MetricSource.EXTERNAL
         if external:
             if self.event_type is not None:
-                rule("eventType", "not allowed when source is EXTERNAL (no events feed it)")
+                rule(
+                    "eventType", "not allowed when source is EXTERNAL (no events feed it)", "source"
+                )
             if kind not in EXTERNAL_AGGREGATIONS:
                 rule(
                     "aggregationType",
                     f"{kind.value} needs events; an EXTERNAL metric is SUM, MAX, MIN or LATEST",
+                    "source",
                 )
             if self.aggregation_property is not None:
-                rule("aggregationProperty", "not allowed when source is EXTERNAL")
+                rule("aggregationProperty", "not allowed when source is EXTERNAL", "source")
             if self.metric_type is not MetricType.SIMPLE:
-                rule("metricType", "an EXTERNAL metric is SIMPLE")
+                rule("metricType", "an EXTERNAL metric is SIMPLE", "source")
             for name in ("property_filters", "presence_filters", "properties_to_negate"):
                 if getattr(self, name):
-                    rule(field_alias(name), "not allowed when source is EXTERNAL")
+                    rule(field_alias(name), "not allowed when source is EXTERNAL", "source")
             if len(self.time_units) != 1 or self.time_units[0] not in EXTERNAL_UNITS:
                 rule(
                     "timeUnits",
                     "an EXTERNAL metric has exactly one time unit, the one its values are"
                     " posted in: [day], [month] or [year]",
+                    "source",
                 )
             if kind is AggregationType.SUM:
                 if self.period_definition in OVERLAPPING_PERIODS:
@@ -313,51 +328,89 @@ class UsageMetricDefinition(BaseModel):
                         "periodDefinition",
                         f"{self.period_definition} values overlap: summing them across periods"
                         " is wrong; use LATEST (or MAX, MIN)",
+                        "source",
+                        "aggregationType",
                     )
                 if self.value_kind in NON_ADDITIVE_KINDS:
                     rule(
                         "valueKind",
                         f"{self.value_kind} values do not add up across periods;"
                         " use LATEST (or MAX, MIN)",
+                        "source",
+                        "aggregationType",
                     )
         else:
             if self.event_type is None:
-                rule("eventType", "required (unless source is EXTERNAL)")
+                rule("eventType", "required (unless source is EXTERNAL)", "source")
             for name in EXTERNAL_ONLY_FIELDS:
                 if getattr(self, name) is not None:
-                    rule(field_alias(name), "only allowed when source is EXTERNAL")
+                    rule(field_alias(name), "only allowed when source is EXTERNAL", "source")
             if self.is_snapshot:
-                rule("isSnapshot", "only allowed when source is EXTERNAL")
+                rule("isSnapshot", "only allowed when source is EXTERNAL", "source")
         needs_property = not external and kind is not AggregationType.COUNT
         if needs_property and self.aggregation_property is None:
-            rule("aggregationProperty", f"required for {kind.value}")
+            rule("aggregationProperty", f"required for {kind.value}", "source", "aggregationType")
         if not external and not needs_property and self.aggregation_property is not None:
-            rule("aggregationProperty", "not allowed for COUNT (it counts events)")
+            rule(
+                "aggregationProperty",
+                "not allowed for COUNT (it counts events)",
+                "source",
+                "aggregationType",
+            )
         if self.value_type is ValueType.STRING and kind is not AggregationType.LATEST:
-            rule("valueType", f"STRING is only allowed with LATEST, not {kind.value}")
+            rule(
+                "valueType",
+                f"STRING is only allowed with LATEST, not {kind.value}",
+                "aggregationType",
+            )
         if self.is_snapshot and kind is not AggregationType.LATEST:
-            rule("isSnapshot", f"a snapshot is LATEST, never summed; not {kind.value}")
+            rule(
+                "isSnapshot",
+                f"a snapshot is LATEST, never summed; not {kind.value}",
+                "aggregationType",
+            )
         if self.storage_unit is StorageUnit.CENTS and self.value_type is ValueType.STRING:
-            rule("storageUnit", "cents holds numbers, not STRING values")
+            rule("storageUnit", "cents holds numbers, not STRING values", "valueType")
         rolling_only = (PeriodValue.DAYS_7, PeriodValue.DAYS_30, PeriodValue.DAYS_90)
         if self.period_type is PeriodType.CALENDAR and self.period_value in rolling_only:
             # The summary refuses it: a default period it cannot serve is no default.
-            rule("periodValue", f"{self.period_value} is a rolling period only, not calendar")
+            rule(
+                "periodValue",
+                f"{self.period_value} is a rolling period only, not calendar",
+                "periodType",
+            )
         if (self.target_value is None) != (self.target_operator is None):
-            rule("targetValue", "give targetValue and targetOperator together, or neither")
+            rule(
+                "targetValue",
+                "give targetValue and targetOperator together, or neither",
+                "targetOperator",
+            )
         grouped = self.metric_type is MetricType.GROUPED
         one, several = self.grouping_property, self.grouping_properties
         if one is not None and several is not None:
-            rule("groupingProperties", "give groupingProperty or groupingProperties, not both")
+            rule(
+                "groupingProperties",
+                "give groupingProperty or groupingProperties, not both",
+                "groupingProperty",
+            )
         if grouped and one is None and several is None:
-            rule("groupingProperty", "required when metricType is GROUPED")
+            rule(
+                "groupingProperty",
+                "required when metricType is GROUPED",
+                "metricType",
+                "groupingProperties",
+            )
         if not grouped and one is not None:
-            rule("groupingProperty", "only allowed when metricType is GROUPED")
+            rule("groupingProperty", "only allowed when metricType is GROUPED", "metricType")
         if not grouped and several is not None:
-            rule("groupingProperties", "only allowed when metricType is GROUPED")
+            rule("groupingProperties", "only allowed when metricType is GROUPED", "metricType")
         for key in self.properties_to_negate:
             if key not in self.property_filters:
-                rule("propertiesToNegate", f"{key!r} is not a key of propertyFilters")
+                rule(
+                    "propertiesToNegate",
+                    f"{key!r} is not a key of propertyFilters",
+                    "propertyFilters",
+                )
         return problems
 
     def _check_paths(self) -> None:
@@ -425,54 +478,6 @@ class UsageMetric(UsageMetricDefinition):
     updated_at: datetime
 
 
-class FieldError:
-    __slots__ = ("field", "reason", "type")
-
-    def __init__(self, field: str, reason: str, type: str = "value_error") -> None:
-        self.field = field
-        self.reason = reason
-        self.type = type
-
-    def __repr__(self) -> str:
-        return f"FieldError({self.field!r}, {self.reason!r})"
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.reason}"
-
-
-class MetricDefinitionError(ValueError):
-    """A definition was refused; `errors` names each field and why."""
-
-    def __init__(self, errors: Iterable[FieldError], uid: str | None = None) -> None:
-        self.errors = list(errors)
-        self.uid = uid
-        where = f"metric {uid!r}" if uid else "metric definition"
-        super().__init__(f"{where} refused: " + "; ".join(map(str, self.errors)))
-
-
-def _field_errors(exc: ValidationError) -> list[FieldError]:
-    errors = []
-    for error in exc.errors(include_url=False):
-        ctx = error.get("ctx") or {}
-        if error["type"] == "metric_rule":
-            errors.append(FieldError(str(ctx["field"]), str(ctx["reason"]), "metric_rule"))
-            for field, reason in ctx.get("more") or ():
-                errors.append(FieldError(str(field), str(reason), "metric_rule"))
-            continue
-        parts = [str(part) for part in error["loc"]]
-        message = error["msg"]
-        if parts[-1:] == ["[key]"]:  # a bad key of a mapping: name the mapping
-            message = f"key {parts[-2]!r}: {message}"
-            parts = parts[:-2]
-        loc = ".".join(parts) or "(definition)"
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif error["type"] == "missing":
-            message = "required"
-        errors.append(FieldError(loc, message, error["type"]))
-    return errors
-
-
 def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDefinition:
     """Validate one definition from a file or request body.
 
@@ -484,6 +489,6 @@ def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDef
         return UsageMetricDefinition.model_validate(data, context={STORED_ZONE: stored_zone})
     except ValidationError as exc:
         uid = data.get("uid")
-        raise MetricDefinitionError(
-            _field_errors(exc), uid if isinstance(uid, str) else None
-        ) from None
+        errors = _field_errors(exc)
+        errors.extend(rules_despite_shapes(UsageMetricDefinition, data, exc, errors, stored_zone))
+        raise MetricDefinitionError(errors, uid if isinstance(uid, str) else None) from None

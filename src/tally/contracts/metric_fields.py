@@ -29,6 +29,9 @@ MAX_GROUPING_PROPERTIES = 5
 # Validation context key: a zone name accepted without this host's zone data
 # (the one already stored for the metric).
 STORED_ZONE = "stored_timezone"
+# Validation context key: fields refused for their own shape, whose rules are
+# not judged (tally.contracts.metric.parse_metric's second pass).
+SKIPPED_FIELDS = "skipped_fields"
 
 
 class AggregationType(enum.StrEnum):
