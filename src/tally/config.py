@@ -154,6 +154,12 @@ class Settings(BaseModel):
         " summaries; longer ones are refused); the default member_retention keeps members"
         " this long past max_lateness",
     )
+    usage_max_rows: int = Field(
+        200_000,
+        ge=1,
+        description="the most stored rollup rows one usage query or summary reads (each held"
+        " in memory); past it the query is refused (422) naming what to narrow",
+    )
     retention_interval: Seconds = Field(
         600.0, description="time between retention passes of a worker; 0 runs none"
     )

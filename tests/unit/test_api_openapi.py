@@ -69,6 +69,7 @@ def test_request_bodies_are_the_contract_models() -> None:
         "formula",
         "periodType",
         "periodValue",
+        "metadata",
     }
     value = schemas["MetricValue"]["properties"]["value"]
     # A decimal string, or null for a STRING LATEST (its text is valueText).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -56,8 +57,24 @@ def _storable(value: Any, loc: Loc, problems: list[dict[str, Any]]) -> None:
             _storable(member, [*loc, index], problems)
 
 
-async def read_json(request: Request) -> Any:
-    """The parsed body; ApiError 413, 415 or 422 when it cannot be used."""
+def _exact_numbers(raw: bytes, document: Any, exact: frozenset[str]) -> Any:
+    """`document` with its top-level `exact` fields' numbers as the Decimal of
+    their text: a double would round `0.1000000000000000000001` or
+    `12345678901234567890123`. The rest stays as the standard parser reads it."""
+    if not isinstance(document, dict) or not exact.intersection(document):
+        return document
+    decimals = json.loads(raw, parse_constant=_refuse_constant, parse_float=Decimal)
+    found = dict(document)
+    for key in exact.intersection(document):
+        number = decimals.get(key)
+        if isinstance(number, int | Decimal) and not isinstance(number, bool):
+            found[key] = Decimal(number)
+    return found
+
+
+async def read_json(request: Request, exact: frozenset[str] = frozenset()) -> Any:
+    """The parsed body; ApiError 413, 415 or 422 when it cannot be used.
+    `exact`: top-level fields whose numbers are read as exact Decimals."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (
         media.startswith("application/") and media.endswith("+json")
@@ -78,6 +95,7 @@ async def read_json(request: Request) -> Any:
     try:
         # The standard parser keeps big integers exact (orjson would round them).
         document = json.loads(raw, parse_constant=_refuse_constant)
+        document = _exact_numbers(raw, document, exact)
     except (ValueError, RecursionError) as exc:
         raise ApiError.one(422, ["body"], f"not valid JSON: {exc}", "json_invalid") from None
     problems: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -42,6 +42,7 @@ from tally.store.pool import Connection
 from tally.telemetry.logs import Log
 
 router = APIRouter(prefix="/metrics/values", tags=["external values"])
+EXACT_FIELDS = frozenset({"value"})
 log = Log("tally.api")
 
 
@@ -143,8 +144,8 @@ async def _metric(
 
 def _parsed(
     document: Mapping[str, Any], errors: list[FieldError]
-) -> tuple[str | None, int | float | str | None]:
-    """The body's time_unit and value when their own shape was not refused."""
+) -> tuple[str | None, Decimal | int | float | str | None, date | None]:
+    """The body's time_unit, value and metric_date when their own shape was not refused."""
     refused = {e.field for e in errors}
     unit = document.get("time_unit")
     value = document.get("value")
@@ -154,14 +155,22 @@ def _parsed(
         if "value" not in refused and "value" in document and not isinstance(value, bool)
         else None
     )
-    return good_unit, good_value
+    day = document.get("metric_date")
+    good_date = None
+    if "metric_date" not in refused and isinstance(day, str):
+        try:
+            good_date = date.fromisoformat(day)
+        except ValueError:
+            good_date = None
+    return good_unit, good_value, good_date
 
 
 async def create_value(
     request: Request, principal: Admin, pool: Pool, context_type: str, entity_uid: str
 ) -> dict[str, Any]:
     """Check, store and answer one value; ApiError 422 (every field) or 409."""
-    document = require_object(await read_json(request))
+    # `value` keeps its exact decimal text (never rounded through a double).
+    document = require_object(await read_json(request, EXACT_FIELDS))
     errors: list[FieldError] = []
     if context_type not in ContextType.__members__:
         errors.append(

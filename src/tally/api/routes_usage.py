@@ -11,17 +11,25 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
-from pydantic.alias_generators import to_camel
+from pydantic import StringConstraints, WithJsonSchema
 
 from tally.api.auth import Reader
 from tally.api.deps import Pool, json_response
 from tally.api.errors import ApiError, responses
 from tally.api.models import NO_NUL, Bound, parse_moment
 from tally.api.routes_values import _group_filters
+from tally.api.usage_models import (
+    DayValue,
+    PeriodDefinition,
+    PeriodValue,
+    SummaryAnswer,
+    Target,
+    UsageAnswer,
+    UsageWindow,
+    WindowSize,
+)
 from tally.contracts.metric import (
     UID_PATTERN,
-    AggregationType,
     TargetDirection,
     TargetOperator,
     UsageMetric,
@@ -29,8 +37,6 @@ from tally.contracts.metric import (
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit, zone
 from tally.core.windows import (
-    PERIOD_DEFINITIONS,
-    PERIOD_VALUES,
     Combined,
     WindowRefused,
     definition_days,
@@ -39,90 +45,15 @@ from tally.core.windows import (
 )
 from tally.store import usage as store
 from tally.store.definitions import metric_by_uid
+from tally.store.usage_partial import PartialSpan, partial_span
+from tally.store.usage_summary import run_summary
 
 router = APIRouter(prefix="/usage-metrics", tags=["usage"])
 
 MAX_CUSTOMERS = 100
 CustomerText = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
 Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=128, description="The metric's uid.")]
-WindowSize = Literal["none", "hour", "day", "week", "month", "quarter", "year"]
 ZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
-PeriodValue = Literal["day", "week", "month", "quarter", "year", "7-day", "30-day", "90-day"]
-PeriodDefinition = Literal["as_of_date", "trailing_30_days", "calendar_month", "month_to_date"]
-assert set(PeriodValue.__args__) == set(PERIOD_VALUES)  # type: ignore[attr-defined]
-assert set(PeriodDefinition.__args__) == set(PERIOD_DEFINITIONS)  # type: ignore[attr-defined]
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class UsageWindow(_Wire):
-    customer_id: str
-    group: dict[str, str | None] = Field(description="The groupBy properties' texts.")
-    window_start: datetime
-    window_end: datetime
-    value: str | None = Field(
-        description="Exact decimal; null for no rows of MAX, MIN, AVG or LATEST, and for a"
-        " STRING LATEST (see valueText)."
-    )
-    value_text: str | None = None
-    event_count: int
-
-
-class UsageAnswer(_Wire):
-    metric_uid: str
-    aggregation_type: AggregationType
-    window_size: WindowSize
-    window_time_zone: str
-    group_by: list[str]
-    items: list[UsageWindow]
-
-
-class DayValue(_Wire):
-    date: date
-    period_start: datetime
-    period_end: datetime
-    value: str | None
-    value_text: str | None = None
-    event_count: int
-
-
-class Target(_Wire):
-    operator: TargetOperator
-    value: str
-    direction: TargetDirection
-    met: bool | None = Field(description="Whether currentValue meets the target; null: no value.")
-    on_track: bool | None = Field(
-        description="Whether currentValue moved from previousValue in the target's direction"
-        " (or held); null when either is missing."
-    )
-
-
-class SummaryAnswer(_Wire):
-    metric_uid: str
-    customer_id: str
-    aggregation_type: AggregationType
-    period_type: Literal["rolling", "calendar"] | None
-    period_value: PeriodValue | None
-    period_definition: PeriodDefinition | None
-    as_of: date
-    timezone: str
-    current_start: datetime
-    current_end: datetime
-    previous_start: datetime
-    previous_end: datetime
-    current_value: str | None
-    current_value_text: str | None = None
-    current_event_count: int
-    previous_value: str | None
-    previous_value_text: str | None = None
-    previous_event_count: int | None
-    previous_refused: str | None = Field(
-        None, description="Why previousValue is null although the period has rows."
-    )
-    timeseries: list[DayValue]
-    target: Target | None
 
 
 def _refused(exc: WindowRefused) -> ApiError:
@@ -163,9 +94,27 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
 
 
+async def _partial(request: Request, connection: Any, uid: str) -> PartialSpan | None:
+    settings = request.app.state.settings
+    return await partial_span(
+        connection, uid, float(settings.max_lateness), float(settings.max_future_skew)
+    )
+
+
+def _without_empty_partial(document: dict[str, Any]) -> dict[str, Any]:
+    """`partial` is absent when complete, as on /metric-values."""
+    if document.get("partial", 0) is None:
+        del document["partial"]
+    return document
+
+
 def _limits(request: Request) -> store.MemberLimits:
     settings = request.app.state.settings
-    return store.MemberLimits(float(settings.member_retention), float(settings.unique_window))
+    return store.MemberLimits(
+        float(settings.member_retention),
+        float(settings.unique_window),
+        int(settings.usage_max_rows),
+    )
 
 
 @router.get(
@@ -228,6 +177,7 @@ async def usage(
     try:
         async with pool.acquire() as connection:
             items = await store.run_query(connection, metric, query, _limits(request), time.time())
+            span = await _partial(request, connection, metric.uid)
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
@@ -253,11 +203,14 @@ async def usage(
                 value=_text(i.value),
                 value_text=i.value_text,
                 event_count=i.event_count,
+                partial=span.marker if span and span.overlaps(i.start, i.end) else None,
             )
             for i in items
         ],
     )
-    return json_response(body.model_dump(mode="json", by_alias=True))
+    document = body.model_dump(mode="json", by_alias=True)
+    document["items"] = [_without_empty_partial(i) for i in document["items"]]
+    return json_response(document)
 
 
 def _as_of(text: str | None, zone_name: str) -> date:
@@ -367,6 +320,20 @@ async def summary(
     previousValue over the equal period before, a daily timeseries, and the
     target's status. Computed from day rollups (and members, for UNIQUE) in
     the metric's timezone; a metric without 'day' in its timeUnits is refused."""
+    metric = await _metric(pool, uid)
+    if period_definition is None and period_type is None and period_value is None:
+        # None given: the metric's own period (Squad's periodType and periodValue, or
+        # Exante's periodDefinition), each of Squad's pair missing one still refused.
+        if metric.period_type is not None or metric.period_value is not None:
+            period_type = None if metric.period_type is None else metric.period_type.value
+            period_value = None if metric.period_value is None else metric.period_value.value
+        elif metric.period_definition is not None:
+            period_definition = metric.period_definition.value
+    elif period_definition is None:
+        if period_type is None and metric.period_type is not None:
+            period_type = metric.period_type.value
+        if period_value is None and metric.period_value is not None:
+            period_value = metric.period_value.value
     problems = []
     if period_definition is not None and (period_type is not None or period_value is not None):
         problems.append(
@@ -375,17 +342,22 @@ async def summary(
     elif period_definition is None:
         if period_type is None:
             problems.append(
-                ("periodType", "required (rolling or calendar) without periodDefinition")
+                (
+                    "periodType",
+                    "required (rolling or calendar) without periodDefinition, when the metric"
+                    " stores none",
+                )
             )
         if period_value is None:
-            problems.append(("periodValue", "required without periodDefinition"))
+            problems.append(
+                ("periodValue", "required without periodDefinition, when the metric stores none")
+            )
     if period_type == "calendar" and period_value in ("7-day", "30-day", "90-day"):
         problems.append(("periodValue", f"{period_value} is a rolling period only"))
     if problems:
         raise ApiError(
             422, [{"loc": ["query", f], "msg": m, "type": "value_error"} for f, m in problems]
         )
-    metric = await _metric(pool, uid)
     day = _as_of(as_of, metric.timezone)
     try:
         if period_definition is not None:
@@ -397,7 +369,7 @@ async def summary(
         local = zone(metric.timezone)
         now_bounds, before_bounds = instants(current, local), instants(previous, local)
         async with pool.acquire() as connection:
-            found = await store.run_summary(
+            found = await run_summary(
                 connection,
                 metric,
                 customer_id,
@@ -406,6 +378,7 @@ async def summary(
                 _limits(request),
                 time.time(),
             )
+            span = await _partial(request, connection, metric.uid)
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
@@ -449,5 +422,6 @@ async def summary(
             for start, end, value in found.timeseries
         ],
         target=_target(metric, found.current, before),
+        partial=span.marker if span and span.overlaps(before_bounds[0], now_bounds[1]) else None,
     )
-    return json_response(body.model_dump(mode="json", by_alias=True))
+    return json_response(_without_empty_partial(body.model_dump(mode="json", by_alias=True)))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tally.cli.options import UserError, settings_from
-from tally.cli.reports import group_filters, parse_moment, render
+from tally.cli.reports import group_filters, parse_moment, partial_text, render
 from tally.config import Settings
 from tally.core.numbers import decimal_text
 from tally.core.periods import TimeUnit
@@ -18,6 +18,7 @@ from tally.core.windows import WindowRefused
 from tally.store import usage as store
 from tally.store.definitions import list_metrics
 from tally.store.pool import connect
+from tally.store.usage_partial import partial_span
 from tally.telemetry import logs
 
 COLUMNS = ("customer", "group", "window_start", "window_end", "value", "text", "events")
@@ -25,9 +26,11 @@ FIELDS = [
     "database_url",
     "log_format",
     "log_level",
+    "max_future_skew",
     "max_lateness",
     "member_retention",
     "unique_window",
+    "usage_max_rows",
 ]
 WINDOW_SIZES = ["none", *(unit.value for unit in TimeUnit)]
 
@@ -101,9 +104,14 @@ async def run(args: argparse.Namespace) -> int:
             group_by=tuple(args.group_by),
             group_filters=tuple(wanted.items()),
         )
-        limits = store.MemberLimits(settings.member_retention, settings.unique_window)
+        limits = store.MemberLimits(
+            settings.member_retention, settings.unique_window, settings.usage_max_rows
+        )
         try:
             items = await store.run_query(connection, metric, query, limits, time.time())
+            span = await partial_span(
+                connection, metric.uid, settings.max_lateness, settings.max_future_skew
+            )
         except WindowRefused as exc:
             raise UserError(f"{flag_of(exc.field)}: {exc.reason}") from None
         except (ValueError, OverflowError):
@@ -127,5 +135,12 @@ async def run(args: argparse.Namespace) -> int:
     columns: Sequence[str] = COLUMNS
     if args.format == "table" and all(row["text"] is None for row in rows):
         columns = tuple(c for c in COLUMNS if c != "text")
+    if span is not None and any(span.overlaps(i.start, i.end) for i in items):
+        # Windows that may count part of the events say so, as `tally values` does.
+        for row, item in zip(rows, items, strict=True):
+            row["partial"] = (
+                partial_text(span.marker) if span.overlaps(item.start, item.end) else None
+            )
+        columns = (*columns, "partial")
     print(render(rows, tuple(columns), args.format), end="")
     return 0

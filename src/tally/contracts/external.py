@@ -8,7 +8,6 @@ against the metric's definition. Both name every bad field at once.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -28,9 +27,10 @@ from tally.contracts.metric import (
     StorageUnit,
     UsageMetricDefinition,
     ValueType,
-    _field_errors,
-    _zone_names,
 )
+from tally.contracts.metric_errors import _field_errors
+from tally.contracts.metric_fields import _zone_names
+from tally.contracts.metric_fields import metadata_problem as _metadata_problem
 from tally.core.periods import TimeUnit, period_bounds, zone
 
 # The dates a value may have: every period of them, in any zone, starts after
@@ -38,29 +38,6 @@ from tally.core.periods import TimeUnit, period_bounds, zone
 # exist; an earlier start is no time Tally's values are kept in).
 FIRST_DATE = date(1970, 1, 2)
 LAST_DATE = date(9998, 12, 31)
-# How deep `_metadata` may nest: PostgreSQL's jsonb and the JSON codec refuse
-# deeper documents with a recursion error.
-MAX_METADATA_DEPTH = 32
-
-
-def _metadata_problem(value: object) -> str | None:
-    """Why `_metadata` cannot be stored as sent, or None (iterative: no recursion)."""
-    pending: list[tuple[object, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return "must not hold a number beyond the range of a double (such as 1e400)"
-        children: list[object]
-        if isinstance(item, dict):
-            children = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_METADATA_DEPTH:
-            return f"must nest at most {MAX_METADATA_DEPTH} objects or arrays deep"
-        pending.extend((child, depth + 1) for child in children)
-    return None
 
 
 class ExternalTimeUnit(enum.StrEnum):
@@ -110,7 +87,7 @@ class ExternalValueBody(BaseModel):
     @field_validator("value", mode="before")
     @classmethod
     def _number_or_text(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
             raise PydanticCustomError("value", "must be a number (or a string for STRING metrics)")
         return value
 
@@ -136,7 +113,19 @@ def parse_external_value(data: object) -> ExternalValueBody:
     try:
         return ExternalValueBody.model_validate(data)
     except ValidationError as exc:
-        raise ExternalValueError(_field_errors(exc)) from None
+        raise ExternalValueError(_one_per_field(_field_errors(exc), data)) from None
+
+
+def _one_per_field(errors: list[FieldError], data: Mapping[str, Any]) -> list[FieldError]:
+    """`value` is a number or a string: a number refused by both is one error on
+    `value`, the number's reason (not one per branch of the union)."""
+    branches = [e for e in errors if e.field.startswith("value.")]
+    if not branches:
+        return errors
+    wanted = "value.constrained-str" if isinstance(data.get("value"), str) else "value.decimal"
+    chosen = next((e for e in branches if e.field == wanted), branches[0])
+    kept = [e for e in errors if not e.field.startswith("value.")]
+    return [*kept, FieldError("value", chosen.reason, chosen.type)]
 
 
 def context_of(definition: UsageMetricDefinition) -> ContextType:
@@ -161,6 +150,7 @@ def definition_problems(
     context_type: str,
     time_unit: str | None,
     value: Decimal | int | float | str | None,
+    metric_date: date | None = None,
 ) -> list[FieldError]:
     """What the definition refuses of a value (`path.` or body fields). A field
     that did not parse is given as None and not judged again, so a body with a
@@ -194,6 +184,22 @@ def definition_problems(
                 "time_unit",
             )
         )
+    elif time_unit is not None and metric_date is not None:
+        # A value is keyed by (entity, metric, time_unit, metric_date), and stored as
+        # its period's row: the date of a month or year value is its period's first.
+        first = {
+            TimeUnit.MONTH.value: metric_date.replace(day=1),
+            TimeUnit.YEAR.value: metric_date.replace(month=1, day=1),
+        }.get(time_unit, metric_date)
+        if first != metric_date:
+            errors.append(
+                FieldError(
+                    "metric_date",
+                    f"a {time_unit} value is dated the first day of its {time_unit}:"
+                    f" {first.isoformat()}, not {metric_date.isoformat()}",
+                    "period_start",
+                )
+            )
     if value is None:
         return errors
     if definition.value_type is ValueType.STRING:
@@ -214,7 +220,9 @@ def check_against(
     definition: UsageMetricDefinition, context_type: str, body: ExternalValueBody
 ) -> ExternalValue:
     """The value as stored, or ExternalValueError naming every field (`path.` or body)."""
-    errors = definition_problems(definition, context_type, body.time_unit.value, body.value)
+    errors = definition_problems(
+        definition, context_type, body.time_unit.value, body.value, body.metric_date
+    )
     number = None if isinstance(body.value, str) else body.value
     text = body.value if isinstance(body.value, str) else None
     if errors:

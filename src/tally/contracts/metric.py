@@ -1,5 +1,8 @@
 """The usage metric definition (docs/design.md §2.2), as operators and the API write it.
 
+The field types, enums and field lists are in tally.contracts.metric_fields
+(re-exported here: import them from either).
+
 Field names follow Sequence's UsageMetric API (camelCase on the wire); `uid`
 and the immutability rules follow Exante's metric definitions. Every refusal
 names the field and the reason (`MetricDefinitionError`).
@@ -7,15 +10,8 @@ names the field and the reason (`MetricDefinitionError`).
 
 from __future__ import annotations
 
-import enum
-import functools
-import hashlib
-import math
-import unicodedata
-import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -23,8 +19,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
-    PlainValidator,
     StrictBool,
     StrictStr,
     ValidationError,
@@ -35,183 +29,99 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from tally.contracts.metric_changes import (
+    changed_fields,
+    immutable_changes,
+    keep_stored_spelling,
+)
+from tally.contracts.metric_errors import (
+    FieldError,
+    MetricDefinitionError,
+    _field_errors,
+    rules_despite_shapes,
+)
+from tally.contracts.metric_fields import (
+    _EARLIEST,
+    _LATEST,
+    EXTERNAL_AGGREGATIONS,
+    EXTERNAL_ONLY_FIELDS,
+    EXTERNAL_UNITS,
+    IMMUTABLE_FIELDS,
+    MAX_FILTER_VALUES,
+    MAX_GROUPING_PROPERTIES,
+    MUTABLE_FIELDS,
+    NON_ADDITIVE_KINDS,
+    OVERLAPPING_PERIODS,
+    SKIPPED_FIELDS,
+    STORED_ZONE,
+    UID_PATTERN,
+    AggregationType,
+    ContextType,
+    FilterValue,
+    FiniteDecimal,
+    MetricSource,
+    MetricType,
+    PeriodDefinition,
+    PeriodType,
+    PeriodValue,
+    PropertyName,
+    StorageUnit,
+    TargetDirection,
+    TargetOperator,
+    Text256,
+    ValueKind,
+    ValueType,
+    _rule,
+    _zone_names,
+    field_alias,
+    metric_metadata_problem,
+    uid_from_name,
+)
 from tally.core.events import parse_timestamp
-from tally.core.numbers import contains_nul, decimal_text, number_text
+from tally.core.numbers import contains_nul
 from tally.core.paths import PathError, parse_path
 from tally.core.periods import TimeUnit
 
-UID_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
-_EARLIEST = -62135596800.0  # 0001-01-01T00:00:00Z
-_LATEST = 253402300799.0  # 9999-12-31T23:59:59Z
-MAX_FILTER_VALUES = 1000
-MAX_GROUPING_PROPERTIES = 5
-# Validation context key: a zone name accepted without this host's zone data
-# (the one already stored for the metric).
-STORED_ZONE = "stored_timezone"
-
-
-class AggregationType(enum.StrEnum):
-    COUNT = "COUNT"
-    UNIQUE = "UNIQUE"
-    SUM = "SUM"
-    MAX = "MAX"
-    MIN = "MIN"
-    LATEST = "LATEST"
-    AVG = "AVG"
-
-
-class ValueType(enum.StrEnum):
-    """What a rollup's value is (Cuoral's data_type): STRING only with LATEST."""
-
-    NUMBER = "NUMBER"
-    STRING = "STRING"
-
-
-class MetricType(enum.StrEnum):
-    SIMPLE = "SIMPLE"
-    GROUPED = "GROUPED"
-
-
-class TargetOperator(enum.StrEnum):
-    GREATER_THAN = "greater_than"
-    LESS_THAN = "less_than"
-    EQUAL_TO = "equal_to"
-
-
-class TargetDirection(enum.StrEnum):
-    UP = "up"
-    DOWN = "down"
-
-
-class MetricSource(enum.StrEnum):
-    """EVENTS: workers aggregate events; EXTERNAL: values are computed elsewhere
-    and created through the API (Exante's metric values); workers never run it."""
-
-    EVENTS = "EVENTS"
-    EXTERNAL = "EXTERNAL"
-
-
-class ContextType(enum.StrEnum):
-    """Exante's context_type: the kind of entity the customer key names."""
-
-    ORGANIZATION = "ORGANIZATION"
-    PARTY = "PARTY"
-    USER = "USER"
-
-
-class ValueKind(enum.StrEnum):
-    """Exante's value_type (Tally's `valueType` is Cuoral's NUMBER or STRING)."""
-
-    CURRENCY = "currency"
-    PERCENTAGE = "percentage"
-    DAYS = "days"
-    COUNT = "count"
-    RATIO = "ratio"
-
-
-class StorageUnit(enum.StrEnum):
-    """raw: values as they are; cents: currency in integer minor units."""
-
-    RAW = "raw"
-    CENTS = "cents"
-
-
-class PeriodDefinition(enum.StrEnum):
-    """Exante's period_definition: how a value's metricDate is to be read."""
-
-    AS_OF_DATE = "as_of_date"
-    TRAILING_30_DAYS = "trailing_30_days"
-    CALENDAR_MONTH = "calendar_month"
-    MONTH_TO_DATE = "month_to_date"
-
-
-class PeriodType(enum.StrEnum):
-    ROLLING = "rolling"
-    CALENDAR = "calendar"
-
-
-class PeriodValue(enum.StrEnum):
-    DAY = "day"
-    WEEK = "week"
-    MONTH = "month"
-    QUARTER = "quarter"
-    YEAR = "year"
-    DAYS_7 = "7-day"
-    DAYS_30 = "30-day"
-    DAYS_90 = "90-day"
-
-
-# Aggregations an EXTERNAL metric may have: how its stored values combine
-# across periods. COUNT, UNIQUE and AVG need events.
-EXTERNAL_AGGREGATIONS = frozenset(
-    {AggregationType.SUM, AggregationType.MAX, AggregationType.MIN, AggregationType.LATEST}
-)
-# The one time unit an EXTERNAL metric's values are posted in (Exante's
-# time_unit). Exactly one: the usage query covers a window with the largest
-# stored unit that fits, which is only right when every unit holds the same
-# values (docs/decisions.md, "External values: one time unit").
-EXTERNAL_UNITS = frozenset({TimeUnit.DAY, TimeUnit.MONTH, TimeUnit.YEAR})
-# Values that overlap or are not additive: summing them across periods is
-# wrong (a month-to-date value already holds the days before it).
-OVERLAPPING_PERIODS = frozenset(
-    {
-        PeriodDefinition.TRAILING_30_DAYS,
-        PeriodDefinition.MONTH_TO_DATE,
-        PeriodDefinition.CALENDAR_MONTH,
-    }
-)
-NON_ADDITIVE_KINDS = frozenset({ValueKind.PERCENTAGE, ValueKind.RATIO, ValueKind.DAYS})
-# Exante's definition fields: only an EXTERNAL metric's values respect them.
-EXTERNAL_ONLY_FIELDS = ("context_type", "value_kind", "storage_unit", "period_definition")
-
-
-# A finite exact number (a JSON number or a string holding one; no NaN, no
-# infinity), of at most 40 digits, 20 after the point (`1e999999` would be a
-# million digits), written back as canonical decimal text.
-FiniteDecimal = Annotated[
-    Decimal,
-    Field(allow_inf_nan=False, max_digits=40, decimal_places=20),
-    PlainSerializer(decimal_text, return_type=str, when_used="json"),
+# Re-exported: the field types live in tally.contracts.metric_fields.
+__all__ = [
+    "EXTERNAL_AGGREGATIONS",
+    "EXTERNAL_ONLY_FIELDS",
+    "EXTERNAL_UNITS",
+    "IMMUTABLE_FIELDS",
+    "MAX_FILTER_VALUES",
+    "MAX_GROUPING_PROPERTIES",
+    "MUTABLE_FIELDS",
+    "NON_ADDITIVE_KINDS",
+    "OVERLAPPING_PERIODS",
+    "STORED_ZONE",
+    "UID_PATTERN",
+    "AggregationType",
+    "ContextType",
+    "FieldError",
+    "FilterValue",
+    "FiniteDecimal",
+    "MetricDefinitionError",
+    "MetricSource",
+    "MetricType",
+    "PeriodDefinition",
+    "PeriodType",
+    "PeriodValue",
+    "PropertyName",
+    "StorageUnit",
+    "TargetDirection",
+    "TargetOperator",
+    "Text256",
+    "UsageMetric",
+    "UsageMetricDefinition",
+    "ValueKind",
+    "ValueType",
+    "changed_fields",
+    "field_alias",
+    "immutable_changes",
+    "keep_stored_spelling",
+    "parse_metric",
+    "uid_from_name",
 ]
-Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
-# A plain top-level name (at most 256 characters) or a path (`tally.core.paths`).
-PropertyName = Annotated[StrictStr, Field(min_length=1, max_length=1024)]
-
-
-# A filter value is a typed JSON scalar; null is refused (a missing or null
-# property already fails IN and passes NOT IN, so null in a list means nothing).
-def _filter_value(value: object) -> str | int | float | bool:
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        raise PydanticCustomError(
-            "int_range", "integers must fit in 64 bits; write larger numbers as decimals"
-        )
-    if isinstance(value, str | int):  # bool is an int
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        raise PydanticCustomError("finite_number", "must be a finite number")
-    raise PydanticCustomError(
-        "filter_value",
-        "must be a string, number or boolean (null and objects are not filter values)",
-    )
-
-
-FilterValue = Annotated[
-    str | int | float | bool,
-    PlainValidator(_filter_value, json_schema_input_type=str | int | float | bool),
-]
-
-
-def _rule(field: str, reason: str) -> PydanticCustomError:
-    return PydanticCustomError(
-        "metric_rule", "{field}: {reason}", {"field": field, "reason": reason}
-    )
-
-
-@functools.cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
 
 
 class UsageMetricDefinition(BaseModel):
@@ -268,6 +178,9 @@ class UsageMetricDefinition(BaseModel):
     # Squad's default comparison period (mutable; the summary takes its own).
     period_type: PeriodType | None = None
     period_value: PeriodValue | None = None
+    # Free JSON about the metric, kept and answered as sent; metering never reads
+    # it (Squad's ownerId, type and relatedOutcomes are kept here).
+    metadata: dict[str, Any] | None = None
     deleted_at: AwareDatetime | None = None
 
     @model_validator(mode="before")
@@ -321,6 +234,13 @@ class UsageMetricDefinition(BaseModel):
             )
         return value
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _storable_metadata(cls, value: object) -> object:
+        if (problem := metric_metadata_problem(value)) is not None:
+            raise PydanticCustomError("metadata", problem)
+        return value
+
     @field_validator("properties_to_negate")
     @classmethod
     def _negate_unique(cls, value: list[str]) -> list[str]:
@@ -347,8 +267,9 @@ class UsageMetricDefinition(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _cross_field_rules(self) -> UsageMetricDefinition:
-        problems = self._rule_problems()
+    def _cross_field_rules(self, info: ValidationInfo) -> UsageMetricDefinition:
+        skipped = frozenset((info.context or {}).get(SKIPPED_FIELDS, ()))
+        problems = self._rule_problems(skipped)
         if not problems:
             try:
                 self._check_paths()
@@ -365,34 +286,41 @@ class UsageMetricDefinition(BaseModel):
             )
         return self
 
-    def _rule_problems(self) -> list[tuple[str, str]]:
+    def _rule_problems(self, skipped: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """Every cross-field rule broken. `skipped`: fields refused for their own
+        shape (`parse_metric`'s second pass): a rule reading one is not judged."""
         problems: list[tuple[str, str]] = []
 
-        def rule(field: str, reason: str) -> None:
-            problems.append((field, reason))
+        def rule(field: str, reason: str, *reads: str) -> None:
+            if skipped.isdisjoint((field, *reads)):
+                problems.append((field, reason))
 
         kind = self.aggregation_type
         external = self.source is MetricSource.EXTERNAL
         if external:
             if self.event_type is not None:
-                rule("eventType", "not allowed when source is EXTERNAL (no events feed it)")
+                rule(
+                    "eventType", "not allowed when source is EXTERNAL (no events feed it)", "source"
+                )
             if kind not in EXTERNAL_AGGREGATIONS:
                 rule(
                     "aggregationType",
                     f"{kind.value} needs events; an EXTERNAL metric is SUM, MAX, MIN or LATEST",
+                    "source",
                 )
             if self.aggregation_property is not None:
-                rule("aggregationProperty", "not allowed when source is EXTERNAL")
+                rule("aggregationProperty", "not allowed when source is EXTERNAL", "source")
             if self.metric_type is not MetricType.SIMPLE:
-                rule("metricType", "an EXTERNAL metric is SIMPLE")
+                rule("metricType", "an EXTERNAL metric is SIMPLE", "source")
             for name in ("property_filters", "presence_filters", "properties_to_negate"):
                 if getattr(self, name):
-                    rule(field_alias(name), "not allowed when source is EXTERNAL")
+                    rule(field_alias(name), "not allowed when source is EXTERNAL", "source")
             if len(self.time_units) != 1 or self.time_units[0] not in EXTERNAL_UNITS:
                 rule(
                     "timeUnits",
                     "an EXTERNAL metric has exactly one time unit, the one its values are"
                     " posted in: [day], [month] or [year]",
+                    "source",
                 )
             if kind is AggregationType.SUM:
                 if self.period_definition in OVERLAPPING_PERIODS:
@@ -400,51 +328,89 @@ class UsageMetricDefinition(BaseModel):
                         "periodDefinition",
                         f"{self.period_definition} values overlap: summing them across periods"
                         " is wrong; use LATEST (or MAX, MIN)",
+                        "source",
+                        "aggregationType",
                     )
                 if self.value_kind in NON_ADDITIVE_KINDS:
                     rule(
                         "valueKind",
                         f"{self.value_kind} values do not add up across periods;"
                         " use LATEST (or MAX, MIN)",
+                        "source",
+                        "aggregationType",
                     )
         else:
             if self.event_type is None:
-                rule("eventType", "required (unless source is EXTERNAL)")
+                rule("eventType", "required (unless source is EXTERNAL)", "source")
             for name in EXTERNAL_ONLY_FIELDS:
                 if getattr(self, name) is not None:
-                    rule(field_alias(name), "only allowed when source is EXTERNAL")
+                    rule(field_alias(name), "only allowed when source is EXTERNAL", "source")
             if self.is_snapshot:
-                rule("isSnapshot", "only allowed when source is EXTERNAL")
+                rule("isSnapshot", "only allowed when source is EXTERNAL", "source")
         needs_property = not external and kind is not AggregationType.COUNT
         if needs_property and self.aggregation_property is None:
-            rule("aggregationProperty", f"required for {kind.value}")
+            rule("aggregationProperty", f"required for {kind.value}", "source", "aggregationType")
         if not external and not needs_property and self.aggregation_property is not None:
-            rule("aggregationProperty", "not allowed for COUNT (it counts events)")
+            rule(
+                "aggregationProperty",
+                "not allowed for COUNT (it counts events)",
+                "source",
+                "aggregationType",
+            )
         if self.value_type is ValueType.STRING and kind is not AggregationType.LATEST:
-            rule("valueType", f"STRING is only allowed with LATEST, not {kind.value}")
+            rule(
+                "valueType",
+                f"STRING is only allowed with LATEST, not {kind.value}",
+                "aggregationType",
+            )
         if self.is_snapshot and kind is not AggregationType.LATEST:
-            rule("isSnapshot", f"a snapshot is LATEST, never summed; not {kind.value}")
+            rule(
+                "isSnapshot",
+                f"a snapshot is LATEST, never summed; not {kind.value}",
+                "aggregationType",
+            )
         if self.storage_unit is StorageUnit.CENTS and self.value_type is ValueType.STRING:
-            rule("storageUnit", "cents holds numbers, not STRING values")
+            rule("storageUnit", "cents holds numbers, not STRING values", "valueType")
         rolling_only = (PeriodValue.DAYS_7, PeriodValue.DAYS_30, PeriodValue.DAYS_90)
         if self.period_type is PeriodType.CALENDAR and self.period_value in rolling_only:
             # The summary refuses it: a default period it cannot serve is no default.
-            rule("periodValue", f"{self.period_value} is a rolling period only, not calendar")
+            rule(
+                "periodValue",
+                f"{self.period_value} is a rolling period only, not calendar",
+                "periodType",
+            )
         if (self.target_value is None) != (self.target_operator is None):
-            rule("targetValue", "give targetValue and targetOperator together, or neither")
+            rule(
+                "targetValue",
+                "give targetValue and targetOperator together, or neither",
+                "targetOperator",
+            )
         grouped = self.metric_type is MetricType.GROUPED
         one, several = self.grouping_property, self.grouping_properties
         if one is not None and several is not None:
-            rule("groupingProperties", "give groupingProperty or groupingProperties, not both")
+            rule(
+                "groupingProperties",
+                "give groupingProperty or groupingProperties, not both",
+                "groupingProperty",
+            )
         if grouped and one is None and several is None:
-            rule("groupingProperty", "required when metricType is GROUPED")
+            rule(
+                "groupingProperty",
+                "required when metricType is GROUPED",
+                "metricType",
+                "groupingProperties",
+            )
         if not grouped and one is not None:
-            rule("groupingProperty", "only allowed when metricType is GROUPED")
+            rule("groupingProperty", "only allowed when metricType is GROUPED", "metricType")
         if not grouped and several is not None:
-            rule("groupingProperties", "only allowed when metricType is GROUPED")
+            rule("groupingProperties", "only allowed when metricType is GROUPED", "metricType")
         for key in self.properties_to_negate:
             if key not in self.property_filters:
-                rule("propertiesToNegate", f"{key!r} is not a key of propertyFilters")
+                rule(
+                    "propertiesToNegate",
+                    f"{key!r} is not a key of propertyFilters",
+                    "propertyFilters",
+                )
         return problems
 
     def _check_paths(self) -> None:
@@ -512,154 +478,6 @@ class UsageMetric(UsageMetricDefinition):
     updated_at: datetime
 
 
-IMMUTABLE_FIELDS: tuple[str, ...] = (
-    "uid",
-    "event_type",
-    "aggregation_type",
-    "aggregation_property",
-    "value_type",
-    "metric_type",
-    "grouping_property",
-    "grouping_properties",
-    "property_filters",
-    "properties_to_negate",
-    "presence_filters",
-    "case_sensitive",
-    "time_units",
-    "timezone",
-    "source",
-    "context_type",
-    "value_kind",
-    "storage_unit",
-    "is_snapshot",
-    "period_definition",
-)
-MUTABLE_FIELDS: tuple[str, ...] = (
-    "name",
-    "description",
-    "unit",
-    "deleted_at",
-    "target_operator",
-    "target_value",
-    "target_direction",
-    "formula",
-    "period_type",
-    "period_value",
-)
-
-
-def _typed(value: object) -> tuple[str, str]:
-    # bool before int: True must not compare equal to 1.
-    if isinstance(value, bool):
-        return ("b", str(value))
-    if isinstance(value, int | float):
-        return ("n", number_text(value))
-    return ("s", str(value))
-
-
-def _canonical(text: str) -> tuple[str | int, ...] | str:
-    try:
-        return parse_path(text)
-    except PathError:
-        return text  # refused at validation; never stored
-
-
-def _comparable(definition: UsageMetricDefinition, field: str) -> object:
-    """A field's meaning, so that reordering a set or respelling a path
-    (`$.a`, `$['a']`, `a`) is not a change; grouping keys keep their order."""
-    value = getattr(definition, field)
-    if field == "property_filters":
-        return {_canonical(key): frozenset(map(_typed, values)) for key, values in value.items()}
-    if field == "presence_filters":
-        return {_canonical(key): present for key, present in value.items()}
-    if field == "properties_to_negate":
-        return frozenset(map(_canonical, value))
-    if field == "time_units":
-        return frozenset(value)
-    # Absent means the default (Exante's): restating it is not a change.
-    if field == "context_type" and value is None:
-        return ContextType.ORGANIZATION
-    if field == "storage_unit" and value is None:
-        return StorageUnit.RAW
-    if field in ("aggregation_property", "grouping_property") and value is not None:
-        return _canonical(value)
-    if field == "grouping_properties" and value is not None:
-        return tuple(map(_canonical, value))
-    return value
-
-
-def field_alias(field: str) -> str:
-    return to_camel(field)
-
-
-def changed_fields(old: UsageMetricDefinition, new: UsageMetricDefinition) -> list[str]:
-    """The wire names of the fields whose meaning differs, immutable ones first."""
-    fields = IMMUTABLE_FIELDS + MUTABLE_FIELDS
-    return [field_alias(f) for f in fields if _comparable(old, f) != _comparable(new, f)]
-
-
-def keep_stored_spelling(
-    old: UsageMetricDefinition, new: UsageMetricDefinition
-) -> UsageMetricDefinition:
-    """`new` with `old`'s immutable fields, for an update that changed none.
-
-    They mean the same (`immutable_changes` is empty), but a respelled path
-    stored would rename the API's `group` keys of every existing row."""
-    return new.model_copy(update={f: getattr(old, f) for f in IMMUTABLE_FIELDS})
-
-
-def immutable_changes(old: UsageMetricDefinition, new: UsageMetricDefinition) -> list[str]:
-    return [field_alias(f) for f in IMMUTABLE_FIELDS if _comparable(old, f) != _comparable(new, f)]
-
-
-class FieldError:
-    __slots__ = ("field", "reason", "type")
-
-    def __init__(self, field: str, reason: str, type: str = "value_error") -> None:
-        self.field = field
-        self.reason = reason
-        self.type = type
-
-    def __repr__(self) -> str:
-        return f"FieldError({self.field!r}, {self.reason!r})"
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.reason}"
-
-
-class MetricDefinitionError(ValueError):
-    """A definition was refused; `errors` names each field and why."""
-
-    def __init__(self, errors: Iterable[FieldError], uid: str | None = None) -> None:
-        self.errors = list(errors)
-        self.uid = uid
-        where = f"metric {uid!r}" if uid else "metric definition"
-        super().__init__(f"{where} refused: " + "; ".join(map(str, self.errors)))
-
-
-def _field_errors(exc: ValidationError) -> list[FieldError]:
-    errors = []
-    for error in exc.errors(include_url=False):
-        ctx = error.get("ctx") or {}
-        if error["type"] == "metric_rule":
-            errors.append(FieldError(str(ctx["field"]), str(ctx["reason"]), "metric_rule"))
-            for field, reason in ctx.get("more") or ():
-                errors.append(FieldError(str(field), str(reason), "metric_rule"))
-            continue
-        parts = [str(part) for part in error["loc"]]
-        message = error["msg"]
-        if parts[-1:] == ["[key]"]:  # a bad key of a mapping: name the mapping
-            message = f"key {parts[-2]!r}: {message}"
-            parts = parts[:-2]
-        loc = ".".join(parts) or "(definition)"
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif error["type"] == "missing":
-            message = "required"
-        errors.append(FieldError(loc, message, error["type"]))
-    return errors
-
-
 def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDefinition:
     """Validate one definition from a file or request body.
 
@@ -671,23 +489,6 @@ def parse_metric(data: object, stored_zone: str | None = None) -> UsageMetricDef
         return UsageMetricDefinition.model_validate(data, context={STORED_ZONE: stored_zone})
     except ValidationError as exc:
         uid = data.get("uid")
-        raise MetricDefinitionError(
-            _field_errors(exc), uid if isinstance(uid, str) else None
-        ) from None
-
-
-def uid_from_name(name: str) -> str:
-    """A stable uid for a definition that has none (Sequence's and Cuoral's
-    bodies): `name` with its accents taken off (NFKD, combining marks dropped),
-    lowercased, every run of other characters one `_`, at most 128 characters,
-    starting with a letter (`m_` is put first otherwise). A name with no letter
-    or digit left (`日本語`, `!!!`) is `m_` and 12 hex digits of its SHA-256, so
-    two such names do not share one uid."""
-    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
-    slug = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else " " for c in plain.lower())
-    uid = "_".join(slug.split())
-    if not uid:
-        return "m_" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    if not "a" <= uid[0] <= "z":
-        uid = "m_" + uid
-    return uid[:128].rstrip("_")
+        errors = _field_errors(exc)
+        errors.extend(rules_despite_shapes(UsageMetricDefinition, data, exc, errors, stored_zone))
+        raise MetricDefinitionError(errors, uid if isinstance(uid, str) else None) from None

@@ -88,17 +88,27 @@ async def bucket_rollups(
     terms: Sequence[GroupTerm],
     projection: Projection,
     buckets: Sequence[Bucket],
+    max_rows: int,
+    field: str = "from",
 ) -> dict[BucketKey, list[Rollup]]:
-    """The stored rows of every bucket, by (customer, projected group, bucket)."""
+    """The stored rows of every bucket, by (customer, projected group, bucket);
+    WindowRefused on `field` past `max_rows` rows (never more are held)."""
     where, params = _where("v", metric_uid, customers, terms)
     sql = (
         f"SELECT v.customer_id, {projection.sql('v.group_key')} AS grp, c.bucket, v.value,"
         " v.value_text, v.value_sum, v.latest_at, v.latest_id, v.event_count"
         f" FROM {_COVER} JOIN tally.metric_values AS v"
         " ON v.time_unit = c.time_unit AND v.period_start = c.period_start"
-        f" WHERE {where}"
+        f" WHERE {where} LIMIT {max_rows + 1:d}"
     )
     rows = await connection.fetch(sql, *_cover_arrays(buckets), *params)
+    if len(rows) > max_rows:
+        raise WindowRefused(
+            field,
+            f"the query reads more than {max_rows} stored rows (TALLY_USAGE_MAX_ROWS):"
+            " narrow from and to, ask for fewer customers, or keep fewer groups"
+            " with group.<property> filters",
+        )
     found: dict[BucketKey, list[Rollup]] = defaultdict(list)
     for row in rows:
         found[(row["customer_id"], row["grp"] or "", row["bucket"])].append(
@@ -232,10 +242,12 @@ def _shown_group(
 @dataclass(frozen=True, slots=True)
 class MemberLimits:
     """How far back a UNIQUE union may reach (tally.config: TALLY_MEMBER_RETENTION,
-    TALLY_UNIQUE_WINDOW); seconds, retention 0 keeping members forever."""
+    TALLY_UNIQUE_WINDOW); seconds, retention 0 keeping members forever. And the
+    most stored rows one answer reads (TALLY_USAGE_MAX_ROWS)."""
 
     retention: float
     window: float
+    max_rows: int = 200_000
 
 
 def refuse_deleted_members(
@@ -386,6 +398,7 @@ async def run_query(
                     terms,
                     projection,
                     _subset(buckets, rows_of),
+                    limits.max_rows,
                 )
             ).items():
                 combined[(customer, text, rows_of[n])] = combine(kind, rows)
@@ -414,86 +427,3 @@ async def run_query(
                 )
             )
     return items
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    current: Combined
-    previous: Combined | None  # None: refused, `previous_refused` says why
-    previous_refused: str | None
-    timeseries: list[tuple[int, int, Combined]]
-
-
-async def _day_values(
-    connection: Connection,
-    metric: UsageMetricDefinition,
-    customer: str,
-    start: int,
-    end: int,
-    limits: MemberLimits,
-    now: float,
-) -> tuple[Combined, list[tuple[int, int, Combined]]]:
-    """The total of `[start, end)` and its value per local day, from day rollups."""
-    local = zone(metric.timezone)
-    kind = metric.aggregation_type
-    days = plan(start, end, TimeUnit.DAY, local, {TimeUnit.DAY}, local)
-    whole = [Bucket(start, end, tuple(p for day in days for p in day.periods))]
-    merged = Projection(())
-    daily = await bucket_rollups(connection, metric.uid, [customer], (), merged, days)
-    if kind is AggregationType.UNIQUE:
-        grouped = bool(names_of(metric))
-        if grouped or len(days) > 1:
-            # A union of days, or of groups: members, when retention kept them all.
-            refuse_deleted_members(kind, whole, limits, now, ("periodValue", "asOf"))
-            if await adjusted_in(connection, metric.uid, [customer], whole):
-                raise WindowRefused(
-                    "periodValue",
-                    "a day rollup in this period was adjusted by hand, so the union of its"
-                    " members is not its value",
-                )
-        if grouped:
-            # Each group's day row counts its own members: merge groups by members too.
-            found = await bucket_members(connection, metric.uid, [customer], (), merged, days)
-            daily_values = {n: Combined(c, None, e) for (_, _, n), (c, e) in found.items()}
-        else:
-            daily_values = {n: combine(kind, rows) for (_, _, n), rows in daily.items()}
-        if grouped or len(days) > 1:
-            found = await bucket_members(connection, metric.uid, [customer], (), merged, whole)
-            count, events = found.get((customer, "", 0), (Decimal(0), 0))
-            total = Combined(count, None, events)
-        else:  # one day of one group: its stored row
-            total = daily_values.get(0, Combined(Decimal(0), None, 0))
-    else:
-        daily_values = {n: combine(kind, rows) for (_, _, n), rows in daily.items()}
-        total = combine(kind, [row for rows in daily.values() for row in rows])
-    empty = kind in (AggregationType.COUNT, AggregationType.SUM, AggregationType.UNIQUE)
-    nothing = Combined(Decimal(0) if empty else None, None, 0)
-    series = [(d.start, d.end, daily_values.get(n, nothing)) for n, d in enumerate(days)]
-    return total, series
-
-
-async def run_summary(
-    connection: Connection,
-    metric: UsageMetricDefinition,
-    customer: str,
-    current: tuple[int, int],
-    previous: tuple[int, int],
-    limits: MemberLimits,
-    now: float,
-) -> Summary:
-    if TimeUnit.DAY not in metric.time_units:
-        raise WindowRefused(
-            "periodValue",
-            "summaries are computed from day rollups: this metric's timeUnits"
-            f" ({', '.join(u.value for u in metric.time_units)}) have no 'day'",
-            TimeUnit.DAY,
-            metric.timezone,
-        )
-    # One snapshot for every read behind the answer.
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        total, series = await _day_values(connection, metric, customer, *current, limits, now)
-        try:
-            before, _ = await _day_values(connection, metric, customer, *previous, limits, now)
-        except WindowRefused as exc:
-            return Summary(total, None, exc.reason, series)
-    return Summary(total, before, None, series)

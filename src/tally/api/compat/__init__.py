@@ -32,6 +32,7 @@ class Seed:
     ignored: frozenset[str] = frozenset()  # accepted, not stored (docs/api.md says why)
     fixed: Mapping[str, Any] = field(default_factory=dict)  # what the seed implies
     name_field: str = "name"  # the uid is derived from it when there is none
+    exact: frozenset[str] = frozenset()  # the seed's numbers read as exact decimals
 
     def seed_name(self, tally_name: str) -> str:
         for seed, tally in self.fields.items():
@@ -82,7 +83,7 @@ async def create_metric(
     adapt: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
 ) -> UsageMetric:
     """Translate, validate (every field at once), store; 422 or 409 in seed names."""
-    body = require_object(await read_json(request))
+    body = require_object(await read_json(request, seed.exact))
     document, missing = seed.translate(body)
     errors = list(missing)
     if adapt is not None:
