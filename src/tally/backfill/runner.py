@@ -49,6 +49,7 @@ from tally.backfill.plan import (
     time_runs,
     warm_up_time,
 )
+from tally.backfill.resume import plan_resume
 from tally.backfill.telemetry import BackfillTelemetry
 from tally.config import Settings
 from tally.contracts.metric import UsageMetric
@@ -108,6 +109,7 @@ class Backfiller:
         self.applied_events = 0  # events applied and flushed
         self.started = self.clock()
         self.stop = asyncio.Event()
+        self.replay_from: dict[TopicPartition, int] = {}  # set when it resumes
 
     # -- set-up ----------------------------------------------------------------
 
@@ -236,9 +238,19 @@ class Backfiller:
                     " resume it with --from-offsets earliest"
                 )
             if existing.state == store.RUNNING:
-                await self._refuse_if_retention(
-                    consumer, tps, from_time, self.settings.dedup_window
+                # Only what is left, from where each partition resumes (review item 9).
+                resume = await plan_resume(
+                    consumer, existing, self.settings.dedup_window, self.clock
                 )
+                refusal = members_refusal(
+                    await self.metric(),
+                    resume.oldest,
+                    self.settings.member_retention,
+                    self.settings.max_lateness,
+                )
+                if refusal:
+                    raise BackfillRefused(refusal)
+                self.replay_from = resume.replay_from
             return existing
         log_starts = await self._refuse_if_retention(
             consumer, tps, from_time, self.settings.dedup_window
@@ -321,14 +333,20 @@ class Backfiller:
             if from_time is not None and window > 0
             else {tp: p.from_offset for tp, p in zip(tps, backfill.partitions, strict=True)}
         )
-        consumer.assign(tps)
+        warm.update(self.replay_from)  # a resumed backfill's, per partition left
+        # A finished partition is not read again, not even for its ids: the
+        # log may no longer hold it (review item 9).
+        left = [
+            tp
+            for tp, row in zip(tps, backfill.partitions, strict=True)
+            if row.next_offset < row.end_offset
+        ]
+        consumer.assign(left)
         for tp, row in zip(tps, backfill.partitions, strict=True):
-            position = min(warm[tp], row.next_offset)
+            position = min(warm[tp], row.next_offset) if tp in left else row.next_offset
             self.parts[tp] = _Part(tp, row, row.next_offset, position, ReplayedWindow(window))
-            consumer.seek(tp, position)
-        done = [tp for tp, part in self.parts.items() if part.done]
-        if done:
-            consumer.pause(*done)
+            if tp in left:
+                consumer.seek(tp, position)
         limits = DecodeLimits(
             max_bytes=settings.max_event_bytes,
             max_lateness_seconds=settings.max_lateness,
