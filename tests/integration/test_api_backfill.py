@@ -34,7 +34,14 @@ from tests.integration.support import (
     worker_env,
 )
 from tests.integration.test_api_support import ADMIN, READ, TOKENS, ApiProcess
-from tests.integration.test_backfill import LIVE, NEW, backfill_done, fetch, wait_started
+from tests.integration.test_backfill import (
+    LIVE,
+    NEW,
+    backfill_done,
+    fetch,
+    wait_backfill_blocked,
+    wait_started,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -78,23 +85,6 @@ async def wait_progress(dsn: str, uid: str, beyond: int) -> None:
 
 
 LOCK_VALUES = "LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE"
-
-
-async def wait_blocked(dsn: str) -> None:
-    """Until a backfill's flush waits on a lock (behind LOCK_VALUES): a
-    session that holds tally.backfills' row lock (the flush's claim) and
-    waits for another."""
-
-    async def blocked() -> bool:
-        rows = await fetch(
-            dsn,
-            "SELECT 1 FROM pg_locks AS waiting JOIN pg_locks AS held USING (pid)"
-            " WHERE NOT waiting.granted AND held.granted AND held.mode = 'RowExclusiveLock'"
-            " AND held.relation = 'tally.backfills'::regclass",
-        )
-        return bool(rows)
-
-    await wait_until(blocked, 60, "a backfill's flush to wait on the values table", interval=0.02)
 
 
 async def wait_cancel_blocked(dsn: str) -> None:
@@ -193,7 +183,7 @@ async def test_a_backfill_started_by_the_api_survives_a_server_stop_and_a_kill_a
                 twice = await client.post("/backfills", json=body, headers=ADMIN)
                 assert twice.status_code == 409, twice.text
                 assert "runs in a process of this server" in twice.json()["detail"][0]["msg"]
-                await wait_blocked(fresh_database)
+                await wait_backfill_blocked(fresh_database)
                 [first] = child_pids(server)
                 assert server.process is not None
                 os.killpg(server.process.pid, signal.SIGTERM)
@@ -219,7 +209,7 @@ async def test_a_backfill_started_by_the_api_survives_a_server_stop_and_a_kill_a
                 resumed = await client.post("/backfills", json=body, headers=ADMIN)
                 assert resumed.status_code == 202, resumed.text
                 assert resumed.json()["recordsDone"] == done
-                await wait_blocked(fresh_database)
+                await wait_backfill_blocked(fresh_database)
                 [second] = child_pids(server)
                 os.kill(second, signal.SIGKILL)
                 await wait_log(server, "backfill process exited.*outcome=killed")
@@ -275,7 +265,7 @@ async def test_a_backfill_cancelled_through_the_api_marks_its_metrics_values_par
                 await lock.execute(LOCK_VALUES)
                 started = await client.post("/backfills", json=body, headers=ADMIN)
                 assert started.status_code == 202
-                await wait_blocked(fresh_database)
+                await wait_backfill_blocked(fresh_database)
                 listed = await client.get("/backfills", headers=READ)
                 assert listed.status_code == 200
                 assert [(b["metricUid"], b["state"]) for b in listed.json()["items"]] == [

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from tally.synthetic import Workload, encoded
@@ -26,28 +24,12 @@ from tests.integration.support import (
     wait_caught_up,
     worker_env,
 )
-from tests.integration.test_backfill import LIVE, NEW, fetch, wait_started
+from tests.integration.test_backfill import LIVE, NEW, fetch, produce_at, wait_started
 from tests.integration.test_offset_gaps import delete_before
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 LOCK_VALUES = "LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE"
-
-
-async def produce_to(
-    bootstrap: str, topic: str, records: Sequence[tuple[int, int, bytes, bytes]]
-) -> None:
-    """(partition, timestamp ms, key, value) each, in order, with that record timestamp."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for partition, timestamp, key, value in records:
-            await producer.send(
-                topic, value=value, key=key, partition=partition, timestamp_ms=timestamp
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def progress(dsn: str, uid: str) -> dict[int, tuple[int, int]]:
@@ -75,7 +57,7 @@ async def test_a_resumed_backfill_ignores_retention_on_partitions_it_finished(
     base = int((now - 60) * 1000)
     before = [(1, base + i, k, v) for i, (k, v) in enumerate(messages[:6000])]
     after = [(0, base + 6000 + i, k, v) for i, (k, v) in enumerate(messages[6000:])]
-    await produce_to(kafka_bootstrap, topic, before)
+    await produce_at(kafka_bootstrap, topic, before)
     env = worker_env(kafka_bootstrap, fresh_database, topic, "g-resume")
     worker = WorkerProcess("live", env, tmp_path).start()
     backfill = WorkerProcess(
@@ -99,7 +81,7 @@ async def test_a_resumed_backfill_ignores_retention_on_partitions_it_finished(
         await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)
         # -1: partition 0 had no record yet, it is counted live from its first
         assert await wait_started(fresh_database, NEW["uid"], 2) == {0: -1, 1: 6000}
-        await produce_to(kafka_bootstrap, topic, after)  # counted live
+        await produce_at(kafka_bootstrap, topic, after)  # counted live
         await wait_caught_up(kafka_bootstrap, fresh_database, topic)
         # Stopped in its first flush, which waits on the lock: partition 1 part way.
         async with lock.transaction():
