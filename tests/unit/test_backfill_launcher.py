@@ -128,3 +128,21 @@ async def test_close_sends_sigterm_and_waits_for_every_child(tmp_path: Path) -> 
     assert launcher.current("m") is None
     with pytest.raises(LaunchRefused):
         await launcher.launch("n", "earliest")  # shutting down
+
+
+@ASYNC
+async def test_an_endless_line_does_not_stall_the_child(tmp_path: Path) -> None:
+    """Output is drained whatever the child writes (a full pipe would block
+    it): a 1 MiB line is cut, the lines after it are still read."""
+    python = fake_python(
+        tmp_path,
+        "head -c 1048576 /dev/zero | tr '\\0' x >&2\n"
+        "echo >&2\n"
+        "echo 'tally: backfill refused: no metric' >&2\n"
+        "exit 2\n",
+    )
+    launcher = ProcessLauncher(Settings(), python=python)
+    await launcher.launch("m", "earliest")
+    ended = await wait_exit(launcher, "m")
+    assert (ended.outcome, ended.reason) == ("refused", "backfill refused: no metric")
+    await launcher.close()

@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -139,6 +139,22 @@ def command(uid: str, from_spec: str, python: str = sys.executable) -> list[str]
     return [python, "-m", "tally", "backfill", *start, "run", uid]
 
 
+MAX_LINE = 16 * 1024  # longer lines are cut: the pipe is drained whatever the child writes
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
+    """The stream's lines until its end, each cut at MAX_LINE characters."""
+    pending = b""
+    while chunk := await stream.read(65536):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            yield raw[:MAX_LINE].decode(errors="replace").rstrip()
+        pending = pending[: MAX_LINE + 1]
+    if pending:
+        yield pending[:MAX_LINE].decode(errors="replace").rstrip()
+
+
 @dataclass
 class _Child:
     launch: Launch
@@ -214,17 +230,15 @@ class ProcessLauncher:
         tail: deque[str] = deque(maxlen=50)
         reason: list[str] = []
         assert process.stderr is not None
-        with contextlib.suppress(ValueError, asyncio.LimitOverrunError):  # an endless line
-            async for raw in process.stderr:
-                line = raw.decode(errors="replace").rstrip()
-                tail.append(line)
-                log.debug("backfill process output", uid=uid, pid=process.pid, line=line)
-                if line.startswith("tally: "):
-                    reason = [line.removeprefix("tally: ")]
-                elif reason and line.startswith("  "):
-                    reason.append(line)  # a refusal names each partition on a line
-                elif "telemetry listening" in line:
-                    log.info("backfill process telemetry", uid=uid, pid=process.pid, line=line)
+        async for line in _lines(process.stderr):
+            tail.append(line)
+            log.debug("backfill process output", uid=uid, pid=process.pid, line=line)
+            if line.startswith("tally: "):
+                reason = [line.removeprefix("tally: ")]
+            elif reason and line.startswith("  "):
+                reason.append(line)  # a refusal names each partition on a line
+            elif "telemetry listening" in line:
+                log.info("backfill process telemetry", uid=uid, pid=process.pid, line=line)
         code = await process.wait()
         last = next((line for line in reversed(tail) if line.startswith(f"backfill {uid}: ")), "")
         if code == 0:
