@@ -3,14 +3,13 @@
 A partition that is finished needs nothing more from the log. One that has
 not started needs what a new backfill needs: the ids of a dedup window and
 an hour before `--from` (or, from the earliest offsets, the whole
-partition). One that stopped part way counts from its stored progress and
-needs only the ids of a dedup window and an hour before the first record it
-has still to count: the live rule forgets ids older than that
-(`tally.backfill.plan.ReplayedWindow`). So retention is checked, and the id
-replay starts, from there, not from the backfill's first replay start: a
-backfill resumed long after it stopped is not refused while what it has
-still to read is retained, and it does not read again the ids of what it
-counted already.
+partition). One that stopped part way replays its ids from there too while
+the log still reaches it, as an uninterrupted run does; once retention has
+passed that point, it needs only the ids of a dedup window and an hour
+before the first record it has still to count (the live rule forgets ids
+older than that, `tally.backfill.plan.ReplayedWindow`), and its replay
+starts there. So a backfill resumed long after it stopped is not refused
+while what it has still to read is retained.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import TopicPartition
 
 from tally.backfill.checks import BackfillRefused, log_starts, retention_refusals
-from tally.backfill.plan import warm_up_time
+from tally.backfill.plan import retention_refusal, warm_up_time
 from tally.store import backfill as store
 
 READ_TIMEOUT = 60.0  # for the first record of each resumed partition
@@ -111,35 +110,48 @@ async def plan_resume(
     resumed = {
         tp: (p.next_offset, p.end_offset) for tp, p in left.items() if p.next_offset > p.from_offset
     }
+    # Where a new backfill's id replay starts (None: the whole partition).
+    # A resumed partition whose log still reaches it replays from there, as
+    # an uninterrupted run would (exact for ids re-sent again and again);
+    # only one whose log no longer does falls back to its resume point.
+    original = None if from_time is None else warm_up_time(from_time, window)
+    moved = {
+        tp
+        for tp in resumed
+        if retention_refusal(f"{tp.topic}[{tp.partition}]", starts[tp], original, window)
+    }
     times = await first_times(consumer, resumed, clock)
     needed: dict[TopicPartition, float | None] = {}
     oldest: list[float] = []
     for tp in left:
+        if tp not in moved:
+            needed[tp] = original
+        elif tp in times:  # else nothing left to count but a gap
+            needed[tp] = warm_up_time(times[tp], window)
         if tp in resumed:
-            if tp in times:  # else nothing left to count but a gap
-                needed[tp] = warm_up_time(times[tp], window)
+            if tp in times:
                 oldest.append(times[tp])
-        elif from_time is None:
-            needed[tp] = None  # the whole partition, as when it was created
-            first = starts[tp].timestamp
-            if first is not None:
-                oldest.append(first)
-        else:
-            needed[tp] = warm_up_time(from_time, window)
+        elif from_time is not None:
             oldest.append(from_time)
+        elif (first := starts[tp].timestamp) is not None:
+            oldest.append(first)
     refusal = retention_refusals(
         starts, needed, window, "what this backfill has left to read", "what it has left to count"
     )
     if refusal:
         raise BackfillRefused(refusal)
-    replay_from: dict[TopicPartition, int] = {}
     at_times = {tp: when for tp, when in needed.items() if when is not None and window > 0}
     found = await consumer.offsets_for_times(
         {tp: int(when * 1000) for tp, when in at_times.items()}
     )
+    replay_from: dict[TopicPartition, int] = {}
     for tp, p in left.items():
         if tp in at_times and found.get(tp) is not None:
             replay_from[tp] = min(found[tp].offset, p.next_offset)
+        elif window <= 0:
+            replay_from[tp] = p.next_offset  # no ids to replay
+        elif needed.get(tp, 0.0) is None or tp not in resumed:
+            replay_from[tp] = p.from_offset  # the whole partition
         else:
-            replay_from[tp] = p.next_offset if tp in resumed else p.from_offset
+            replay_from[tp] = p.next_offset
     return Resume(replay_from, min(oldest) if oldest else None)
