@@ -209,8 +209,8 @@ async def start_backfill(request: Request, principal: Admin, pool: Pool) -> Resp
     with the backfill (`starting` until the process stores it; a stored one
     that is `running` but has no process, killed or stopped, resumes). Follow
     it at the Location, `GET /backfills/{metricUid}`: a refusal the process
-    finds later (retention) is its `lastError`, or, before anything is
-    stored, the 404's message."""
+    finds later (retention) is its `lastError`, also when it ended before
+    storing anything (state `failed`)."""
     document = require_object(await read_json(request))
     wanted = _parse_start(document)
     uid = wanted.metric_uid
@@ -242,7 +242,7 @@ async def start_backfill(request: Request, principal: Admin, pool: Pool) -> Resp
             stored = (
                 '{"fromOffsets": "earliest"}'
                 if existing.from_time is None
-                else f'{{"from": "{existing.from_spec}"}}'
+                else f'{{"from": "{_iso(existing.from_time)}"}}'
             )
             raise _conflict(
                 ["body", "from" if wanted.from_ is not None else "fromOffsets"],
