@@ -241,6 +241,17 @@ class Settings(BaseModel):
         description="API bearer tokens, comma-separated NAME:SCOPE:SHA256HEX (scope read, ingest or admin); "
         "only hashes are configured: `tally api hash-token` makes one",
     )
+    backfill_flush_records: int = Field(
+        200_000,
+        ge=1,
+        description="a backfill flushes at least every this many records read (also every"
+        " flush_interval); tally backfill --flush-records",
+    )
+    backfill_database_url: str = Field(
+        "",
+        description="PostgreSQL DSN of the backfills the API starts (POST /backfills), with the"
+        " worker's grants; empty: database_url",
+    )
     with_api: bool = Field(False, description="also serve the HTTP API from this worker process")
     migrate: bool = Field(
         True,
@@ -335,9 +346,11 @@ class Settings(BaseModel):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "backfill_database_url")
     @classmethod
-    def _dsn(cls, value: str) -> str:
+    def _dsn(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "backfill_database_url" and value == "":
+            return value
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (a libpq URI)")
         return value
@@ -455,7 +468,7 @@ def load_settings(
             name = str(error["loc"][0]) if error["loc"] else "?"
             where = source.get(name, f"{flag_name(name)} / {env_name(name)}")
             shown = error.get("input")
-            if name == "database_url" and isinstance(shown, str):
+            if name in ("database_url", "backfill_database_url") and isinstance(shown, str):
                 shown = redact_url(shown)
             message = str(error["msg"]).removeprefix("Value error, ")
             lines.append(f"{where}: {message} (got {shown!r})")

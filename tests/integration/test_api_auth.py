@@ -60,9 +60,10 @@ def operations(api: Api) -> list[tuple[str, str, bool]]:
                     url += "?customerId=acme&periodType=rolling&periodValue=7-day"
                 found.append((method.upper(), url, method != "get"))
     # POST /events and POST /events/explain included, the usage query and
-    # summary, the three backfill operations; then the external values
-    # endpoint and the four seed paths (Exante twice, Squad, Cuoral).
-    assert len(found) == 20
+    # summary, the four backfill operations (POST /backfills starts one);
+    # then the external values endpoint and the four seed paths (Exante
+    # twice, Squad, Cuoral).
+    assert len(found) == 21
     return found
 
 

@@ -7,12 +7,14 @@ import asyncio
 import json
 import random
 import signal
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from tally.synthetic import Workload, encoded, metric_definitions
@@ -75,6 +77,43 @@ async def backfill_done(dsn: str, uid: str) -> tuple[int, int]:
         uid,
     )
     return int(rows[0]["done"]), int(rows[0]["total"])
+
+
+async def wait_backfill_blocked(dsn: str) -> None:
+    """Until a backfill's flush is in its transaction and waits on a lock
+    (the values table a test holds): a session holding tally.backfills' row
+    lock (the flush's claim, its first statement) that waits for another."""
+
+    async def blocked() -> bool:
+        rows = await fetch(
+            dsn,
+            "SELECT 1 FROM pg_locks AS waiting JOIN pg_locks AS held USING (pid)"
+            " WHERE NOT waiting.granted AND held.granted AND held.mode = 'RowExclusiveLock'"
+            " AND held.relation = 'tally.backfills'::regclass",
+        )
+        return bool(rows)
+
+    await wait_until(blocked, 60, "a backfill's flush to wait on a lock", interval=0.02)
+
+
+async def produce_at(
+    bootstrap: str,
+    topic: str,
+    records: Sequence[tuple[int | None, int, bytes | None, bytes | None]],
+) -> None:
+    """(partition or None for the key's, timestamp ms, key, value) each, in
+    order, with that record timestamp: tests that cut by time do not depend
+    on the producer's clock."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for partition, timestamp, key, value in records:
+            await producer.send(
+                topic, value=value, key=key, partition=partition, timestamp_ms=timestamp
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 def keyed(document: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -177,7 +216,7 @@ async def test_backfill_from_the_start_while_workers_run_and_sigkilled_twice_is_
             await lock.execute("LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE")
             backfill.start()
             await backfill.wait_log("backfill flush started", timeout=60)
-            await asyncio.sleep(0.3)
+            await wait_backfill_blocked(fresh_database)
             backfill.kill()
         assert (await backfill_done(fresh_database, NEW["uid"]))[0] == 0
         # Kill 2: after some flushes committed, again in the middle of one.
@@ -192,7 +231,7 @@ async def test_backfill_from_the_start_while_workers_run_and_sigkilled_twice_is_
             await lock.execute("LOCK TABLE tally.metric_values IN ACCESS EXCLUSIVE MODE")
             mark = len(backfill.current_log())
             await backfill.wait_log("backfill flush started", timeout=60, since=mark)
-            await asyncio.sleep(0.3)
+            await wait_backfill_blocked(fresh_database)
             done, total = await backfill_done(fresh_database, NEW["uid"])
             backfill.kill()
         assert 0 < done < total
@@ -405,13 +444,19 @@ async def test_backfill_from_a_time_catches_ids_first_seen_before_it(
     rng.shuffle(after)
     env = worker_env(kafka_bootstrap, fresh_database, topic, "g-from")
     worker = WorkerProcess("live", env, tmp_path).start()
+    # Record timestamps are given: `before` from 30 s ago, 1 ms apart,
+    # `after` from --from on, 10 s later (events are at most now - 60 s).
+    base = int(datetime.now(UTC).timestamp() * 1000) - 30_000
+    since = datetime.fromtimestamp((base + 10_000) / 1000, UTC)
+    cut_ms = base + 10_000
     try:
         await worker.wait_log("partition ready")
-        await produce(kafka_bootstrap, topic, before)
-        await asyncio.sleep(1.5)
-        since = datetime.now(UTC)
-        await asyncio.sleep(0.5)
-        await produce(kafka_bootstrap, topic, after)
+        await produce_at(
+            kafka_bootstrap, topic, [(None, base + i, k, v) for i, (k, v) in enumerate(before)]
+        )
+        await produce_at(
+            kafka_bootstrap, topic, [(None, cut_ms + i, k, v) for i, (k, v) in enumerate(after)]
+        )
         await wait_caught_up(kafka_bootstrap, fresh_database, topic)
         await apply_metrics(fresh_database, [*LIVE, NEW], tmp_path)
         starts = await wait_started(fresh_database, NEW["uid"], 2)
@@ -431,7 +476,7 @@ async def test_backfill_from_a_time_catches_ids_first_seen_before_it(
         key=lambda r: (r.partition, r.offset),
     )
     # Independently: the first copy of each id, kept when it is at or after --from.
-    cut = since.timestamp() * 1000
+    cut = cut_ms
     seen: set[str] = set()
     counted = []
     for record in records:

@@ -41,7 +41,8 @@ GRANTS: dict[str, dict[str, set[str]]] = {
     "parked_dead_letters_id_seq": {"tally_worker": {"USAGE"}},
     "metric_revision": {},  # no longer drawn from
     "metric_starts": {"tally_worker": {SEL, INS}},
-    "metrics_before_starts": {"tally_worker": {SEL}},  # a backfill refuses these
+    # a backfill refuses these; so does POST /backfills, before it starts one (0010)
+    "metrics_before_starts": {"tally_worker": {SEL}, "tally_api": {SEL}},
     # A backfill runs as tally_worker; the API reads status, cancels (UPDATE of
     # three columns only, a column grant: test_the_api_cancels_...), marks partial values.
     "backfills": {"tally_worker": {SEL, INS, UPD}, "tally_api": {SEL}, "tally_reader": {SEL}},

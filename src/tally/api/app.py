@@ -33,6 +33,7 @@ from tally.api.compat import cuoral, exante, squad
 from tally.api.deps import JSON
 from tally.api.openapi_document import build as build_openapi
 from tally.api.openapi_document import render as render_openapi
+from tally.backfill.launcher import Launcher, ProcessLauncher
 from tally.config import Settings
 from tally.ingest import routes as routes_events
 from tally.ingest.service import Ingest, build_ingest
@@ -54,12 +55,18 @@ class TallyApi(FastAPI):
 
 
 def create_app(
-    settings: Settings, pool: asyncpg.Pool | None = None, ingest: Ingest | None = None
+    settings: Settings,
+    pool: asyncpg.Pool | None = None,
+    ingest: Ingest | None = None,
+    launcher: Launcher | None = None,
 ) -> FastAPI:
     """The API over `settings.database_url` (or `pool`), with `settings.api_tokens`;
-    POST /events through `ingest` (by default one on a registry of its own)."""
+    POST /events through `ingest` (by default one on a registry of its own);
+    POST /backfills through `launcher` (by default child processes, counted
+    on the ingest's registry). The app's shutdown closes both."""
     authenticator = Authenticator(settings.api_tokens)
     events = ingest or build_ingest(settings, CollectorRegistry())
+    backfills = launcher or ProcessLauncher(settings, events.telemetry.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +74,10 @@ def create_app(
             async with _serving(app):
                 yield
         finally:
-            await events.close()
+            try:
+                await backfills.close()  # SIGTERM: they flush and exit, resumable
+            finally:
+                await events.close()
 
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +114,7 @@ def create_app(
     app.state.pool = pool
     app.state.authenticator = authenticator
     app.state.ingest = events
+    app.state.launcher = backfills
     app.state.settings = settings
     errors.install(app)
     app.include_router(routes_health.router)

@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 from tally import __version__
 from tally.api.compat import schemas as compat_schemas
 from tally.api.models import AdjustmentRequest
+from tally.api.routes_backfill import StartBackfillRequest
 from tally.contracts.external import ExternalValueBody
 from tally.contracts.metric import MUTABLE_FIELDS, UsageMetricDefinition, field_alias
 
@@ -112,6 +113,7 @@ def _body_components() -> dict[str, Any]:
             (UsageMetricDefinition, "validation"),
             (AdjustmentRequest, "validation"),
             (ExternalValueBody, "validation"),
+            (StartBackfillRequest, "validation"),
         ],
         by_alias=True,
         ref_template="#/components/schemas/{model}",

@@ -99,7 +99,11 @@ class LogStart:
 
 
 def retention_refusal(
-    partition: str, start: LogStart, needed_time: float | None, window_seconds: float
+    partition: str,
+    start: LogStart,
+    needed_time: float | None,
+    window_seconds: float,
+    before: str = "--from",
 ) -> str | None:
     """Why the retained log does not reach what the backfill needs, or None.
 
@@ -119,7 +123,7 @@ def retention_refusal(
         else ""
     )
     needs = (
-        f" (it needs the ids of the dedup window before --from, from {iso(needed_time)})"
+        f" (it needs the ids of the dedup window before {before}, from {iso(needed_time)})"
         if needed_time is not None
         else " (it needs the whole partition)"
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import socket
 import sys
@@ -35,39 +34,40 @@ from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from tally.backfill.checks import (
+    BackfillRefused,
+    check_metric,
+    log_starts,
+    members_refusal,
+    retention_refusals,
+)
 from tally.backfill.plan import (
     LogStart,
     Progress,
     ReplayedWindow,
     iso,
-    retention_refusal,
     time_runs,
     warm_up_time,
 )
+from tally.backfill.resume import plan_resume
 from tally.backfill.telemetry import BackfillTelemetry
 from tally.config import Settings
-from tally.contracts.metric import AggregationType, UsageMetric
+from tally.contracts.metric import UsageMetric
 from tally.core.engine import Core, Deltas, new_core
 from tally.core.events import DecodeLimits
-from tally.core.metrics import MetricIndex, is_external
+from tally.core.metrics import MetricIndex
 from tally.errors import is_transient
 from tally.kafka.records import partition_count
 from tally.store import backfill as store
-from tally.store.definitions import list_metrics
 from tally.store.flush import write_flush
 from tally.store.pool import DATABASE_ERRORS
 from tally.telemetry.logs import Log
-from tally.worker.definitions import runnable
 
 log = Log("tally.backfill")
 
 EARLIEST = "earliest"
 FLUSH_ATTEMPTS = 30  # transient failures in a row before a flush gives up (about 4 min)
 MAX_PENDING_RECORDS = 200_000  # flush at least this often, so a kill loses little
-
-
-class BackfillRefused(Exception):
-    """The backfill cannot start (or resume) as asked; the message says why and what can."""
 
 
 @dataclass(slots=True)
@@ -109,41 +109,13 @@ class Backfiller:
         self.applied_events = 0  # events applied and flushed
         self.started = self.clock()
         self.stop = asyncio.Event()
+        self.replay_from: dict[TopicPartition, int] = {}  # set when it resumes
 
     # -- set-up ----------------------------------------------------------------
 
     async def metric(self) -> UsageMetric:
         async with self.pool.acquire() as connection:
-            metrics = {m.uid: m for m in await list_metrics(connection)}
-        metric = metrics.get(self.uid)
-        if metric is None:
-            raise BackfillRefused(f"no metric {self.uid!r}: create it first (tally metrics apply)")
-        if metric.deleted_at is not None:
-            raise BackfillRefused(
-                f"metric {self.uid!r} is deleted; a deleted metric is not backfilled"
-            )
-        if is_external(metric):
-            raise BackfillRefused(
-                f"metric {self.uid!r} is EXTERNAL: its values come from the API, not from"
-                " events, so there is nothing to backfill"
-            )
-        runs, refused = runnable([metric])
-        if not runs:
-            reason = refused[0] if refused else None
-            raise BackfillRefused(
-                f"the live workers refuse metric {self.uid!r}"
-                + ("" if reason is None else f" ({reason.reason}: {reason.detail})")
-                + "; fix its definition first"
-            )
-        async with self.pool.acquire() as connection:
-            predates = await store.predates_starts(connection, self.uid)
-        if predates:
-            raise BackfillRefused(
-                f"metric {self.uid!r} existed before migration 0008: workers counted it live"
-                " before they recorded where they started it, so a backfill would count those"
-                " records twice. Create it under a new uid and backfill that"
-            )
-        return metric
+            return await check_metric(connection, self.uid)
 
     def from_time(self) -> float | None:
         if self.from_spec == EARLIEST:
@@ -197,19 +169,6 @@ class Backfiller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=1.0)
 
-    async def _log_starts(
-        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-    ) -> dict[TopicPartition, LogStart]:
-        begins = await consumer.beginning_offsets(tps)
-        firsts = await consumer.offsets_for_times({tp: 0 for tp in tps})
-        return {
-            tp: LogStart(
-                begins[tp],
-                None if firsts.get(tp) is None else firsts[tp].timestamp / 1000,
-            )
-            for tp in tps
-        }
-
     async def _refuse_if_retention(
         self,
         consumer: AIOKafkaConsumer,
@@ -217,24 +176,16 @@ class Backfiller:
         from_time: float | None,
         window: float,
     ) -> dict[TopicPartition, LogStart]:
-        starts = await self._log_starts(consumer, tps)
+        starts = await log_starts(consumer, tps)
         needed = None if from_time is None else warm_up_time(from_time, window)
-        reasons = [
-            reason
-            for tp in tps
-            if (
-                reason := retention_refusal(
-                    f"{tp.topic}[{tp.partition}]", starts[tp], needed, window
-                )
-            )
-        ]
-        if reasons:
-            raise BackfillRefused(
-                "the retained log no longer reaches "
-                + ("the start of the topic" if from_time is None else f"--from {iso(from_time)}")
-                + ":\n  "
-                + "\n  ".join(reasons)
-            )
+        refusal = retention_refusals(
+            starts,
+            {tp: needed for tp in tps},
+            window,
+            "the start of the topic" if from_time is None else f"--from {iso(from_time)}",
+        )
+        if refusal:
+            raise BackfillRefused(refusal)
         return starts
 
     async def _offsets_at(
@@ -245,31 +196,18 @@ class Backfiller:
         return {tp: ends[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
 
     async def _refuse_if_members_expire(
-        self, from_time: float | None, log_starts: dict[TopicPartition, LogStart]
+        self, from_time: float | None, starts: dict[TopicPartition, LogStart]
     ) -> None:
-        """A UNIQUE backfill must not write members of periods the worker's
-        retention deletes: a later flush would insert and count them again
-        (review item 10). The oldest event it counts may be `max_lateness`
-        older than its record."""
-        metric = await self.metric()
-        retention = self.settings.member_retention
-        if metric.aggregation_type is not AggregationType.UNIQUE or retention <= 0:
-            return
         if from_time is None:
-            known = [s.timestamp for s in log_starts.values() if s.timestamp is not None]
-            if not known:
-                return
-            oldest = min(known)
+            known = [s.timestamp for s in starts.values() if s.timestamp is not None]
+            oldest = min(known) if known else None
         else:
             oldest = from_time
-        limit = time.time() - retention + self.settings.max_lateness
-        if oldest < limit:
-            raise BackfillRefused(
-                f"metric {self.uid!r} is UNIQUE and this backfill would count records from"
-                f" {iso(oldest)}: members of periods that old are deleted by retention"
-                f" (TALLY_MEMBER_RETENTION), so they could be counted twice. Use --from"
-                f" {iso(math.ceil(limit))} or later"
-            )
+        refusal = members_refusal(
+            await self.metric(), oldest, self.settings.member_retention, self.settings.max_lateness
+        )
+        if refusal:
+            raise BackfillRefused(refusal)
 
     async def prepare(self, consumer: AIOKafkaConsumer) -> store.Backfill:
         """The stored backfill (created now if new), after every refusal check."""
@@ -300,9 +238,19 @@ class Backfiller:
                     " resume it with --from-offsets earliest"
                 )
             if existing.state == store.RUNNING:
-                await self._refuse_if_retention(
-                    consumer, tps, from_time, self.settings.dedup_window
+                # Only what is left, from where each partition resumes (review item 9).
+                resume = await plan_resume(
+                    consumer, existing, self.settings.dedup_window, self.clock
                 )
+                refusal = members_refusal(
+                    await self.metric(),
+                    resume.oldest,
+                    self.settings.member_retention,
+                    self.settings.max_lateness,
+                )
+                if refusal:
+                    raise BackfillRefused(refusal)
+                self.replay_from = resume.replay_from
             return existing
         log_starts = await self._refuse_if_retention(
             consumer, tps, from_time, self.settings.dedup_window
@@ -361,6 +309,9 @@ class Backfiller:
             backfill = await self.prepare(consumer)
             if backfill.state != store.RUNNING:
                 return backfill
+            if backfill.last_error is not None:  # this run reads again
+                async with self.pool.acquire() as connection:
+                    await store.record_error(connection, self.uid, None)
             await self._read(consumer, core, backfill, stop)
         finally:
             await consumer.stop()
@@ -382,14 +333,20 @@ class Backfiller:
             if from_time is not None and window > 0
             else {tp: p.from_offset for tp, p in zip(tps, backfill.partitions, strict=True)}
         )
-        consumer.assign(tps)
+        warm.update(self.replay_from)  # a resumed backfill's, per partition left
+        # A finished partition is not read again, not even for its ids: the
+        # log may no longer hold it (review item 9).
+        left = [
+            tp
+            for tp, row in zip(tps, backfill.partitions, strict=True)
+            if row.next_offset < row.end_offset
+        ]
+        consumer.assign(left)
         for tp, row in zip(tps, backfill.partitions, strict=True):
-            position = min(warm[tp], row.next_offset)
+            position = min(warm[tp], row.next_offset) if tp in left else row.next_offset
             self.parts[tp] = _Part(tp, row, row.next_offset, position, ReplayedWindow(window))
-            consumer.seek(tp, position)
-        done = [tp for tp, part in self.parts.items() if part.done]
-        if done:
-            consumer.pause(*done)
+            if tp in left:
+                consumer.seek(tp, position)
         limits = DecodeLimits(
             max_bytes=settings.max_event_bytes,
             max_lateness_seconds=settings.max_lateness,

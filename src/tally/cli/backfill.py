@@ -64,8 +64,9 @@ def register(sub: Any) -> None:
         "--flush-records",
         dest="flush_records",
         type=positive_int,
-        default=200_000,
-        help="flush at least every N records read (default 200000; also every TALLY_FLUSH_INTERVAL)",
+        default=None,
+        help="flush at least every N records read (default TALLY_BACKFILL_FLUSH_RECORDS, 200000;"
+        " also every TALLY_FLUSH_INTERVAL)",
     )
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.set_defaults(handler=backfill, fields=FIELDS)
@@ -87,7 +88,8 @@ async def backfill(args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace, uid: str) -> int:
-    from tally.backfill.runner import EARLIEST, Backfiller, BackfillRefused
+    from tally.backfill.checks import BackfillRefused
+    from tally.backfill.runner import EARLIEST, Backfiller
     from tally.cli.commands import stop_on_signals
     from tally.store import backfill as store
     from tally.store.migrate import check_schema
@@ -113,7 +115,7 @@ async def run(args: argparse.Namespace, uid: str) -> int:
             EARLIEST if args.from_offsets else args.since,
             registry=registry,
             wait_for_start=args.wait,
-            flush_records=args.flush_records,
+            flush_records=args.flush_records or settings.backfill_flush_records,
         )
 
         async def ready() -> tuple[bool, str]:
@@ -129,11 +131,13 @@ async def run(args: argparse.Namespace, uid: str) -> int:
         try:
             final = await backfiller.run(stop)
         except BackfillRefused as exc:
+            await _record_error(pool, uid, f"backfill refused: {exc}")
             raise UserError(f"backfill refused: {exc}") from exc
         except store.Cancelled:
             print(f"backfill {uid}: cancelled; the values stay marked partial", file=sys.stderr)
             return 4
         except store.Moved as exc:
+            await _record_error(pool, uid, str(exc))
             raise UserError(
                 f"backfill {uid}: {exc} (is another `tally backfill {uid}` running?)"
             ) from exc
@@ -153,6 +157,19 @@ async def run(args: argparse.Namespace, uid: str) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+async def _record_error(pool: Any, uid: str, message: str) -> None:
+    """On the backfill's row, if it has one, for GET /backfills and status: a
+    run started by the API has no terminal to print on (best effort)."""
+    from tally.store import backfill as store
+    from tally.store.pool import DATABASE_ERRORS
+
+    try:
+        async with pool.acquire() as connection:
+            await store.record_error(connection, uid, message)
+    except DATABASE_ERRORS as exc:
+        print(f"backfill {uid}: could not store the error ({exc})", file=sys.stderr)
 
 
 async def status(args: argparse.Namespace, uid: str | None) -> int:

@@ -50,7 +50,14 @@ WORKER = [
     "retention_pause",
     "worker_id",
 ]
-API = ["api_host", "api_port", "api_tokens", "database_timeout", "lock_timeout"]
+API = [
+    "api_host",
+    "api_port",
+    "api_tokens",
+    "database_timeout",
+    "lock_timeout",
+    "backfill_database_url",
+]
 # What POST /events reads: the topic, and the worker's decode limits.
 INGEST = ["kafka_bootstrap", "topic", "max_event_bytes", "max_lateness", "max_future_skew"]
 

@@ -77,6 +77,8 @@ class Backfill:
     updated_at: datetime
     finished_at: datetime | None
     partitions: tuple[BackfillPartition, ...]
+    last_error: str | None = None  # why its last run stopped short (migration 0010)
+    last_error_at: datetime | None = None
 
     @property
     def total(self) -> int:
@@ -98,6 +100,8 @@ def document(b: Backfill) -> dict[str, Any]:
         "createdAt": b.created_at.isoformat(),
         "updatedAt": b.updated_at.isoformat(),
         "finishedAt": b.finished_at.isoformat() if b.finished_at else None,
+        "lastError": b.last_error,
+        "lastErrorAt": b.last_error_at.isoformat() if b.last_error_at else None,
         "partitions": [
             {
                 "topic": p.topic,
@@ -155,6 +159,8 @@ async def list_backfills(connection: Connection, uid: str | None = None) -> list
             h["updated_at"],
             h["finished_at"],
             tuple(by_uid.get(h["metric_uid"], ())),
+            h.get("last_error"),
+            h.get("last_error_at"),
         )
         for h in heads
     ]
@@ -271,6 +277,19 @@ async def finish(connection: Connection, uid: str, owner: str) -> bool:
             uid,
             owner,
         )
+    )
+
+
+async def record_error(connection: Connection, uid: str, message: str | None) -> None:
+    """Store why this backfill's run stopped short (None: clear it, a run is
+    reading again). The API shows it, so a refusal found by a process the API
+    started is not only in that process's output."""
+    await connection.execute(
+        "UPDATE tally.backfills SET last_error = $2,"
+        " last_error_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END"
+        " WHERE metric_uid = $1",
+        uid,
+        message,
     )
 
 

@@ -1,0 +1,191 @@
+"""`POST /backfills` refusing what a backfill refuses at once (issue 16),
+against the real database; the launcher is a fake that records what it was
+asked to start (the real child processes: test_api_backfill.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tally.api.app import create_app
+from tally.backfill.launcher import Exit, Launch
+from tally.config import Settings
+from tally.contracts.metric import parse_metric
+from tally.store.definitions import apply_definitions
+from tally.store.migrate import migrate, migrations
+from tally.store.pool import connect, create_pool
+from tests.integration.test_api_support import ADMIN, READ, TOKENS, error_locs
+from tests.integration.test_backfill import LIVE, NEW
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+EXTERNAL = {
+    "uid": "total_ar",
+    "name": "Total AR",
+    "source": "EXTERNAL",
+    "aggregationType": "SUM",
+    "timeUnits": ["day"],
+}
+OLD = LIVE[0]  # created before migration 0008
+
+
+@dataclass
+class FakeLauncher:
+    started: list[tuple[str, str]] = field(default_factory=list)
+    live: dict[str, Launch] = field(default_factory=dict)
+    exits: dict[str, Exit] = field(default_factory=dict)
+
+    def current(self, uid: str) -> Launch | None:
+        return self.live.get(uid)
+
+    def launches(self) -> dict[str, Launch]:
+        return dict(self.live)
+
+    def last_exit(self, uid: str) -> Exit | None:
+        return self.exits.get(uid)
+
+    async def launch(self, uid: str, from_spec: str) -> Launch:
+        self.started.append((uid, from_spec))
+        self.live[uid] = Launch(from_spec, datetime.now(UTC), 4242)
+        return self.live[uid]
+
+    async def close(self) -> None:
+        self.live.clear()
+
+
+@dataclass
+class Served:
+    client: httpx.AsyncClient
+    launcher: FakeLauncher
+
+    async def start(self, body: Any, headers: dict[str, str] = ADMIN) -> httpx.Response:
+        return await self.client.post("/backfills", json=body, headers=headers)
+
+
+@pytest_asyncio.fixture
+async def api(fresh_database: str) -> AsyncIterator[Served]:
+    """OLD existed before migration 0008 (as an upgrade leaves it); NEW and
+    EXTERNAL were created after; a deleted metric too."""
+    before = next(m.version for m in migrations() if m.name == "backfill") - 1
+    connection = await connect(fresh_database)
+    try:
+        await migrate(connection, up_to=before)
+        await apply_definitions(connection, [parse_metric(OLD)])
+        await migrate(connection)
+        gone = {**NEW, "uid": "gone_users"}
+        await apply_definitions(connection, [parse_metric(d) for d in (NEW, EXTERNAL, gone)])
+        await connection.execute(
+            "UPDATE tally.metrics SET deleted_at = now() WHERE uid = 'gone_users'"
+        )
+    finally:
+        await connection.close()
+    pool = await create_pool(fresh_database, min_size=1, max_size=4)
+    launcher = FakeLauncher()
+    try:
+        app = create_app(
+            Settings(database_url=fresh_database, api_tokens=TOKENS), pool, None, launcher
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tally.test") as client:
+            yield Served(client, launcher)
+    finally:
+        await pool.close()
+
+
+async def test_start_needs_an_admin_token_and_exactly_one_start(api: Served) -> None:
+    body = {"metricUid": NEW["uid"], "fromOffsets": "earliest"}
+    assert (await api.client.post("/backfills", json=body)).status_code == 401
+    assert (await api.start(body, READ)).status_code == 403
+    neither = await api.start({"metricUid": NEW["uid"]})
+    assert neither.status_code == 422
+    assert error_locs(neither) == [["body", "from"], ["body", "fromOffsets"]]
+    both = await api.start({**body, "from": "2026-12-01T00:00:00Z"})
+    assert both.status_code == 422
+    assert error_locs(both) == [["body", "from"], ["body", "fromOffsets"]]
+    assert "not both" in both.json()["detail"][0]["msg"]
+    cases: list[tuple[Any, list[Any]]] = [
+        ({"metricUid": NEW["uid"], "from": "yesterday"}, ["body", "from"]),
+        ({"metricUid": NEW["uid"], "from": "2026-12-01T00:00:00"}, ["body", "from"]),  # no offset
+        ({"metricUid": NEW["uid"], "fromOffsets": "latest"}, ["body", "fromOffsets"]),
+        ({"fromOffsets": "earliest"}, ["body", "metricUid"]),
+        ({**body, "metricUid": "a\u0000b"}, ["body", "metricUid"]),
+        ({**body, "wait": 3}, ["body", "wait"]),
+        ([body], ["body"]),
+    ]
+    cases.append(
+        ({"metricUid": NEW["uid"], "from": None, "fromOffsets": "earliest"}, ["body", "from"])
+    )
+    for wrong, loc in cases:
+        refused = await api.start(wrong)
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert loc in error_locs(refused), (wrong, refused.text)
+    text = await api.client.post(
+        "/backfills", content=b"{", headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert text.status_code == 422
+    assert api.launcher.started == []
+
+
+async def test_start_refuses_what_a_backfill_refuses_at_once(api: Served) -> None:
+    said = {
+        "nothing": (404, "no metric 'nothing': create it first"),
+        EXTERNAL["uid"]: (409, "metric 'total_ar' is EXTERNAL: its values come from the API"),
+        "gone_users": (409, "metric 'gone_users' is deleted"),
+        OLD["uid"]: (409, f"metric '{OLD['uid']}' existed before migration 0008"),
+    }
+    for uid, (status, message) in said.items():
+        refused = await api.start({"metricUid": uid, "fromOffsets": "earliest"})
+        assert refused.status_code == status, refused.text
+        assert error_locs(refused) == [["body", "metricUid"]]
+        assert message in refused.json()["detail"][0]["msg"]
+    assert api.launcher.started == []
+
+
+async def test_start_launches_once_and_shows_it_starting_then_how_it_ended(api: Served) -> None:
+    uid = NEW["uid"]
+    started = await api.start({"metricUid": uid, "from": "2026-12-01T00:00:00+01:00"})
+    assert started.status_code == 202, started.text
+    assert started.headers["location"] == f"/backfills/{uid}"
+    shown = started.json()
+    assert (shown["state"], shown["from"], shown["partitions"]) == (
+        "starting",
+        "2026-11-30T23:00:00Z",
+        [],
+    )
+    assert api.launcher.started == [(uid, "2026-11-30T23:00:00Z")]
+    again = await api.start({"metricUid": uid, "fromOffsets": "earliest"})
+    assert again.status_code == 409
+    assert "runs in a process of this server" in again.json()["detail"][0]["msg"]
+    one = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert one.status_code == 200
+    assert one.json()["state"] == "starting"
+    listed = await api.client.get("/backfills", headers=READ)
+    assert [b["metricUid"] for b in listed.json()["items"]] == [uid]
+    assert (await api.client.post(f"/backfills/{uid}/cancel", headers=ADMIN)).status_code == 409
+    # The process refused before storing anything (retention, say): failed, and why.
+    api.launcher.live.clear()
+    api.launcher.exits[uid] = Exit(
+        "2026-11-30T23:00:00Z",
+        2,
+        "refused",
+        "backfill refused: the retained log no longer reaches",
+        datetime.now(UTC),
+    )
+    failed = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert failed.status_code == 200
+    assert failed.json()["state"] == "failed"
+    message = failed.json()["lastError"]
+    assert "ended refused (exit status 2" in message
+    assert "the retained log no longer reaches" in message
+    cancel = await api.client.post(f"/backfills/{uid}/cancel", headers=ADMIN)
+    assert cancel.status_code == 409
+    assert "is failed: nothing is stored" in cancel.json()["detail"][0]["msg"]
+    missing = await api.client.get("/backfills/nothing", headers=READ)
+    assert missing.status_code == 404
+    assert api.launcher.started == [(uid, "2026-11-30T23:00:00Z")]
