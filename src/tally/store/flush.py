@@ -245,16 +245,11 @@ class PartitionFlush:
     records: int = 0
     duplicates: int = 0
     dead_letters: int = 0
-    # Metric uid -> offset, of metrics this flush is the first to include
-    # ((uid, offset) pairs are taken too).
+    # Metric uid -> offset, of metrics this flush is the first to include.
     starts: Mapping[str, int] = field(default_factory=dict)
     # The epoch this writer loaded or last flushed (None: not compared; for
     # writers that own the row by construction, benches and tests).
     expected_epoch: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.starts, Mapping):
-            object.__setattr__(self, "starts", dict(self.starts))
 
 
 @dataclass(frozen=True, slots=True)
