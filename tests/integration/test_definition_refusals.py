@@ -13,13 +13,16 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry
 
 from tally.contracts.metric import parse_metric
+from tally.core.engine import new_core
 from tally.core.metrics import MetricIndex
-from tally.store.definitions import apply_definitions
+from tally.store.definitions import apply_definitions, delete_metric
 from tally.store.migrate import migrate
 from tally.store.pool import create_pool
-from tally.worker.definitions import DefinitionWatcher
+from tally.telemetry.instruments import Telemetry
+from tally.worker.definitions import DefinitionWatcher, LiveMetrics
 from tests.integration.test_api_support import ADMIN, READ, open_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -83,6 +86,26 @@ async def test_a_definition_with_an_unknown_zone_is_refused_and_the_rest_load(
     assert await watcher.refresh()
     assert set(indexes[-1].by_uid) == {"good", "also_good"}
     assert {r.uid for r in watcher.refused} == {"on_mars", "broken"}
+
+
+async def test_the_refused_gauge_shows_a_refusal_and_clears_on_the_next_change(
+    pool: asyncpg.Pool,
+) -> None:
+    registry = CollectorRegistry()
+    metrics = LiveMetrics(new_core(), {}, Telemetry(registry))
+    watcher = DefinitionWatcher(pool, metrics.changed, on_refused=metrics.refused)
+    labels = {"metric": "on_mars", "reason": "unknown_timezone"}
+    async with pool.acquire() as connection:
+        await store_raw(connection, MARS)
+    assert await watcher.refresh()
+    assert registry.get_sample_value("tally_metrics_refused", labels) == 1
+    assert registry.get_sample_value("tally_metrics_live") == 1  # good runs
+
+    async with pool.acquire() as connection:
+        assert await delete_metric(connection, "on_mars")
+    assert await watcher.refresh()
+    assert registry.get_sample_value("tally_metrics_refused", labels) is None
+    assert registry.get_sample_value("tally_metrics_live") == 1
 
 
 async def test_a_deleted_definition_that_cannot_run_is_not_reported(pool: asyncpg.Pool) -> None:

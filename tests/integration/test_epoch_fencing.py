@@ -49,9 +49,9 @@ async def test_a_start_only_flush_fences_a_zombie_that_loaded_the_same_offset(
     offset_b, epoch_b = await load_partition_into(db, "t", 0, None, None, 0.0)
     assert offset_a == offset_b == 100
     assert epoch_a != epoch_b
-    b = PartitionFlush("t", 0, 100, 100, None, starts=(("m", 100),), expected_epoch=epoch_b)
+    b = PartitionFlush("t", 0, 100, 100, None, starts={"m": 100}, expected_epoch=epoch_b)
     result = await write_flush(db, [b], nothing(), "B")
-    a = PartitionFlush("t", 0, 100, 160, None, starts=(("m", 130),), expected_epoch=epoch_a)
+    a = PartitionFlush("t", 0, 100, 160, None, starts={"m": 130}, expected_epoch=epoch_a)
     with pytest.raises(Fenced):
         await write_flush(db, [a], nothing(), "A")
     assert await stored(db) == (100, {"m": 100})
@@ -67,7 +67,7 @@ async def test_a_load_alone_fences_an_earlier_loader(db: Connection) -> None:
     """Before any flush of the new owner: its load bumped the epoch."""
     _, epoch_a = await load_partition_into(db, "t", 0, None, None, 0.0)
     await load_partition_into(db, "t", 0, None, None, 0.0)
-    zombie = PartitionFlush("t", 0, -1, 50, None, starts=(("m", -1),), expected_epoch=epoch_a)
+    zombie = PartitionFlush("t", 0, -1, 50, None, starts={"m": -1}, expected_epoch=epoch_a)
     with pytest.raises(Fenced):
         await write_flush(db, [zombie], nothing(), "A")
     assert await stored(db) == (-1, {})

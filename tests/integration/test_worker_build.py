@@ -34,7 +34,8 @@ async def test_the_parts_of_a_built_worker_are_shared_not_built_twice(
         assert flush.dead_letters.producer is worker.producer
         assert flush.store.pool is worker.pool
         assert flush.members is flush.store.members is worker.members
-        assert flush.kafka.__self__.consumer is worker.consumer
+        assert flush.kafka is not None
+        assert flush.kafka.consumer is worker.consumer
         assert worker.health.flush_started == flush.started_at
         assert worker.watcher.on_change == worker.metrics.changed
         assert worker.watcher.on_refused == worker.metrics.refused

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -37,7 +38,11 @@ async def test_an_api_that_cannot_serve_stops_the_worker_and_says_so(
         )
         worker = WorkerProcess("api-dies", env, tmp_path, args=["--with-api"]).start()
         assert worker.process is not None
-        status = await asyncio.to_thread(worker.process.wait, 120)
+        try:
+            status = await asyncio.to_thread(worker.process.wait, 120)
+        except subprocess.TimeoutExpired:
+            worker.kill()  # never leave a worker behind for the next test
+            raise
     finally:
         taken.close()
     log = worker.current_log()

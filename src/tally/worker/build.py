@@ -84,7 +84,7 @@ async def build_worker(
             core=metrics.core,
             store=FlushStore(pool, owner, members),
             dead_letters=dead_letters,
-            kafka=KafkaOffsets(consumer).commit,
+            kafka=KafkaOffsets(consumer),
             telemetry=telemetry,
             clock=clock,
             members=members,

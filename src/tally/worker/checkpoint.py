@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -58,8 +58,6 @@ from tally.worker.partition import Partitions, PartitionState
 from tally.worker.retry import Clock
 
 log = Log("tally.flush")
-
-KafkaCommit = Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -228,7 +226,7 @@ class Checkpoint:
         core: Core,
         store: FlushStore,
         dead_letters: DeadLetters,
-        kafka: KafkaCommit | None,
+        kafka: KafkaOffsets | None,
         telemetry: Telemetry,
         clock: Clock,
         members: MemberCache | None = None,
@@ -238,7 +236,7 @@ class Checkpoint:
         self.core = core
         self.store = store
         self.dead_letters = dead_letters
-        self.kafka = kafka
+        self.kafka = kafka  # None: no Kafka offsets committed (tests)
         self.telemetry = telemetry
         self.clock = clock
         self.members = members
@@ -349,7 +347,7 @@ class Checkpoint:
             p.state.tp: OffsetAndMetadata(p.target, "") for p in batch.parts if p.target >= 0
         }
         try:
-            await asyncio.wait_for(self.kafka(offsets), timeout=10)
+            await asyncio.wait_for(self.kafka.commit(offsets), timeout=10)
         except Exception as exc:  # advisory only: PostgreSQL holds the real offsets
             self.telemetry.errors.labels("kafka", "offset_commit").inc()
             log.debug("kafka offset commit skipped", reason=f"{type(exc).__name__}: {exc}")
