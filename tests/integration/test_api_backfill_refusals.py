@@ -121,6 +121,7 @@ async def test_start_needs_an_admin_token_and_exactly_one_start(api: Served) -> 
     cases.append(
         ({"metricUid": NEW["uid"], "from": None, "fromOffsets": "earliest"}, ["body", "from"])
     )
+    cases.append(({"metricUid": NEW["uid"], "from": "1969-12-31T23:59:59Z"}, ["body", "from"]))
     for wrong, loc in cases:
         refused = await api.start(wrong)
         assert refused.status_code == 422, (wrong, refused.text)

@@ -29,6 +29,7 @@ from tally.backfill.launcher import EARLIEST, Launch, Launcher, LaunchRefused, d
 from tally.store import backfill as store
 
 router = APIRouter(prefix="/backfills", tags=["backfills"])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MetricUid = Annotated[
     str,
@@ -109,6 +110,17 @@ class StartBackfillRequest(_Wire):
     def _not_null(cls, value: object) -> object:
         if value is None:  # only a value sent is validated: null is not "left out"
             raise PydanticCustomError("not_null", "must not be null; leave the field out")
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _not_before_the_epoch(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value < _EPOCH:  # Kafka keeps no record time before it
+            raise PydanticCustomError(
+                "before_epoch",
+                "must not be before 1970-01-01T00:00:00Z, the earliest record time;"
+                " use fromOffsets 'earliest' to count from the start",
+            )
         return value
 
 
