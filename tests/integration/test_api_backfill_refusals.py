@@ -17,6 +17,7 @@ from tally.api.app import create_app
 from tally.backfill.launcher import Exit, Launch
 from tally.config import Settings
 from tally.contracts.metric import parse_metric
+from tally.store import backfill as store
 from tally.store.definitions import apply_definitions
 from tally.store.migrate import migrate, migrations
 from tally.store.pool import connect, create_pool
@@ -190,3 +191,57 @@ async def test_start_launches_once_and_shows_it_starting_then_how_it_ended(api: 
     missing = await api.client.get("/backfills/nothing", headers=READ)
     assert missing.status_code == 404
     assert api.launcher.started == [(uid, "2026-11-30T23:00:00Z")]
+
+
+async def stored(dsn: str, uid: str, from_spec: str, from_time: datetime | None) -> None:
+    connection = await connect(dsn)
+    try:
+        part = store.BackfillPartition("events", 0, 0, 10, 4)
+        assert await store.create_backfill(connection, uid, from_spec, from_time, [part], "x")
+    finally:
+        await connection.close()
+
+
+async def test_a_stored_backfill_whose_process_crashed_says_so(
+    api: Served, fresh_database: str
+) -> None:
+    """Review finding 2: a child that crashed after storing its row left it
+    `running` with no lastError, as if merely stopped; it shows how it ended."""
+    uid = NEW["uid"]
+    await stored(fresh_database, uid, "earliest", None)
+    quiet = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert (quiet.json()["state"], quiet.json()["lastError"]) == ("running", None)
+    api.launcher.exits[uid] = Exit("earliest", 0, "stopped", None, datetime.now(UTC))
+    stopped = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert stopped.json()["lastError"] is None  # SIGTERM: stopped, resumable, no error
+    at = datetime.now(UTC)
+    api.launcher.exits[uid] = Exit("earliest", 1, "failed", "unexpected error: ValueError", at)
+    crashed = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert crashed.status_code == 200
+    shown = crashed.json()
+    assert shown["state"] == "running"
+    assert "ended failed (exit status 1" in shown["lastError"]
+    assert "unexpected error: ValueError" in shown["lastError"]
+    assert shown["lastErrorAt"] == at.isoformat()
+    listed = (await api.client.get("/backfills", headers=READ)).json()["items"]
+    assert "ended failed" in listed[0]["lastError"]
+    api.launcher.live[uid] = Launch("earliest", datetime.now(UTC), 1)  # resumed: running again
+    assert (await api.client.get(f"/backfills/{uid}", headers=READ)).json()["lastError"] is None
+
+
+async def test_start_refuses_a_stored_backfill_with_another_start_naming_it(
+    api: Served, fresh_database: str
+) -> None:
+    """Review finding 9: 409 naming body.from / body.fromOffsets, with how to resume."""
+    uid = NEW["uid"]
+    await stored(fresh_database, uid, "2026-12-01T00:00:00Z", datetime(2026, 12, 1, tzinfo=UTC))
+    other = await api.start({"metricUid": uid, "from": "2026-11-01T00:00:00Z"})
+    assert other.status_code == 409, other.text
+    assert error_locs(other) == [["body", "from"]]
+    assert 'resume it with {"from": "2026-12-01T00:00:00Z"}' in other.json()["detail"][0]["msg"]
+    earliest = await api.start({"metricUid": uid, "fromOffsets": "earliest"})
+    assert earliest.status_code == 409, earliest.text
+    assert error_locs(earliest) == [["body", "fromOffsets"]]
+    same = await api.start({"metricUid": uid, "from": "2026-12-01T01:00:00+01:00"})
+    assert same.status_code == 202, same.text
+    assert api.launcher.started == [(uid, "2026-12-01T00:00:00Z")]
