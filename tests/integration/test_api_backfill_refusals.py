@@ -245,3 +245,38 @@ async def test_start_refuses_a_stored_backfill_with_another_start_naming_it(
     same = await api.start({"metricUid": uid, "from": "2026-12-01T01:00:00+01:00"})
     assert same.status_code == 202, same.text
     assert api.launcher.started == [(uid, "2026-12-01T00:00:00Z")]
+
+
+async def test_a_stored_error_clears_when_progress_moves_and_when_it_is_done(
+    api: Served, fresh_database: str
+) -> None:
+    """Review finding 3: the loser of two runs stores its error; the winner
+    reading on (a flush moving progress) or finishing clears it, and an error
+    stored once the backfill is done is not kept."""
+    uid = NEW["uid"]
+    await stored(fresh_database, uid, "earliest", None)
+
+    async def error() -> Any:
+        return (await api.client.get(f"/backfills/{uid}", headers=READ)).json()["lastError"]
+
+    connection = await connect(fresh_database)
+    try:
+        await store.record_error(connection, uid, "another process moved the progress")
+        assert await error() == "another process moved the progress"
+        async with connection.transaction():
+            await store.claim_and_move(
+                connection, uid, "winner", [store.ProgressStep("events", 0, 4, 7, 3, 0)]
+            )
+        assert await error() is None
+        await store.record_error(connection, uid, "another process moved the progress")
+        async with connection.transaction():
+            await store.claim_and_move(
+                connection, uid, "winner", [store.ProgressStep("events", 0, 7, 10, 3, 0)]
+            )
+        await store.record_error(connection, uid, "another process moved the progress")
+        assert await store.finish(connection, uid, "winner")  # clears it too
+        await store.record_error(connection, uid, "another process moved the progress")
+        shown = (await api.client.get(f"/backfills/{uid}", headers=READ)).json()
+        assert (shown["state"], shown["lastError"], shown["lastErrorAt"]) == ("done", None, None)
+    finally:
+        await connection.close()
