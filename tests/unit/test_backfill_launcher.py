@@ -28,7 +28,10 @@ def test_a_child_gets_the_servers_settings_and_the_backfill_database() -> None:
         backfill_flush_records=100,
         api_tokens="ops:admin:" + "0" * 64,
         telemetry_port=9464,
+        max_lateness=3 * 86400.0,
+        member_retention=200 * 86400.0,  # not the default: the child must be told
     )
+    assert settings.member_retention != Settings().member_retention
     env = child_env(settings, {"TALLY_API_TOKENS": "secret", "PATH": "/bin", "TALLY_GROUP": "g"})
     assert "TALLY_API_TOKENS" not in env
     assert env["PATH"] == "/bin"
@@ -37,7 +40,9 @@ def test_a_child_gets_the_servers_settings_and_the_backfill_database() -> None:
     child = load_settings({}, env)
     for name in ("topic", "dedup_window", "flush_interval", "backfill_flush_records"):
         assert getattr(child, name) == getattr(settings, name), name
-    assert child.member_retention == settings.member_retention
+    assert env["TALLY_MEMBER_RETENTION"] == "17280000.000000"
+    assert child.member_retention == 200 * 86400.0
+    assert child.max_lateness == 3 * 86400.0
     without = child_env(Settings(database_url="postgresql://api@db/tally"), {})
     assert without["TALLY_DATABASE_URL"] == "postgresql://api@db/tally"
 
