@@ -113,17 +113,6 @@ class StartBackfillRequest(_Wire):
             raise PydanticCustomError("not_null", "must not be null; leave the field out")
         return value
 
-    @field_validator("from_")
-    @classmethod
-    def _not_before_the_epoch(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value < _EPOCH:  # Kafka keeps no record time before it
-            raise PydanticCustomError(
-                "before_epoch",
-                "must not be before 1970-01-01T00:00:00Z, the earliest record time;"
-                " use fromOffsets 'earliest' to count from the start",
-            )
-        return value
-
 
 class BackfillPage(_Wire):
     items: list[Backfill]
@@ -215,7 +204,8 @@ def _conflict(loc: list[str | int], message: str) -> ApiError:
     summary="Start or resume a backfill (admin)",
 )
 async def start_backfill(request: Request, principal: Admin, pool: Pool) -> Response:
-    """Checks what a backfill refuses at once (404: no such metric; 409: EXTERNAL,
+    """Checks what a backfill refuses at once (404: no such metric; 409: `from`
+    before 1970, EXTERNAL,
     deleted, refused by the workers, older than migration 0008, done, cancelled,
     stored with another start, or running in a process of this server), then
     starts `tally backfill` in a child process of this server and answers 202
@@ -236,6 +226,13 @@ async def start_backfill(request: Request, principal: Admin, pool: Pool) -> Resp
             status = 404 if exc.kind == "not_found" else 409
             raise ApiError.one(status, uid_loc, str(exc), exc.kind) from None
         existing = await store.load_backfill(connection, uid)
+    if wanted.from_ is not None and wanted.from_ < _EPOCH:
+        # A valid date-time, but Kafka keeps no record time before the epoch.
+        raise _conflict(
+            ["body", "from"],
+            "from is before 1970-01-01T00:00:00Z, the earliest record time;"
+            " use fromOffsets 'earliest' to count from the start",
+        )
     spec = EARLIEST if wanted.from_ is None else _iso(wanted.from_)
     if existing is not None:
         if existing.state == store.CANCELLED:
