@@ -17,6 +17,7 @@ from tally.api.app import create_app
 from tally.backfill.launcher import Exit, Launch
 from tally.config import Settings
 from tally.contracts.metric import parse_metric
+from tally.store import backfill as store
 from tally.store.definitions import apply_definitions
 from tally.store.migrate import migrate, migrations
 from tally.store.pool import connect, create_pool
@@ -125,6 +126,11 @@ async def test_start_needs_an_admin_token_and_exactly_one_start(api: Served) -> 
         refused = await api.start(wrong)
         assert refused.status_code == 422, (wrong, refused.text)
         assert loc in error_locs(refused), (wrong, refused.text)
+    # Schema-valid, refused up front: Kafka keeps no record time before 1970.
+    early = await api.start({"metricUid": NEW["uid"], "from": "1970-01-01T00:30:00+01:00"})
+    assert early.status_code == 409, early.text
+    assert error_locs(early) == [["body", "from"]]
+    assert "before 1970-01-01T00:00:00Z" in early.json()["detail"][0]["msg"]
     text = await api.client.post(
         "/backfills", content=b"{", headers={**ADMIN, "Content-Type": "application/json"}
     )
@@ -189,3 +195,92 @@ async def test_start_launches_once_and_shows_it_starting_then_how_it_ended(api: 
     missing = await api.client.get("/backfills/nothing", headers=READ)
     assert missing.status_code == 404
     assert api.launcher.started == [(uid, "2026-11-30T23:00:00Z")]
+
+
+async def stored(dsn: str, uid: str, from_spec: str, from_time: datetime | None) -> None:
+    connection = await connect(dsn)
+    try:
+        part = store.BackfillPartition("events", 0, 0, 10, 4)
+        assert await store.create_backfill(connection, uid, from_spec, from_time, [part], "x")
+    finally:
+        await connection.close()
+
+
+async def test_a_stored_backfill_whose_process_crashed_says_so(
+    api: Served, fresh_database: str
+) -> None:
+    """Review finding 2: a child that crashed after storing its row left it
+    `running` with no lastError, as if merely stopped; it shows how it ended."""
+    uid = NEW["uid"]
+    await stored(fresh_database, uid, "earliest", None)
+    quiet = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert (quiet.json()["state"], quiet.json()["lastError"]) == ("running", None)
+    api.launcher.exits[uid] = Exit("earliest", 0, "stopped", None, datetime.now(UTC))
+    stopped = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert stopped.json()["lastError"] is None  # SIGTERM: stopped, resumable, no error
+    at = datetime.now(UTC)
+    api.launcher.exits[uid] = Exit("earliest", 1, "failed", "unexpected error: ValueError", at)
+    crashed = await api.client.get(f"/backfills/{uid}", headers=READ)
+    assert crashed.status_code == 200
+    shown = crashed.json()
+    assert shown["state"] == "running"
+    assert "ended failed (exit status 1" in shown["lastError"]
+    assert "unexpected error: ValueError" in shown["lastError"]
+    assert shown["lastErrorAt"] == at.isoformat()
+    listed = (await api.client.get("/backfills", headers=READ)).json()["items"]
+    assert "ended failed" in listed[0]["lastError"]
+    api.launcher.live[uid] = Launch("earliest", datetime.now(UTC), 1)  # resumed: running again
+    assert (await api.client.get(f"/backfills/{uid}", headers=READ)).json()["lastError"] is None
+
+
+async def test_start_refuses_a_stored_backfill_with_another_start_naming_it(
+    api: Served, fresh_database: str
+) -> None:
+    """Review finding 9: 409 naming body.from / body.fromOffsets, with how to resume."""
+    uid = NEW["uid"]
+    await stored(fresh_database, uid, "2026-12-01T00:00:00Z", datetime(2026, 12, 1, tzinfo=UTC))
+    other = await api.start({"metricUid": uid, "from": "2026-11-01T00:00:00Z"})
+    assert other.status_code == 409, other.text
+    assert error_locs(other) == [["body", "from"]]
+    assert 'resume it with {"from": "2026-12-01T00:00:00Z"}' in other.json()["detail"][0]["msg"]
+    earliest = await api.start({"metricUid": uid, "fromOffsets": "earliest"})
+    assert earliest.status_code == 409, earliest.text
+    assert error_locs(earliest) == [["body", "fromOffsets"]]
+    same = await api.start({"metricUid": uid, "from": "2026-12-01T01:00:00+01:00"})
+    assert same.status_code == 202, same.text
+    assert api.launcher.started == [(uid, "2026-12-01T00:00:00Z")]
+
+
+async def test_a_stored_error_clears_when_progress_moves_and_when_it_is_done(
+    api: Served, fresh_database: str
+) -> None:
+    """Review finding 3: the loser of two runs stores its error; the winner
+    reading on (a flush moving progress) or finishing clears it, and an error
+    stored once the backfill is done is not kept."""
+    uid = NEW["uid"]
+    await stored(fresh_database, uid, "earliest", None)
+
+    async def error() -> Any:
+        return (await api.client.get(f"/backfills/{uid}", headers=READ)).json()["lastError"]
+
+    connection = await connect(fresh_database)
+    try:
+        await store.record_error(connection, uid, "another process moved the progress")
+        assert await error() == "another process moved the progress"
+        async with connection.transaction():
+            await store.claim_and_move(
+                connection, uid, "winner", [store.ProgressStep("events", 0, 4, 7, 3, 0)]
+            )
+        assert await error() is None
+        await store.record_error(connection, uid, "another process moved the progress")
+        async with connection.transaction():
+            await store.claim_and_move(
+                connection, uid, "winner", [store.ProgressStep("events", 0, 7, 10, 3, 0)]
+            )
+        await store.record_error(connection, uid, "another process moved the progress")
+        assert await store.finish(connection, uid, "winner")  # clears it too
+        await store.record_error(connection, uid, "another process moved the progress")
+        shown = (await api.client.get(f"/backfills/{uid}", headers=READ)).json()
+        assert (shown["state"], shown["lastError"], shown["lastErrorAt"]) == ("done", None, None)
+    finally:
+        await connection.close()

@@ -500,3 +500,49 @@ async def test_backfill_from_a_time_catches_ids_first_seen_before_it(
         NEW["uid"],
     )
     assert duplicates[0]["d"] == len(resent)
+
+
+async def test_backfill_from_the_epoch_counts_everything_once(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """--from 1970-01-01T00:00:00Z: the id replay would start a window and an
+    hour before the epoch, a negative time Kafka refuses; it starts at the
+    epoch, and the backfill counts every record once (review finding 1)."""
+    topic = await make_topic(2)
+    count = LIVE[0]  # api_calls: COUNT, created after the worker started
+    await apply_metrics(fresh_database, LIVE[1:], tmp_path)
+    originals = encoded(Workload(seed=23, end=datetime.now(UTC).timestamp() - 60), 800)
+    resent = [originals[i] for i in random.Random(5).sample(range(800), 80)]
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-epoch")
+    worker = WorkerProcess("live", env, tmp_path).start()
+    try:
+        await worker.wait_log("partition ready")
+        await produce(kafka_bootstrap, topic, originals + resent)
+        await wait_caught_up(kafka_bootstrap, fresh_database, topic)
+        await apply_metrics(fresh_database, LIVE, tmp_path)
+        await wait_started(fresh_database, count["uid"], 2)
+        run = WorkerProcess(
+            "backfill",
+            env,
+            tmp_path,
+            args=[count["uid"], "--from", "1970-01-01T00:00:00Z"],
+            command=["backfill"],
+        ).start()
+        assert run.process is not None
+        assert await asyncio.to_thread(run.process.wait, 120) == 0, run.current_log()
+    finally:
+        assert worker.stop() == 0
+    assert await backfill_done(fresh_database, count["uid"]) == (880, 880)
+    expected = reference.reference_rows([count], [v for _, v in originals])
+    actual = {
+        k: v
+        for k, v in (await rows_by_reference_key(fresh_database, LIVE)).items()
+        if k[0] == count["uid"]
+    }
+    assert actual == expected, diff(actual, expected)
+    state = await fetch(
+        fresh_database,
+        "SELECT state, last_error FROM tally.backfills WHERE metric_uid = $1",
+        count["uid"],
+    )
+    assert (state[0]["state"], state[0]["last_error"]) == ("done", None)

@@ -173,3 +173,25 @@ async def test_a_unique_backfill_refuses_a_from_older_than_the_member_retention(
     assert f"metric '{NEW['uid']}' is UNIQUE and this backfill would count records from" in output
     assert "2020-01-01T00:00:00Z" in output
     assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []
+
+
+async def test_backfill_refuses_a_from_before_the_epoch_naming_it(
+    kafka_bootstrap: str, fresh_database: str, make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """Review finding 1: Kafka keeps no record time before 1970; such a
+    --from is refused at once (exit 2), naming --from, nothing stored."""
+    topic = await make_topic(1)
+    await apply_metrics(fresh_database, [NEW], tmp_path)
+    env = worker_env(kafka_bootstrap, fresh_database, topic, "g-epoch")
+    refusal = WorkerProcess(
+        "refused",
+        env,
+        tmp_path,
+        args=[NEW["uid"], "--from", "1969-12-31T00:00:00Z", "--wait", "1"],
+        command=["backfill"],
+    ).start()
+    assert refusal.process is not None
+    assert await asyncio.to_thread(refusal.process.wait, 60) == 2, refusal.current_log()
+    output = refusal.current_log()
+    assert "--from '1969-12-31T00:00:00Z' is before 1970-01-01T00:00:00Z" in output
+    assert await fetch(fresh_database, "SELECT * FROM tally.backfills") == []

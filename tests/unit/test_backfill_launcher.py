@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,7 +28,10 @@ def test_a_child_gets_the_servers_settings_and_the_backfill_database() -> None:
         backfill_flush_records=100,
         api_tokens="ops:admin:" + "0" * 64,
         telemetry_port=9464,
+        max_lateness=3 * 86400.0,
+        member_retention=200 * 86400.0,  # not the default: the child must be told
     )
+    assert settings.member_retention != Settings().member_retention
     env = child_env(settings, {"TALLY_API_TOKENS": "secret", "PATH": "/bin", "TALLY_GROUP": "g"})
     assert "TALLY_API_TOKENS" not in env
     assert env["PATH"] == "/bin"
@@ -36,7 +40,9 @@ def test_a_child_gets_the_servers_settings_and_the_backfill_database() -> None:
     child = load_settings({}, env)
     for name in ("topic", "dedup_window", "flush_interval", "backfill_flush_records"):
         assert getattr(child, name) == getattr(settings, name), name
-    assert child.member_retention == settings.member_retention
+    assert env["TALLY_MEMBER_RETENTION"] == "17280000.000000"
+    assert child.member_retention == 200 * 86400.0
+    assert child.max_lateness == 3 * 86400.0
     without = child_env(Settings(database_url="postgresql://api@db/tally"), {})
     assert without["TALLY_DATABASE_URL"] == "postgresql://api@db/tally"
 
@@ -145,4 +151,91 @@ async def test_an_endless_line_does_not_stall_the_child(tmp_path: Path) -> None:
     await launcher.launch("m", "earliest")
     ended = await wait_exit(launcher, "m")
     assert (ended.outcome, ended.reason) == ("refused", "backfill refused: no metric")
+    await launcher.close()
+
+
+@ASYNC
+async def test_close_while_a_child_starts_stops_that_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 6: close() during create_subprocess_exec did not see the
+    child being started; the launch, once the child exists, stops it (SIGTERM,
+    waited for) and is refused, leaving no child behind."""
+    python = fake_python(tmp_path, "while true; do sleep 0.05; done\n")
+    real = asyncio.create_subprocess_exec
+    created: list[asyncio.subprocess.Process] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await real(*args, **kwargs)
+        created.append(process)
+        started.set()
+        await release.wait()
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow)
+    launcher = ProcessLauncher(Settings(), python=python)
+    launching = asyncio.create_task(launcher.launch("m", "earliest"))
+    await started.wait()
+    await launcher.close()
+    release.set()
+    with pytest.raises(LaunchRefused, match="shutting down"):
+        await launching
+    assert created[0].returncode is not None  # stopped and waited for
+    assert launcher.current("m") is None
+    assert launcher.launches() == {}
+
+
+class _Boom:
+    """The launcher's log, failing on one line of a child's output."""
+
+    def debug(self, message: str, **fields: Any) -> None:
+        if fields.get("line") == "boom":
+            raise RuntimeError("a log handler failed")
+
+    def info(self, message: str, **fields: Any) -> None:
+        pass
+
+    def warning(self, message: str, **fields: Any) -> None:
+        pass
+
+
+@ASYNC
+async def test_a_failure_reading_one_line_does_not_stop_the_supervision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 7: an exception while reading the output ended the
+    supervising task: the exit was never recorded (and the pipe no longer
+    drained). The lines after it are read and the exit is kept."""
+    import tally.backfill.launcher as launcher_module
+
+    monkeypatch.setattr(launcher_module, "log", _Boom())
+    python = fake_python(
+        tmp_path, "echo boom >&2\necho 'tally: backfill refused: no metric' >&2\nexit 2\n"
+    )
+    launcher = ProcessLauncher(Settings(), python=python)
+    await launcher.launch("m", "earliest")
+    ended = await wait_exit(launcher, "m", timeout=10)
+    assert (ended.outcome, ended.reason) == ("refused", "backfill refused: no metric")
+    await launcher.close()
+
+
+@ASYNC
+async def test_a_supervision_cancelled_stops_its_child(tmp_path: Path) -> None:
+    """Review finding 7: the supervising task ending early (cancelled) stops
+    and waits for its child instead of leaving it running, undrained."""
+    python = fake_python(tmp_path, "while true; do sleep 0.05; done\n")
+    launcher = ProcessLauncher(Settings(), python=python)
+    await launcher.launch("m", "earliest")
+    child = launcher._children["m"]
+    assert child.task is not None
+    assert child.process is not None
+    await asyncio.sleep(0)  # not a wait: lets the task start reading
+    child.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await child.task
+    assert child.process.returncode is not None
+    ended = launcher.last_exit("m")
+    assert ended is not None
+    assert ended.outcome == "killed"
     await launcher.close()

@@ -29,6 +29,7 @@ from tally.backfill.launcher import EARLIEST, Launch, Launcher, LaunchRefused, d
 from tally.store import backfill as store
 
 router = APIRouter(prefix="/backfills", tags=["backfills"])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MetricUid = Annotated[
     str,
@@ -68,8 +69,9 @@ class Backfill(_Wire):
     updated_at: datetime
     finished_at: datetime | None
     last_error: str | None = Field(
-        description="Why its last run stopped short (a refusal found after it was stored),"
-        " or null; cleared when a run reads again."
+        description="Why its last run stopped short (a refusal found after it was stored,"
+        " or how this server's last process for it ended when that failed without saying),"
+        " or null; cleared when a run reads again or its progress moves."
     )
     last_error_at: datetime | None
     partitions: list[BackfillPartition]
@@ -202,7 +204,8 @@ def _conflict(loc: list[str | int], message: str) -> ApiError:
     summary="Start or resume a backfill (admin)",
 )
 async def start_backfill(request: Request, principal: Admin, pool: Pool) -> Response:
-    """Checks what a backfill refuses at once (404: no such metric; 409: EXTERNAL,
+    """Checks what a backfill refuses at once (404: no such metric; 409: `from`
+    before 1970, EXTERNAL,
     deleted, refused by the workers, older than migration 0008, done, cancelled,
     stored with another start, or running in a process of this server), then
     starts `tally backfill` in a child process of this server and answers 202
@@ -223,6 +226,13 @@ async def start_backfill(request: Request, principal: Admin, pool: Pool) -> Resp
             status = 404 if exc.kind == "not_found" else 409
             raise ApiError.one(status, uid_loc, str(exc), exc.kind) from None
         existing = await store.load_backfill(connection, uid)
+    if wanted.from_ is not None and wanted.from_ < _EPOCH:
+        # A valid date-time, but Kafka keeps no record time before the epoch.
+        raise _conflict(
+            ["body", "from"],
+            "from is before 1970-01-01T00:00:00Z, the earliest record time;"
+            " use fromOffsets 'earliest' to count from the start",
+        )
     spec = EARLIEST if wanted.from_ is None else _iso(wanted.from_)
     if existing is not None:
         if existing.state == store.CANCELLED:
@@ -275,7 +285,8 @@ async def list_backfills(request: Request, principal: Reader, pool: Pool) -> Res
         if uid not in stored
     ]
     # (failed ones are shown by GET /backfills/{metricUid} only)
-    return json_response({"items": [store.document(b) for b in found] + starting})
+    shown = [_with_exit(store.document(b), b, launcher) for b in found]
+    return json_response({"items": shown + starting})
 
 
 @router.get(
@@ -288,7 +299,9 @@ async def read_backfill(
     request: Request, principal: Reader, pool: Pool, uid: MetricUid
 ) -> Response:
     """The stored backfill; `starting` while a process of this server prepares
-    it; 404 otherwise, saying how this server's last process for it ended."""
+    it; 404 otherwise, saying how this server's last process for it ended.
+    A stored one whose last process of this server failed (crashed, killed)
+    without storing why shows how it ended as its `lastError`."""
     launcher = _launcher(request)
     async with pool.acquire() as connection:
         found = await store.load_backfill(connection, uid)
@@ -297,7 +310,29 @@ async def read_backfill(
         if unstored is None:
             raise _not_found(uid)
         return json_response(unstored)
-    return json_response(store.document(found))
+    return json_response(_with_exit(store.document(found), found, launcher))
+
+
+# How a child's exit shows when it says nothing of its own: it just stopped.
+_QUIET_EXITS = ("done", "stopped", "cancelled")
+
+
+def _with_exit(body: dict[str, Any], found: store.Backfill, launcher: Launcher) -> dict[str, Any]:
+    """A stored backfill that is running with no process of this server, and
+    whose last such process ended badly (crashed, killed, refused) after the
+    row was stored and wrote no error of its own: `lastError` says how that
+    process ended, so a crashed backfill does not look merely stopped."""
+    ended = launcher.last_exit(found.metric_uid)
+    if (
+        found.state != store.RUNNING
+        or found.last_error is not None
+        or ended is None
+        or ended.outcome in _QUIET_EXITS
+        or ended.at < found.created_at
+        or launcher.current(found.metric_uid) is not None
+    ):
+        return body
+    return {**body, "lastError": describe_exit(ended), "lastErrorAt": ended.at.isoformat()}
 
 
 @router.post(

@@ -15,7 +15,11 @@ server's `TALLY_DATABASE_URL`) as its database. The launcher
 - waits for every child (no zombies), and on `close()` (the server's
   shutdown) sends each SIGTERM: a backfill flushes what it has and exits,
   resumable by a new POST. One still running after the shutdown timeout is
-  killed, which loses only its pending work.
+  killed, which loses only its pending work. A child that comes to exist
+  after `close()` began (its start was under way) is stopped the same way
+  by the launch, which is then refused; one whose output can no longer be
+  read (an error, a cancelled supervision) is stopped too, never left
+  running undrained.
 
 `Launcher` is what `create_app` takes; unit tests pass a fake.
 """
@@ -219,6 +223,10 @@ class ProcessLauncher:
         except BaseException:
             del self._children[uid]
             raise
+        if self._closing:  # close() ran while it started: it did not see this child
+            del self._children[uid]
+            await self._stop(process)
+            raise LaunchRefused("the server is shutting down")
         log.info("backfill process started", uid=uid, pid=process.pid, start=from_spec)
         self._exits.pop(uid, None)
         child.launch = Launch(from_spec, child.launch.at, process.pid)
@@ -226,20 +234,50 @@ class ProcessLauncher:
         child.task = asyncio.create_task(self._supervise(uid, process), name=f"backfill {uid}")
         return child.launch
 
+    async def _stop(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM, then SIGKILL after the shutdown timeout; waits for it."""
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.settings.shutdown_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
     async def _supervise(self, uid: str, process: asyncio.subprocess.Process) -> None:
         tail: deque[str] = deque(maxlen=50)
         reason: list[str] = []
         assert process.stderr is not None
-        async for line in _lines(process.stderr):
-            tail.append(line)
-            log.debug("backfill process output", uid=uid, pid=process.pid, line=line)
-            if line.startswith("tally: "):
-                reason = [line.removeprefix("tally: ")]
-            elif reason and line.startswith("  "):
-                reason.append(line)  # a refusal names each partition on a line
-            elif "telemetry listening" in line:
-                log.info("backfill process telemetry", uid=uid, pid=process.pid, line=line)
-        code = await process.wait()
+        drained = False
+        try:
+            async for line in _lines(process.stderr):
+                try:
+                    tail.append(line)
+                    log.debug("backfill process output", uid=uid, pid=process.pid, line=line)
+                    if line.startswith("tally: "):
+                        reason = [line.removeprefix("tally: ")]
+                    elif reason and line.startswith("  "):
+                        reason.append(line)  # a refusal names each partition on a line
+                    elif "telemetry listening" in line:
+                        log.info("backfill process telemetry", uid=uid, pid=process.pid, line=line)
+                except Exception as exc:  # one line must not stop the draining
+                    log.warning("backfill process output not read", uid=uid, error=repr(exc))
+            drained = True
+        finally:
+            if drained:
+                await process.wait()
+            else:
+                # The reading broke (or this task was cancelled): the child,
+                # its pipe no longer drained, would block; it is stopped.
+                await self._stop(process)
+            self._ended(uid, process, tail, reason)
+
+    def _ended(
+        self, uid: str, process: asyncio.subprocess.Process, tail: deque[str], reason: list[str]
+    ) -> None:
+        code = process.returncode
+        assert code is not None
         last = next((line for line in reversed(tail) if line.startswith(f"backfill {uid}: ")), "")
         if code == 0:
             outcome = "done" if ": done," in last else "stopped"

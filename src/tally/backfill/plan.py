@@ -86,8 +86,11 @@ def time_runs(timestamps: Sequence[int], span_ms: int = RUN_SPAN_MS) -> list[tup
 
 def warm_up_time(from_time: float, window_seconds: float) -> float:
     """Where the id replay starts: the live window is at most one hour
-    longer than `window_seconds`."""
-    return from_time - window_seconds - BUCKET_SECONDS if window_seconds > 0 else from_time
+    longer than `window_seconds`. Never before the epoch: no record is older
+    (Kafka refuses a negative time), so a `--from` near it replays from it."""
+    if window_seconds <= 0:
+        return from_time
+    return max(0.0, from_time - window_seconds - BUCKET_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)

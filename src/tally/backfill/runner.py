@@ -128,6 +128,11 @@ class Backfiller:
             ) from exc
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
+        if when.timestamp() < 0:  # Kafka has no record time before the epoch
+            raise BackfillRefused(
+                f"--from {self.from_spec!r} is before 1970-01-01T00:00:00Z, the earliest record"
+                " time Kafka keeps; use --from-offsets earliest to count from the start"
+            )
         return when.timestamp()
 
     async def _starts(
@@ -292,6 +297,7 @@ class Backfiller:
         self.stop = stop
         settings = self.settings
         metric = await self.metric()
+        self.from_time()  # refused before a consumer starts (stopping one at once can hang)
         core = new_core(MetricIndex([metric]))
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,

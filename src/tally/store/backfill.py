@@ -266,14 +266,25 @@ async def claim_and_move(
     if len(moved) != len(steps):
         kept = {(r["topic"], r["partition"]) for r in moved}
         raise Moved([(s.topic, s.partition) for s in steps if (s.topic, s.partition) not in kept])
+    # Progress moved: an error a run stored earlier (a loser of a race, say)
+    # no longer describes this backfill, which reads on.
+    await connection.execute(_CLEAR_ERROR, uid)
+
+
+_CLEAR_ERROR = (
+    "UPDATE tally.backfills SET last_error = NULL, last_error_at = NULL"
+    " WHERE metric_uid = $1 AND last_error IS NOT NULL"
+)
 
 
 async def finish(connection: Connection, uid: str, owner: str) -> bool:
-    """Mark a running backfill done; False if it was not running."""
+    """Mark a running backfill done, clearing any error a run stored; False
+    if it was not running."""
     return bool(
         await connection.fetchval(
             "UPDATE tally.backfills SET state = 'done', finished_at = now(), updated_at = now(),"
-            " owner = $2 WHERE metric_uid = $1 AND state = 'running' RETURNING 1",
+            " owner = $2, last_error = NULL, last_error_at = NULL"
+            " WHERE metric_uid = $1 AND state = 'running' RETURNING 1",
             uid,
             owner,
         )
@@ -283,11 +294,13 @@ async def finish(connection: Connection, uid: str, owner: str) -> bool:
 async def record_error(connection: Connection, uid: str, message: str | None) -> None:
     """Store why this backfill's run stopped short (None: clear it, a run is
     reading again). The API shows it, so a refusal found by a process the API
-    started is not only in that process's output."""
+    started is not only in that process's output. A backfill no longer
+    running (done, cancelled) keeps none: a loser of a race ending after the
+    winner finished does not mark it."""
     await connection.execute(
         "UPDATE tally.backfills SET last_error = $2,"
         " last_error_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END"
-        " WHERE metric_uid = $1",
+        " WHERE metric_uid = $1 AND (state = 'running' OR $2::text IS NULL)",
         uid,
         message,
     )
