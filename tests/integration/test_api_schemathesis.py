@@ -33,7 +33,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 SEED = os.environ.get("TALLY_SCHEMATHESIS_SEED", "20261125")
 EXAMPLES = os.environ.get("TALLY_SCHEMATHESIS_EXAMPLES", "30")
-TIME_BUDGET_S = 150  # a hard limit: the run is bounded by the number of examples
+TIME_BUDGET_S = 600  # a guard against a hang, not a speed check: the run is bounded by the number
+# of examples, and on a loaded 2-core machine it took 130-150 s
 
 # Cursors are opaque: a string the API did not issue is refused (422) although it
 # matches the pattern. Each list names its cursors with a `format`; the fuzzing
