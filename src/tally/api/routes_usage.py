@@ -176,8 +176,9 @@ async def usage(
     )
     try:
         async with pool.acquire() as connection:
-            items = await store.run_query(connection, metric, query, _limits(request), time.time())
+            # The marker before the values (tally.store.usage_partial, "read first").
             span = await _partial(request, connection, metric.uid)
+            items = await store.run_query(connection, metric, query, _limits(request), time.time())
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
@@ -369,6 +370,8 @@ async def summary(
         local = zone(metric.timezone)
         now_bounds, before_bounds = instants(current, local), instants(previous, local)
         async with pool.acquire() as connection:
+            # The marker before the values (tally.store.usage_partial, "read first").
+            span = await _partial(request, connection, metric.uid)
             found = await run_summary(
                 connection,
                 metric,
@@ -378,7 +381,6 @@ async def summary(
                 _limits(request),
                 time.time(),
             )
-            span = await _partial(request, connection, metric.uid)
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
