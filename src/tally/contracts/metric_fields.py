@@ -149,8 +149,9 @@ NON_ADDITIVE_KINDS = frozenset({ValueKind.PERCENTAGE, ValueKind.RATIO, ValueKind
 EXTERNAL_ONLY_FIELDS = ("context_type", "value_kind", "storage_unit", "period_definition")
 
 
-# The exponent a FiniteDecimal may be written with (PostgreSQL's own numeric
-# input takes no more): `1.000` is 1 with exponent -3, still taken.
+# The exponent a FiniteDecimal may be written with: far more than its 20
+# places need (`1.000` is 1 with exponent -3, still taken), well inside what
+# PostgreSQL's numeric holds (a scale of at most 16383).
 MAX_EXPONENT = 1000
 
 
