@@ -190,3 +190,23 @@ async def test_a_definitions_422_lists_shape_errors_and_rules_at_once(api: Api) 
     assert sorted(map(str, error_locs(refused))) == sorted(
         map(str, [["body", "periodValue"], ["body", "targetValue"]])
     )
+
+
+async def test_a_half_pair_on_a_metric_storing_a_period_definition_says_what_it_needs(
+    api: Api,
+) -> None:
+    exante = {**EXANTE_METRIC, "period_definition": "month_to_date"}
+    assert (await api.client.post("/api/metrics", json=exante, headers=ADMIN)).status_code == 200
+    refused = await summary(api, "party_dso", periodType="rolling")
+    assert refused.status_code == 422, refused.text
+    assert error_locs(refused) == [["query", "periodValue"]]
+    message = refused.json()["detail"][0]["msg"]
+    # It stores a period (a definition), just no periodValue to pair with periodType.
+    assert "stores none" not in message
+    assert message.startswith("periodValue is required with periodType"), message
+    assert "periodDefinition month_to_date" in message, message
+    plain = {"title": "NPS", "ownerId": "u"}
+    assert (await api.client.post(SQUAD_PATH, json=plain, headers=ADMIN)).status_code == 200
+    refused = await summary(api, "nps", periodValue="week")
+    assert error_locs(refused) == [["query", "periodType"]]
+    assert "no periodType" in refused.json()["detail"][0]["msg"], refused.text

@@ -101,6 +101,25 @@ async def _partial(request: Request, connection: Any, uid: str) -> PartialSpan |
     )
 
 
+def _missing_half(field: str, other: str | None, metric: UsageMetric) -> str:
+    """Why the summary needs `field` of Squad's pair (`other`: the half given
+    or stored): neither the query nor the metric gives it, and a stored
+    periodDefinition is no half of the pair."""
+    what = "periodType (rolling or calendar)" if field == "periodType" else field
+    if other is None:
+        message = f"{what} is required without periodDefinition; the metric stores no period pair"
+    else:
+        message = f"{what} is required with {other} (or give periodDefinition alone)"
+        message += f"; the metric stores no {field}"
+    stored = metric.period_definition
+    if stored is not None:
+        message += (
+            f" (its periodDefinition {stored.value} is used only when none of"
+            " periodDefinition, periodType and periodValue is given)"
+        )
+    return message
+
+
 def _without_empty_partial(document: dict[str, Any]) -> dict[str, Any]:
     """`partial` is absent when complete, as on /metric-values."""
     if document.get("partial", 0) is None:
@@ -176,8 +195,9 @@ async def usage(
     )
     try:
         async with pool.acquire() as connection:
-            items = await store.run_query(connection, metric, query, _limits(request), time.time())
+            # The marker before the values (tally.store.usage_partial, "read first").
             span = await _partial(request, connection, metric.uid)
+            items = await store.run_query(connection, metric, query, _limits(request), time.time())
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):
@@ -341,17 +361,11 @@ async def summary(
         )
     elif period_definition is None:
         if period_type is None:
-            problems.append(
-                (
-                    "periodType",
-                    "required (rolling or calendar) without periodDefinition, when the metric"
-                    " stores none",
-                )
-            )
+            other = None if period_value is None else "periodValue"
+            problems.append(("periodType", _missing_half("periodType", other, metric)))
         if period_value is None:
-            problems.append(
-                ("periodValue", "required without periodDefinition, when the metric stores none")
-            )
+            other = None if period_type is None else "periodType"
+            problems.append(("periodValue", _missing_half("periodValue", other, metric)))
     if period_type == "calendar" and period_value in ("7-day", "30-day", "90-day"):
         problems.append(("periodValue", f"{period_value} is a rolling period only"))
     if problems:
@@ -369,6 +383,8 @@ async def summary(
         local = zone(metric.timezone)
         now_bounds, before_bounds = instants(current, local), instants(previous, local)
         async with pool.acquire() as connection:
+            # The marker before the values (tally.store.usage_partial, "read first").
+            span = await _partial(request, connection, metric.uid)
             found = await run_summary(
                 connection,
                 metric,
@@ -378,7 +394,6 @@ async def summary(
                 _limits(request),
                 time.time(),
             )
-            span = await _partial(request, connection, metric.uid)
     except WindowRefused as exc:
         raise _refused(exc) from None
     except (ValueError, OverflowError):

@@ -108,10 +108,11 @@ async def run(args: argparse.Namespace) -> int:
             settings.member_retention, settings.unique_window, settings.usage_max_rows
         )
         try:
-            items = await store.run_query(connection, metric, query, limits, time.time())
+            # The marker before the values (tally.store.usage_partial, "read first").
             span = await partial_span(
                 connection, metric.uid, settings.max_lateness, settings.max_future_skew
             )
+            items = await store.run_query(connection, metric, query, limits, time.time())
         except WindowRefused as exc:
             raise UserError(f"{flag_of(exc.field)}: {exc.reason}") from None
         except (ValueError, OverflowError):

@@ -105,12 +105,3 @@ def rules_despite_shapes(
                 continue
         break
     return found
-    rest = {k: v for k, v in data.items() if str(k) not in refused}
-    rest.update({k: v for k, v in _STAND_INS.items() if k in refused})
-    context = {STORED_ZONE: stored_zone, SKIPPED_FIELDS: refused}
-    try:
-        model.model_validate(rest, context=context)
-    except ValidationError as again:
-        seen = {e.field for e in named} | {e.field.split(".")[0] for e in named}
-        return [e for e in _field_errors(again) if e.field not in seen]
-    return []

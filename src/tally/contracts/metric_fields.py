@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, PlainSerializer, PlainValidator, StrictStr
+from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator, StrictStr
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -149,12 +149,35 @@ NON_ADDITIVE_KINDS = frozenset({ValueKind.PERCENTAGE, ValueKind.RATIO, ValueKind
 EXTERNAL_ONLY_FIELDS = ("context_type", "value_kind", "storage_unit", "period_definition")
 
 
+# The exponent a FiniteDecimal may be written with: far more than its 20
+# places need (`1.000` is 1 with exponent -3, still taken), well inside what
+# PostgreSQL's numeric holds (a scale of at most 16383).
+MAX_EXPONENT = 1000
+
+
+def _storable_exponent(value: Decimal) -> Decimal:
+    # pydantic's digit check normalizes first, and far below the context's range
+    # (`1e-2000000`, `0E-2000000`) the normal form underflows to a zero that
+    # passes; asyncpg then cannot encode the number ("exponent is too small").
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and not -MAX_EXPONENT <= exponent <= MAX_EXPONENT:
+        raise PydanticCustomError(
+            "decimal_exponent",
+            "the exponent must lie between -{limit} and {limit}"
+            " (Tally stores at most 40 digits, 20 after the point)",
+            {"limit": MAX_EXPONENT},
+        )
+    return value
+
+
 # A finite exact number (a JSON number or a string holding one; no NaN, no
 # infinity), of at most 40 digits, 20 after the point (`1e999999` would be a
-# million digits), written back as canonical decimal text.
+# million digits) and an exponent PostgreSQL holds, written back as canonical
+# decimal text.
 FiniteDecimal = Annotated[
     Decimal,
     Field(allow_inf_nan=False, max_digits=40, decimal_places=20),
+    AfterValidator(_storable_exponent),
     PlainSerializer(decimal_text, return_type=str, when_used="json"),
 ]
 Text256 = Annotated[StrictStr, Field(min_length=1, max_length=256)]
