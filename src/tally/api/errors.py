@@ -16,7 +16,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -77,6 +77,13 @@ def _loc_of(field: str) -> Loc:
 def field_errors(errors: Iterable[FieldError], prefix: Sequence[str | int] = ("body",)) -> ApiError:
     """422 from the contract's field errors, keeping their field names in `loc`."""
     return ApiError(422, [item([*prefix, *_loc_of(e.field)], e.reason, e.type) for e in errors])
+
+
+def body_errors(exc: ValidationError) -> ApiError:
+    """422 from a body model's validation errors, each `loc` under "body"."""
+    return ApiError(
+        422, [item(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.errors(include_url=False)]
+    )
 
 
 def error_response(

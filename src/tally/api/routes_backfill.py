@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from tally.api.auth import Admin, Reader
 from tally.api.body import read_json, require_object
 from tally.api.deps import Pool, body_ref, json_response
-from tally.api.errors import ApiError, item, responses
+from tally.api.errors import ApiError, body_errors, item, responses
 from tally.api.models import NO_NUL, Moment, Text, _Wire
 from tally.backfill.checks import BackfillRefused, check_metric
 from tally.backfill.launcher import EARLIEST, Launch, Launcher, LaunchRefused, describe_exit
@@ -173,10 +173,7 @@ def _parse_start(document: dict[str, Any]) -> StartBackfillRequest:
     try:
         wanted = StartBackfillRequest.model_validate(document)
     except ValidationError as exc:
-        raise ApiError(
-            422,
-            [item(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.errors(include_url=False)],
-        ) from None
+        raise body_errors(exc) from None
     if (wanted.from_ is None) == (wanted.from_offsets is None):
         said = "give exactly one of from and fromOffsets" + (
             "" if wanted.from_ is None else ", not both"

@@ -31,7 +31,7 @@ from tally.api.deps import (
     json_response,
     text_query,
 )
-from tally.api.errors import ApiError, item, responses
+from tally.api.errors import ApiError, body_errors, responses
 from tally.api.models import (
     MAX_GROUP_KEY,
     Adjustment,
@@ -210,10 +210,7 @@ def _parse_adjustment(document: dict[str, Any]) -> AdjustmentRequest:
     try:
         request = AdjustmentRequest.model_validate(document)
     except ValidationError as exc:
-        raise ApiError(
-            422,
-            [item(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.errors(include_url=False)],
-        ) from None
+        raise body_errors(exc) from None
     if Decimal(request.delta) == 0:
         raise _refuse("delta", "must not be zero")
     return request
