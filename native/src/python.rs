@@ -695,11 +695,24 @@ fn member_copy<'py>(
     py: Python<'py>,
     rollups: Vec<((String, String, String, i64, String), i64, Vec<String>)>,
 ) -> (usize, Bound<'py, PyBytes>) {
+    // In key order, as the values (rows.rs): inserted with no sort in PostgreSQL.
+    let mut pairs: Vec<((&str, &str, &str, i64, &str), &str)> = rollups
+        .iter()
+        .flat_map(|((uid, customer, unit, start, group), _end, members)| {
+            let key = (
+                uid.as_str(),
+                customer.as_str(),
+                unit.as_str(),
+                *start,
+                group.as_str(),
+            );
+            members.iter().map(move |member| (key, member.as_str()))
+        })
+        .collect();
+    pairs.sort_unstable();
     let mut w = CopyWriter::new(6);
-    for ((uid, customer, unit, start, group), _end, members) in &rollups {
-        for member in members {
-            rows::copy_member(&mut w, (uid, customer, unit, *start, group), member);
-        }
+    for (key, member) in pairs {
+        rows::copy_member(&mut w, key, member);
     }
     (w.rows(), PyBytes::new(py, &w.finish()))
 }

@@ -4,9 +4,17 @@
 //! statements) and `value_copy`/`kind_copy` (binary COPY payloads, for the
 //! staged statements) all walk the tables through these two functions, so
 //! both forms hold the same rows by construction.
+//!
+//! Rows come out in the order of the rollup key, (uid, customer, unit,
+//! period start, group), strings by their bytes: the staged statements then
+//! insert them as they are, with no sort in PostgreSQL (its multi-column
+//! sort cost about a third of each insert), and every worker takes the
+//! rows' locks in one order (docs/decisions.md, "Flush rows sorted by the
+//! worker").
 
+use crate::accum::AccRef;
 use crate::copy::CopyWriter;
-use crate::deltas::Deltas;
+use crate::deltas::{Deltas, Table};
 use crate::metric::UNITS;
 
 /// A COUNT, SUM or UNIQUE rollup delta: a row of `tally_flush_values`.
@@ -39,75 +47,107 @@ pub struct KindRow<'a> {
     pub latest_id: Option<&'a str>,
 }
 
-/// Each COUNT, SUM and UNIQUE row. `uid` names a metric id; `added` gives a
-/// UNIQUE rollup's new-member count from (uid, customer, unit, start, group).
+/// One pending rollup, located: its table and its key's texts.
+struct Slot<'a> {
+    table: usize, // index into the walk's `uids` and `tables`
+    customer: &'a str,
+    group: &'a str,
+    start: i64,
+    acc: AccRef<'a>,
+}
+
+/// The rollups of the tables `take` selects, sorted by (uid, customer,
+/// unit, start, group), with each table's uid text.
+fn sorted_slots<'a>(
+    deltas: &'a Deltas,
+    uid: impl Fn(u32) -> String,
+    take: impl Fn(&Table) -> bool,
+) -> (Vec<&'a Table>, Vec<String>, Vec<Slot<'a>>) {
+    let tables: Vec<&Table> = deltas.tables.iter().flatten().filter(|t| take(t)).collect();
+    let uids: Vec<String> = tables.iter().map(|t| uid(t.uid)).collect();
+    let mut slots = Vec::with_capacity(tables.iter().map(|t| t.rows.len()).sum());
+    for (index, table) in tables.iter().enumerate() {
+        for ((customer, group, start), acc) in table.rows.iter() {
+            slots.push(Slot {
+                table: index,
+                customer: deltas.strings.text(customer),
+                group: deltas.strings.text(group),
+                start,
+                acc,
+            });
+        }
+    }
+    let unit = |s: &Slot<'_>| UNITS[tables[s.table].unit as usize];
+    slots.sort_unstable_by(|a, b| {
+        let by_uid = uids[a.table].cmp(&uids[b.table]);
+        by_uid
+            .then_with(|| a.customer.cmp(b.customer))
+            .then_with(|| unit(a).cmp(unit(b)))
+            .then_with(|| a.start.cmp(&b.start))
+            .then_with(|| a.group.cmp(b.group))
+    });
+    (tables, uids, slots)
+}
+
+/// Each COUNT, SUM and UNIQUE row, in key order. `uid` names a metric id;
+/// `added` gives a UNIQUE rollup's new-member count from (uid, customer,
+/// unit, start, group).
 pub fn value_rows<E>(
     deltas: &Deltas,
     uid: impl Fn(u32) -> String,
     mut added: impl FnMut(&str, &str, &'static str, i64, &str) -> Result<i64, E>,
     mut each: impl FnMut(ValueRow<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
-    for table in deltas.tables.iter().flatten() {
-        if table.kind.merge_label() != "add" {
-            continue; // kind_rows
-        }
-        let uid = uid(table.uid);
+    let (tables, uids, slots) = sorted_slots(deltas, uid, |t| t.kind.merge_label() == "add");
+    for slot in &slots {
+        let table = tables[slot.table];
+        let uid = &uids[slot.table];
         let unit = UNITS[table.unit as usize];
-        for ((customer, group, start), acc) in table.rows.iter() {
-            let customer = deltas.strings.text(customer);
-            let group = deltas.strings.text(group);
-            let value = match acc.value_text() {
-                Some(text) => text,
-                None => added(&uid, customer, unit, start, group)?.to_string(),
-            };
-            each(ValueRow {
-                uid: &uid,
-                customer,
-                group,
-                unit,
-                start,
-                end: table.ends[&start],
-                value,
-                events: acc.events(),
-            })?;
-        }
+        let value = match slot.acc.value_text() {
+            Some(text) => text,
+            None => added(uid, slot.customer, unit, slot.start, slot.group)?.to_string(),
+        };
+        each(ValueRow {
+            uid,
+            customer: slot.customer,
+            group: slot.group,
+            unit,
+            start: slot.start,
+            end: table.ends[&slot.start],
+            value,
+            events: slot.acc.events(),
+        })?;
     }
     Ok(())
 }
 
-/// Each MAX, MIN, AVG and LATEST row.
+/// Each MAX, MIN, AVG and LATEST row, in key order.
 pub fn kind_rows<E>(
     deltas: &Deltas,
     uid: impl Fn(u32) -> String,
     mut each: impl FnMut(KindRow<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
-    for table in deltas.tables.iter().flatten() {
-        let merge = table.kind.merge_label();
-        if merge == "add" {
-            continue; // value_rows
-        }
-        let uid = uid(table.uid);
-        let unit = UNITS[table.unit as usize];
-        for ((customer, group, start), acc) in table.rows.iter() {
-            let latest = acc.latest();
-            each(KindRow {
-                merge,
-                uid: &uid,
-                customer: deltas.strings.text(customer),
-                group: deltas.strings.text(group),
-                unit,
-                start,
-                end: table.ends[&start],
-                value: acc.value_text(),
-                value_text: latest
-                    .and_then(|(_, _, text)| text)
-                    .map(|t| deltas.strings.text(t)),
-                value_sum: acc.sum_text(),
-                events: acc.events(),
-                latest_at: latest.map(|(micros, _, _)| micros),
-                latest_id: latest.map(|(_, id, _)| id),
-            })?;
-        }
+    let (tables, uids, slots) = sorted_slots(deltas, uid, |t| t.kind.merge_label() != "add");
+    for slot in &slots {
+        let table = tables[slot.table];
+        let latest = slot.acc.latest();
+        each(KindRow {
+            merge: table.kind.merge_label(),
+            uid: &uids[slot.table],
+            customer: slot.customer,
+            group: slot.group,
+            unit: UNITS[table.unit as usize],
+            start: slot.start,
+            end: table.ends[&slot.start],
+            value: slot.acc.value_text(),
+            value_text: latest
+                .and_then(|(_, _, text)| text)
+                .map(|t| deltas.strings.text(t)),
+            value_sum: slot.acc.sum_text(),
+            events: slot.acc.events(),
+            latest_at: latest.map(|(micros, _, _)| micros),
+            latest_id: latest.map(|(_, id, _)| id),
+        })?;
     }
     Ok(())
 }

@@ -7,12 +7,18 @@ the format's documentation, and compares them with the unnest columns
 (`value_columns`, `kind_columns`, `MemberOffer.columns`), which the property
 tests check against the reference. Real PostgreSQL reads them in the
 integration tests (every staged flush).
+
+Every payload is in the order of the rollup key (uid, customer, unit, period
+start, group; then member), strings by their UTF-8 bytes, which is Python's
+order of str: the staged statements insert the rows as they come, with no
+sort in PostgreSQL (docs/decisions.md, "Flush rows sorted by the worker").
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given
@@ -84,12 +90,17 @@ def test_value_and_member_payloads_are_the_columns(
     count, payload = deltas.value_copy(added)
     columns = list(zip(*deltas.value_columns(added), strict=True))
     assert count == len(columns)
-    assert parse_copy(payload, "ttttiiti") == columns
+    rows = parse_copy(payload, "ttttiiti")
+    assert rows == columns
+    keys = [(uid, customer, unit, start, group) for uid, customer, group, unit, start, *_ in rows]
+    assert_strictly_increasing(keys)
 
     offer = offer_all(member_rollups(deltas))
     sent, members = member_copy(offer.sent_by_rollup)
     assert sent == offer.sent == deltas.members
-    assert parse_copy(members, "tttitt") == list(zip(*offer.columns, strict=True))
+    member_rows = parse_copy(members, "tttitt")
+    assert sorted(member_rows) == sorted(zip(*offer.columns, strict=True))
+    assert_strictly_increasing(member_rows)
 
 
 @SETTINGS
@@ -100,7 +111,13 @@ def test_kind_payload_is_the_columns(docs: list[dict[str, Any]], raws: list[byte
     columns = list(zip(*deltas.kind_columns(), strict=True))
     assert count == len(columns)
     assert sorted(merges) == sorted({row[0] for row in columns})
-    assert parse_copy(payload, "tttttiitttiit") == columns
+    rows = parse_copy(payload, "tttttiitttiit")
+    assert rows == columns
+    assert_strictly_increasing([(r[1], r[2], r[4], r[5], r[3]) for r in rows])
+
+
+def assert_strictly_increasing(keys: list[Any]) -> None:
+    assert all(a < b for a, b in pairwise(keys)), "rows out of key order"
 
 
 def test_an_empty_flush_is_header_and_trailer() -> None:

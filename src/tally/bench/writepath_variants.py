@@ -15,7 +15,10 @@ one, changed by `setup` where the variant is about the schema:
 - `copy + member cache`: both, what `tally.store.flush.write_flush` does;
 - `driver-encoded copy + member cache`: the same before the native
   payloads: Python lists, each value encoded by asyncpg
-  (`copy_records_to_table`);
+  (`copy_records_to_table`), and before the rows came sorted: in no key
+  order, sorted by PostgreSQL (ORDER BY in the staged statements), as
+  the store did until the payloads came sorted (docs/performance.md,
+  "Run F");
 - `int keys`: rollups in a copy of `tally.metric_values` keyed by integer
   metric ids and unit codes (is key width what the upsert pays for?);
 - `collate "C"`: `tally.metric_values` with its text keys in the "C"
@@ -25,8 +28,9 @@ one, changed by `setup` where the variant is about the schema:
 
 from __future__ import annotations
 
+import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from tally.bench import writepath_baseline as baseline
@@ -153,19 +157,38 @@ async def _staged_values(connection: Connection, deltas: Deltas, added: Added) -
     return await flush._write_values(connection, deltas, added, await flush._staging(connection))
 
 
+# The staged statements as they were before the native payloads came sorted:
+# PostgreSQL sorted the rows itself.
+_SORTED_IN_SQL_MEMBERS = flush._INSERT_MEMBERS_FROM.format(
+    source="tally_flush_members AS u", order=flush._MEMBER_ORDER
+)
+_SORTED_IN_SQL_VALUES = flush._UPSERT_VALUES_FROM.format(
+    source="tally_flush_values AS u", order=flush._KEY_ORDER
+)
+
+
+def _hash_order(rows: Iterable[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """Rows in no key order, as the native tables' iteration gave them before
+    the payloads were sorted (a fixed shuffle, so every run is the same)."""
+    shuffled = list(rows)
+    random.Random(7).shuffle(shuffled)
+    return shuffled
+
+
 async def _driver_members(
     connection: Connection, deltas: Deltas, cache: MemberCache | None
 ) -> tuple[Added, MemberOffer]:
     """The store's path before the native payloads: Python lists, encoded
-    by the driver (`copy_records_to_table`)."""
+    by the driver (`copy_records_to_table`), in no key order, sorted by
+    PostgreSQL."""
     offer = _offer(deltas, cache)
     await flush._staging(connection)
     added: Added = Counter()
     if offer.sent:
         await connection.copy_records_to_table(
-            "tally_flush_members", records=zip(*offer.columns, strict=True)
+            "tally_flush_members", records=_hash_order(zip(*offer.columns, strict=True))
         )
-        for row in await connection.fetch(flush._INSERT_STAGED_MEMBERS):
+        for row in await connection.fetch(_SORTED_IN_SQL_MEMBERS):
             key = (row[0], row[1], row[2], row[3], row[4])
             added[key] = row["added"]
     return added, offer
@@ -176,8 +199,10 @@ async def _driver_values(connection: Connection, deltas: Deltas, added: Added) -
     if not columns[0]:
         return 0
     await flush._staging(connection)
-    await connection.copy_records_to_table("tally_flush_values", records=zip(*columns, strict=True))
-    await connection.execute(flush._UPSERT_STAGED_VALUES)
+    await connection.copy_records_to_table(
+        "tally_flush_values", records=_hash_order(zip(*columns, strict=True))
+    )
+    await connection.execute(_SORTED_IN_SQL_VALUES)
     return len(columns[0])
 
 

@@ -115,8 +115,7 @@ _INSERT_MEMBERS_FROM = """
 WITH inserted AS (
     INSERT INTO tally.unique_members (metric_uid, customer_id, time_unit, period_start, group_key, member)
     SELECT u.metric_uid, u.customer_id, u.time_unit, to_timestamp(u.period_start), u.group_key, u.member
-      FROM {source}
-     ORDER BY 1, 2, 3, 4, 5, 6
+      FROM {source}{order}
     ON CONFLICT DO NOTHING
     RETURNING metric_uid, customer_id, time_unit, period_start, group_key
 )
@@ -124,8 +123,12 @@ SELECT metric_uid, customer_id, time_unit, extract(epoch FROM period_start)::int
        count(*) AS added
   FROM inserted GROUP BY 1, 2, 3, 4, 5
 """
-_INSERT_MEMBERS = _INSERT_MEMBERS_FROM.format(source=_MEMBERS_FROM_ARRAYS)
-_INSERT_STAGED_MEMBERS = _INSERT_MEMBERS_FROM.format(source="tally_flush_members AS u")
+# The staged rows are in key order already (the native payloads are sorted,
+# and a TEMP table is read back in the order it was written): sorting them
+# again cost about a third of each statement. The unnest arrays keep the sort.
+_MEMBER_ORDER = "\n     ORDER BY 1, 2, 3, 4, 5, 6"
+_INSERT_MEMBERS = _INSERT_MEMBERS_FROM.format(source=_MEMBERS_FROM_ARRAYS, order=_MEMBER_ORDER)
+_INSERT_STAGED_MEMBERS = _INSERT_MEMBERS_FROM.format(source="tally_flush_members AS u", order="")
 
 _VALUES_FROM_ARRAYS = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
        AS u(metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count)"""
@@ -135,15 +138,15 @@ INSERT INTO tally.metric_values AS v
        (metric_uid, customer_id, group_key, time_unit, period_start, period_end, value, event_count, updated_at)
 SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, to_timestamp(u.period_start),
        to_timestamp(u.period_end), u.value::numeric, u.event_count, now()
-  FROM {source}
- ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key
+  FROM {source}{order}
 ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPDATE
    SET value = v.value + EXCLUDED.value,
        event_count = v.event_count + EXCLUDED.event_count,
        updated_at = EXCLUDED.updated_at
 """
-_UPSERT_VALUES = _UPSERT_VALUES_FROM.format(source=_VALUES_FROM_ARRAYS)
-_UPSERT_STAGED_VALUES = _UPSERT_VALUES_FROM.format(source="tally_flush_values AS u")
+_KEY_ORDER = "\n ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key"
+_UPSERT_VALUES = _UPSERT_VALUES_FROM.format(source=_VALUES_FROM_ARRAYS, order=_KEY_ORDER)
+_UPSERT_STAGED_VALUES = _UPSERT_VALUES_FROM.format(source="tally_flush_values AS u", order="")
 
 # MAX, MIN, AVG and LATEST rows (`Deltas.kind_columns`), one statement per
 # kind, in this order; each merges the delta into the stored row its way.
@@ -160,8 +163,7 @@ SELECT u.metric_uid, u.customer_id, u.group_key, u.time_unit, to_timestamp(u.per
        to_timestamp(u.period_end), {value}, u.value_text, u.value_sum::numeric, u.event_count,
        u.latest_at, u.latest_id, now()
   FROM {{source}}
- WHERE u.merge = '{merge}'
- ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key
+ WHERE u.merge = '{merge}'{{order}}
 ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPDATE
    SET {set},
        event_count = v.event_count + EXCLUDED.event_count,
@@ -189,13 +191,13 @@ _MERGES: dict[str, tuple[str, str]] = {
 }
 _UPSERT_KINDS = {
     merge: _UPSERT_KIND_FROM.format(value=value, set=update, merge=merge).format(
-        source=_KINDS_FROM_ARRAYS
+        source=_KINDS_FROM_ARRAYS, order=_KEY_ORDER
     )
     for merge, (value, update) in _MERGES.items()
 }
 _UPSERT_STAGED_KINDS = {
     merge: _UPSERT_KIND_FROM.format(value=value, set=update, merge=merge).format(
-        source="tally_flush_kinds AS u"
+        source="tally_flush_kinds AS u", order=""
     )
     for merge, (value, update) in _MERGES.items()
 }
