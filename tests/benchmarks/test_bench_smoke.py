@@ -48,6 +48,7 @@ async def test_bench_runs_checks_exactness_and_reports(
             assert result.events == EVENTS
             assert result.rows > 0
             assert result.cpu_seconds > 0
+            assert result.detail["machine_cpu_seconds"] > 0
             assert result.peak_rss_bytes > 0
     # check_exact raises on any difference; these lines say it compared rollups:
     # each scenario on each workload, and the 1- and 2-worker scale-out runs.

@@ -121,17 +121,21 @@ def report(results: Sequence[RunResult]) -> str:
     rate = {r.name: r.events / r.seconds for r in results}
     ceiling = next((r for r in results if r.name.startswith("ceiling")), None)
     lines = [
-        "| run | events/s | x ceiling | process CPU s / M | PostgreSQL CPU s / M | peak RSS MiB | rows written |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | events/s | x ceiling | process CPU s / M | PostgreSQL CPU s / M | machine CPU s / M"
+        " | cores busy | peak RSS MiB | rows written |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         database = r.detail.get("db_backend_cpu_seconds")
+        machine = r.detail.get("machine_cpu_seconds")
         upserts = r.detail.get("rollup_upserts", float(r.rows))
         lines.append(
             f"| {r.name} | {rate[r.name]:,.0f} | "
             f"{f'{rate[r.name] / rate[ceiling.name]:.2f}' if ceiling else '-'} | "
             f"{r.cpu_seconds / r.events * 1e6:.1f} | "
             f"{'-' if database is None else f'{database / r.events * 1e6:.1f}'} | "
+            f"{_per_million(machine, r.events)} | "
+            f"{'-' if machine is None else f'{machine / r.seconds:.2f}'} | "
             f"{r.peak_rss_bytes / 2**20:.0f} | {upserts:,.0f} |"
         )
     tally_10 = by_name.get("Tally: 10 metrics, dedup on")

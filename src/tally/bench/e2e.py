@@ -53,6 +53,7 @@ from tally.bench.workers import (
     end_offsets,
     flush_interval,
     fresh_database,
+    machine_busy_seconds,
     settled_scrape,
     wait_offsets,
     with_dead_letters,
@@ -242,15 +243,18 @@ async def run_tally(
         cpu_before = database_before = 0.0
         try:
             ports, started = await fleet.wait_ready()
+            machine_before = machine_busy_seconds()
             if gate is not None:
                 await fleet.wait_balanced()
                 cpu_before = fleet.cpu_seconds()
                 database_before = await backend_cpu(dsn, name)
                 assigned_before = fleet.assignments()
                 started = time.monotonic()
+                machine_before = machine_busy_seconds()
                 ends = await gate.release()
             await wait_offsets(dsn, topic, ends, fleet)
             seconds = time.monotonic() - started
+            machine = machine_busy_seconds() - machine_before
             cpu, rss = fleet.cpu_seconds() - cpu_before, fleet.peak_rss()
             database_cpu = await backend_cpu(dsn, name) - database_before
             totals = await asyncio.to_thread(settled_scrape, ports)
@@ -273,6 +277,9 @@ async def run_tally(
             # The PostgreSQL backends' own CPU (the server runs on this machine):
             # what the database spent on this run, next to the worker's.
             "db_backend_cpu_seconds": database_cpu,
+            # Every process's on the machine over the timed run, the broker's too:
+            # with `seconds`, how many of the machine's cores the run kept busy.
+            "machine_cpu_seconds": machine,
             "flush_in_flight_share": totals.get("tally_flush_duration_seconds_sum", 0.0)
             / seconds
             / workers,
