@@ -519,7 +519,9 @@ impl Deltas {
     /// The rollup deltas as eight columns: uid, customer, group, unit, period
     /// start, period end, value text, events. A UNIQUE delta's value is the
     /// number of its members new to the table, from `added`
-    /// ((uid, customer, unit, start, group) -> count).
+    /// ((uid, customer, unit, start, group) -> count). Rows in key order,
+    /// (uid, customer, unit, start, group), strings by their bytes; so are
+    /// `kind_columns` and both payloads, which the staged statements rely on.
     fn value_columns<'py>(
         &self,
         py: Python<'py>,
@@ -688,31 +690,23 @@ fn added_members(
 
 /// The members a flush sends, as one binary COPY payload for
 /// `tally_flush_members`: `rollups` is [((uid, customer, unit, start,
-/// group), period end, [member, ...]), ...] (`MemberOffer.sent_by_rollup`).
+/// group), period end, [member, ...]), ...] (`MemberOffer.sent_by_rollup`),
+/// each key once. Rows in key order, then by member, strings by their bytes.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 fn member_copy<'py>(
     py: Python<'py>,
-    rollups: Vec<((String, String, String, i64, String), i64, Vec<String>)>,
+    mut rollups: Vec<((String, String, String, i64, String), i64, Vec<String>)>,
 ) -> (usize, Bound<'py, PyBytes>) {
-    // In key order, as the values (rows.rs): inserted with no sort in PostgreSQL.
-    let mut pairs: Vec<((&str, &str, &str, i64, &str), &str)> = rollups
-        .iter()
-        .flat_map(|((uid, customer, unit, start, group), _end, members)| {
-            let key = (
-                uid.as_str(),
-                customer.as_str(),
-                unit.as_str(),
-                *start,
-                group.as_str(),
-            );
-            members.iter().map(move |member| (key, member.as_str()))
-        })
-        .collect();
-    pairs.sort_unstable();
+    // In key order, then member order, as the values (rows.rs): inserted
+    // with no sort in PostgreSQL. Each rollup's key is unique in an offer.
+    rollups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut w = CopyWriter::new(6);
-    for (key, member) in pairs {
-        rows::copy_member(&mut w, key, member);
+    for ((uid, customer, unit, start, group), _end, members) in &mut rollups {
+        members.sort_unstable();
+        for member in members.iter() {
+            rows::copy_member(&mut w, (uid, customer, unit, *start, group), member);
+        }
     }
     (w.rows(), PyBytes::new(py, &w.finish()))
 }

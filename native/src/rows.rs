@@ -77,12 +77,23 @@ fn sorted_slots<'a>(
             });
         }
     }
-    let unit = |s: &Slot<'_>| UNITS[tables[s.table].unit as usize];
+    // Each table's uid and unit ranked once, so most comparisons are of integers.
+    let rank = |texts: Vec<&str>| -> Vec<usize> {
+        let mut sorted = texts.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        texts
+            .iter()
+            .map(|t| sorted.partition_point(|s| s < t))
+            .collect()
+    };
+    let uid_rank = rank(uids.iter().map(String::as_str).collect());
+    let unit_rank = rank(tables.iter().map(|t| UNITS[t.unit as usize]).collect());
     slots.sort_unstable_by(|a, b| {
-        let by_uid = uids[a.table].cmp(&uids[b.table]);
-        by_uid
+        uid_rank[a.table]
+            .cmp(&uid_rank[b.table])
             .then_with(|| a.customer.cmp(b.customer))
-            .then_with(|| unit(a).cmp(unit(b)))
+            .then_with(|| unit_rank[a.table].cmp(&unit_rank[b.table]))
             .then_with(|| a.start.cmp(&b.start))
             .then_with(|| a.group.cmp(b.group))
     });

@@ -180,11 +180,12 @@ def proc_cpu_seconds(pid: int) -> float:
 
 def machine_busy_seconds() -> float:
     """CPU time every process on the machine used so far, all cores (/proc/stat:
-    everything but idle and iowait). The broker, PostgreSQL, the worker and
-    any neighbour: with the run's wall time, how much of the machine it took."""
+    user, nice, system, irq and softirq; not idle, iowait or a hypervisor's
+    steal). The broker, PostgreSQL, the worker and any neighbour: with the
+    run's wall time, how much of the machine it took."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss(pid: int) -> int:

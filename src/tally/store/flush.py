@@ -9,10 +9,11 @@ The order of statements inside the transaction is fixed here (step 3 of
    (`tally.metric_starts`, docs/backfill.md);
 2. dead letters Kafka would not take, parked (`tally.parked_dead_letters`);
 3. the dedup window's new ids, merged and expired segments;
-4. UNIQUE members, inserted in key order; only new ones add to a value
+4. UNIQUE members, inserted in key order (the byte order of their
+   primary key); only new ones add to a value
    (with a `MemberCache`, members this worker's committed flushes already
    stored are not sent again);
-5. rollup deltas, upserted in primary-key order: COUNT, SUM and UNIQUE
+5. rollup deltas, upserted in primary-key byte order: COUNT, SUM and UNIQUE
    (`value = value + delta`) first, then MAX, MIN, AVG and LATEST, one
    statement each (GREATEST, LEAST, the exact sums and counts, the later
    (timestamp, id)). A row's kind never changes, so every worker locks rows
@@ -126,7 +127,11 @@ SELECT metric_uid, customer_id, time_unit, extract(epoch FROM period_start)::int
 # The staged rows are in key order already (the native payloads are sorted,
 # and a TEMP table is read back in the order it was written): sorting them
 # again cost about a third of each statement. The unnest arrays keep the sort.
-_MEMBER_ORDER = "\n     ORDER BY 1, 2, 3, 4, 5, 6"
+_KEY_ORDER = (  # byte order, as the native payloads, whatever the database's collation
+    '\n ORDER BY u.metric_uid COLLATE "C", u.customer_id COLLATE "C", u.time_unit COLLATE "C",'
+    ' u.period_start, u.group_key COLLATE "C"'
+)
+_MEMBER_ORDER = _KEY_ORDER + ', u.member COLLATE "C"'
 _INSERT_MEMBERS = _INSERT_MEMBERS_FROM.format(source=_MEMBERS_FROM_ARRAYS, order=_MEMBER_ORDER)
 _INSERT_STAGED_MEMBERS = _INSERT_MEMBERS_FROM.format(source="tally_flush_members AS u", order="")
 
@@ -144,7 +149,6 @@ ON CONFLICT (metric_uid, customer_id, time_unit, period_start, group_key) DO UPD
        event_count = v.event_count + EXCLUDED.event_count,
        updated_at = EXCLUDED.updated_at
 """
-_KEY_ORDER = "\n ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key"
 _UPSERT_VALUES = _UPSERT_VALUES_FROM.format(source=_VALUES_FROM_ARRAYS, order=_KEY_ORDER)
 _UPSERT_STAGED_VALUES = _UPSERT_VALUES_FROM.format(source="tally_flush_values AS u", order="")
 
