@@ -158,16 +158,17 @@ async def _staged_values(connection: Connection, deltas: Deltas, added: Added) -
 
 
 # The staged statements as they were before the native payloads came sorted:
-# PostgreSQL sorted the rows itself.
+# PostgreSQL sorted the rows itself, in the database's collation.
 _SORTED_IN_SQL_MEMBERS = flush._INSERT_MEMBERS_FROM.format(
-    source="tally_flush_members AS u", order=flush._MEMBER_ORDER
+    source="tally_flush_members AS u", order="\n     ORDER BY 1, 2, 3, 4, 5, 6"
 )
 _SORTED_IN_SQL_VALUES = flush._UPSERT_VALUES_FROM.format(
-    source="tally_flush_values AS u", order=flush._KEY_ORDER
+    source="tally_flush_values AS u",
+    order="\n ORDER BY u.metric_uid, u.customer_id, u.time_unit, u.period_start, u.group_key",
 )
 
 
-def _hash_order(rows: Iterable[tuple[object, ...]]) -> list[tuple[object, ...]]:
+def _shuffled(rows: Iterable[tuple[object, ...]]) -> list[tuple[object, ...]]:
     """Rows in no key order (a fixed uniform shuffle, so every run is the
     same), standing in for the hash order the native tables gave before the
     payloads were sorted. The shuffle is the client's work, inside the
@@ -188,7 +189,7 @@ async def _driver_members(
     added: Added = Counter()
     if offer.sent:
         await connection.copy_records_to_table(
-            "tally_flush_members", records=_hash_order(zip(*offer.columns, strict=True))
+            "tally_flush_members", records=_shuffled(zip(*offer.columns, strict=True))
         )
         for row in await connection.fetch(_SORTED_IN_SQL_MEMBERS):
             key = (row[0], row[1], row[2], row[3], row[4])
@@ -202,7 +203,7 @@ async def _driver_values(connection: Connection, deltas: Deltas, added: Added) -
         return 0
     await flush._staging(connection)
     await connection.copy_records_to_table(
-        "tally_flush_values", records=_hash_order(zip(*columns, strict=True))
+        "tally_flush_values", records=_shuffled(zip(*columns, strict=True))
     )
     await connection.execute(_SORTED_IN_SQL_VALUES)
     return len(columns[0])
